@@ -1,0 +1,55 @@
+# meshwatch: the two commands are `make demo` and `make test`; everything else is a step of them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DISTS := instrumentation collector stack demo-services
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv backends test lint unit stack stack-down stack-status demo demo-down clean
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(DISTS)) pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "meshwatch needs Python 3.11+: set PYTHON=python3.11")'
+	@echo "==> creating $(VENV) and installing meshwatch (editable) with test tools"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet --progress-bar off $(addprefix -e ./,$(DISTS)) -r requirements-dev.txt
+	@touch $@
+
+venv: $(STAMP) ## create .venv with all meshwatch distributions and test tools
+
+backends: $(STAMP) ## install Jaeger, Prometheus, Alertmanager, Elasticsearch once (cached per machine)
+	@$(VENV)/bin/meshwatch-stack install
+
+lint: $(STAMP) ## ruff
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check --quiet . || (echo "run: $(VENV)/bin/ruff format ." && exit 1)
+
+test: $(STAMP) backends lint ## set up everything and run the whole test suite against real backends
+	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP) ## only the tests that need no server
+	@$(VENV)/bin/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+stack: backends ## start the backends on their usual ports and print their URLs
+	@$(VENV)/bin/meshwatch-stack up
+
+stack-down: $(STAMP) ## stop the backends `make stack` started
+	@$(VENV)/bin/meshwatch-stack down
+
+stack-status: $(STAMP) ## show what runs and where
+	@$(VENV)/bin/meshwatch-stack status
+
+demo: backends ## start the demo platform and print its URLs
+	@$(VENV)/bin/meshwatch-stack up
+
+demo-down: $(STAMP) ## stop the demo platform
+	@$(VENV)/bin/meshwatch-stack down
+
+clean: ## remove the virtual environment (the backend cache stays)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""The three OTLP signals and their request types, in one table.
+
+Everything signal-specific that the core needs (request class, how to count the
+items a request carries) lives here, so the pipeline stays signal-agnostic.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+__all__ = ["Signal", "REQUEST_TYPES", "count_items", "ITEM_NAMES"]
+
+
+class Signal(StrEnum):
+    TRACES = "traces"
+    METRICS = "metrics"
+    LOGS = "logs"
+
+
+REQUEST_TYPES: dict[Signal, type[Any]] = {
+    Signal.TRACES: ExportTraceServiceRequest,
+    Signal.METRICS: ExportMetricsServiceRequest,
+    Signal.LOGS: ExportLogsServiceRequest,
+}
+
+#: What one item of a signal is called in metrics and messages (OTel collector's words).
+ITEM_NAMES: dict[Signal, str] = {
+    Signal.TRACES: "spans",
+    Signal.METRICS: "metric_points",
+    Signal.LOGS: "log_records",
+}
+
+
+def count_items(signal: Signal, message: Any) -> int:
+    """Spans, metric data points or log records in a decoded request."""
+    if signal is Signal.TRACES:
+        return sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
+    if signal is Signal.LOGS:
+        return sum(len(sl.log_records) for rl in message.resource_logs for sl in rl.scope_logs)
+    total = 0
+    for rm in message.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    total += len(getattr(metric, kind).data_points)
+    return total

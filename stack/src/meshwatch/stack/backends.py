@@ -1,0 +1,276 @@
+"""How each backend is started: its ports, config files, command line and readiness URL.
+
+A ``Launch`` is plain data (argv, env, user, readiness URL, URLs to show), so the
+runner has one code path for every server and the specs are easy to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import installer as install
+from ._paths import is_root
+
+__all__ = ["Launch", "BackendSpec", "SPECS"]
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    ready_url: str
+    urls: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    run_as: str | None = None  # an unprivileged user, when started by root
+    ready_timeout: float = 60.0
+    hint: str = ""  # how to fix it when it does not start
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    component: str
+    ports: tuple[str, ...]
+    default_ports: dict[str, int]
+    prepare: Callable[[Path, dict[str, int], dict[str, Any]], Launch]
+
+
+def _yaml_dump(data: Any) -> str:
+    # JSON is valid YAML; no YAML dependency needed to write configs.
+    return json.dumps(data, indent=2)
+
+
+# --- Jaeger ------------------------------------------------------------------------------
+
+
+def _jaeger(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+    host = "127.0.0.1"
+    config = {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["batch"],
+                    "exporters": ["jaeger_storage_exporter"],
+                }
+            },
+            "telemetry": {
+                "resource": {"service.name": "jaeger"},
+                "metrics": {
+                    "level": "basic",
+                    "readers": [{"pull": {"exporter": {"prometheus": {"host": host, "port": ports["metrics"]}}}}],
+                },
+                "logs": {"level": "info", "encoding": "json"},
+            },
+        },
+        "extensions": {
+            "healthcheckv2": {"use_v2": True, "http": {"endpoint": f"{host}:{ports['health']}"}},
+            "jaeger_query": {
+                "storage": {"traces": "memstore"},
+                "http": {"endpoint": f"{host}:{ports['query']}"},
+                "grpc": {"endpoint": f"{host}:{ports['query_grpc']}"},
+            },
+            "jaeger_storage": {
+                "backends": {"memstore": {"memory": {"max_traces": int(options.get("max_traces", 50_000))}}}
+            },
+        },
+        "receivers": {
+            "otlp": {
+                "protocols": {
+                    "grpc": {"endpoint": f"{host}:{ports['otlp_grpc']}"},
+                    "http": {"endpoint": f"{host}:{ports['otlp_http']}"},
+                }
+            }
+        },
+        "processors": {"batch": {"timeout": "100ms"}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+    }
+    config_path = workdir / "jaeger.yaml"
+    config_path.write_text(_yaml_dump(config))
+    return Launch(
+        argv=[str(install.binary("jaeger")), "--config", f"file:{config_path}"],
+        ready_url=f"http://{host}:{ports['query']}/api/services",
+        urls={
+            "query": f"http://{host}:{ports['query']}",
+            "otlp_grpc": f"http://{host}:{ports['otlp_grpc']}",
+            "otlp_http": f"http://{host}:{ports['otlp_http']}",
+            "metrics": f"http://{host}:{ports['metrics']}/metrics",
+        },
+        hint="Jaeger is built by `meshwatch-stack install jaeger`; its log says which port or config key failed.",
+    )
+
+
+# --- Prometheus --------------------------------------------------------------------------
+
+
+def prometheus_config(options: dict[str, Any], alertmanager: str | None) -> dict[str, Any]:
+    interval = options.get("scrape_interval", "15s")
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": options.get("evaluation_interval", interval),
+            "scrape_timeout": options.get("scrape_timeout", "1s" if interval in ("1s", "2s") else "10s"),
+        },
+        "rule_files": ["rules/*.yml", "rules/*.yaml"],
+        "scrape_configs": [
+            {
+                # Targets are files in targets/: the runner (or a test) drops one in and
+                # Prometheus picks it up through inotify, no reload needed.
+                "job_name": "meshwatch",
+                "file_sd_configs": [{"files": ["targets/*.json"], "refresh_interval": "5s"}],
+            }
+        ],
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    return config
+
+
+def _prometheus(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+    host = "127.0.0.1"
+    for sub in ("targets", "rules", "data"):
+        (workdir / sub).mkdir(exist_ok=True)
+    for rule_file in options.get("rule_files", []):
+        shutil.copy(rule_file, workdir / "rules" / Path(rule_file).name)
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(_yaml_dump(prometheus_config(options, options.get("alertmanager"))))
+    return Launch(
+        argv=[
+            str(install.binary("prometheus")),
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address={host}:{ports['http']}",
+            "--web.enable-lifecycle",
+            "--web.enable-otlp-receiver",
+            "--web.enable-remote-write-receiver",
+            "--storage.tsdb.retention.time=2d",
+            "--log.format=json",
+        ],
+        ready_url=f"http://{host}:{ports['http']}/-/ready",
+        urls={"http": f"http://{host}:{ports['http']}"},
+        hint="Prometheus is built by `meshwatch-stack install prometheus`; check its log for a config error.",
+    )
+
+
+# --- Alertmanager ------------------------------------------------------------------------
+
+DEFAULT_ALERTMANAGER_CONFIG = {
+    "route": {"receiver": "null", "group_by": ["alertname"], "group_wait": "1s", "group_interval": "5s"},
+    "receivers": [{"name": "null"}],
+}
+
+
+def _alertmanager(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+    host = "127.0.0.1"
+    (workdir / "data").mkdir(exist_ok=True)
+    config_path = workdir / "alertmanager.yml"
+    config = options.get("config")
+    if config is None:
+        config_path.write_text(_yaml_dump(DEFAULT_ALERTMANAGER_CONFIG))
+    elif isinstance(config, (str, Path)) and Path(config).exists():
+        shutil.copy(config, config_path)
+    else:
+        config_path.write_text(config if isinstance(config, str) else _yaml_dump(config))
+    return Launch(
+        argv=[
+            str(install.binary("alertmanager")),
+            f"--config.file={config_path}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address={host}:{ports['http']}",
+            "--cluster.listen-address=",  # no gossip port: a single local instance
+            "--log.format=json",
+        ],
+        ready_url=f"http://{host}:{ports['http']}/-/ready",
+        urls={"http": f"http://{host}:{ports['http']}"},
+        hint="Alertmanager comes from Debian's prometheus-alertmanager package; check its log for a config error.",
+    )
+
+
+# --- Elasticsearch -----------------------------------------------------------------------
+
+
+def _elasticsearch(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+    host = "127.0.0.1"
+    home = install.es_home()
+    config_dir = workdir / "config"
+    if not config_dir.exists():
+        shutil.copytree(home / "config", config_dir)
+    for sub in ("data", "logs", "tmp"):
+        (workdir / sub).mkdir(exist_ok=True)
+    heap = options.get("heap", "512m")
+    run_as = install.ES_USER if is_root() else None
+    if run_as:
+        install._ensure_es_user()
+        uid, gid = _ids(run_as)
+        for path in [workdir, *workdir.rglob("*")]:
+            os.chown(path, uid, gid)
+    settings = {
+        "cluster.name": "meshwatch",
+        "node.name": "meshwatch-1",
+        "discovery.type": "single-node",
+        "xpack.security.enabled": "false",
+        "network.host": host,
+        "http.port": ports["http"],
+        "transport.port": ports["transport"],
+        "path.data": workdir / "data",
+        "path.logs": workdir / "logs",
+        # A test machine's disk may be fuller than production watermarks allow.
+        "cluster.routing.allocation.disk.threshold_enabled": "false",
+        "action.destructive_requires_name": "false",
+    }
+    return Launch(
+        argv=[str(home / "bin" / "elasticsearch"), *(f"-E{k}={v}" for k, v in settings.items())],
+        env={
+            "ES_JAVA_HOME": str(install.java_home()),
+            "ES_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}",
+            "ES_PATH_CONF": str(config_dir),
+            "ES_TMPDIR": str(workdir / "tmp"),
+        },
+        run_as=run_as,
+        ready_url=f"http://{host}:{ports['http']}/_cluster/health?wait_for_status=yellow&timeout=1s",
+        urls={"http": f"http://{host}:{ports['http']}"},
+        ready_timeout=150.0,
+        hint=(
+            "Elasticsearch needs a JDK 17+ (set ES_JAVA_HOME) and about 1 GB of free memory; "
+            "its own log is in the logs/ folder beside this one."
+        ),
+    )
+
+
+def _ids(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+SPECS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in [
+        BackendSpec(
+            "jaeger",
+            "jaeger",
+            ("query", "query_grpc", "otlp_grpc", "otlp_http", "health", "metrics"),
+            {
+                "query": 16686,
+                "query_grpc": 16685,
+                "otlp_grpc": 14317,
+                "otlp_http": 14318,
+                "health": 13133,
+                "metrics": 14269,
+            },
+            _jaeger,
+        ),
+        BackendSpec("prometheus", "prometheus", ("http",), {"http": 9090}, _prometheus),
+        BackendSpec("alertmanager", "alertmanager", ("http",), {"http": 9093}, _alertmanager),
+        BackendSpec(
+            "elasticsearch", "elasticsearch", ("http", "transport"), {"http": 9200, "transport": 9300}, _elasticsearch
+        ),
+    ]
+}

@@ -1,0 +1,401 @@
+"""Install the real backends on a machine without Docker, once, into a versioned cache.
+
+Each component knows how to check whether it is already installed (a cheap file
+test, so a warm run costs milliseconds) and how to install itself:
+
+* Go programs (Jaeger v2, Prometheus 3 and promtool, the reference OpenTelemetry
+  Collector, telemetrygen) are built from their Go modules inside a small wrapper
+  module of ours (``go get -tool`` then ``go build``), because their own
+  ``go.mod`` files carry ``replace`` directives that ``go install`` refuses.
+* Debian packages (Alertmanager and amtool, wrk, Redis, NATS) come from apt.
+* Elasticsearch comes from Maven Central's ``integ-test-zip`` distribution and
+  runs on the machine's JDK 17+ as an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._paths import cache_dir, is_root
+from ._progress import InstallError, format_duration, run_with_heartbeat, say
+
+__all__ = [
+    "COMPONENTS",
+    "Component",
+    "BackendMissing",
+    "ES_USER",
+    "install",
+    "binary",
+    "es_home",
+    "java_home",
+]
+
+ES_VERSION = "8.19.21"
+ES_USER = "meshwatch-es"
+MAVEN_REPO = os.environ.get("MESHWATCH_MAVEN_REPO", "https://repo1.maven.org/maven2")
+
+
+class BackendMissing(RuntimeError):
+    """A backend a test or the stack needs is not installed."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One installable thing; ``binaries`` maps a short name to the file it provides."""
+
+    name: str
+    version: str
+    description: str
+    kind: str  # "go", "apt" or "maven"
+    binaries: dict[str, str] = field(default_factory=dict)
+    go_packages: tuple[str, ...] = ()
+    apt_packages: tuple[str, ...] = ()
+    expected_time: str = ""
+
+    @property
+    def folder(self) -> Path:
+        return cache_dir() / f"{self.name}-{self.version}"
+
+    def path_of(self, short: str) -> Path:
+        target = self.binaries[short]
+        if self.kind == "apt":
+            found = shutil.which(target) or (f"/usr/bin/{target}" if Path(f"/usr/bin/{target}").exists() else None)
+            return Path(found) if found else Path("/usr/bin") / target
+        return self.folder / target
+
+    def installed(self) -> bool:
+        return all(self.path_of(short).exists() for short in self.binaries)
+
+
+def _go(name: str, version: str, description: str, packages: dict[str, str], expected: str) -> Component:
+    return Component(
+        name=name,
+        version=version,
+        description=description,
+        kind="go",
+        binaries={short: short for short in packages},
+        go_packages=tuple(f"{pkg}@{version}" for pkg in packages.values()),
+        expected_time=expected,
+    )
+
+
+COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in [
+        _go(
+            "jaeger",
+            "v1.76.0",
+            "Jaeger v2 all-in-one (OTLP in, query API)",
+            {"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"},
+            "≈1 min download + ≈4 min build on 2 cores",
+        ),
+        _go(
+            "prometheus",
+            "v0.316.0",
+            "Prometheus 3 and promtool",
+            {
+                "prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
+                "promtool": "github.com/prometheus/prometheus/cmd/promtool",
+            },
+            "≈1 min download + ≈6 min build on 2 cores",
+        ),
+        Component(
+            name="alertmanager",
+            version="debian",
+            description="Alertmanager and amtool (Debian package)",
+            kind="apt",
+            binaries={"alertmanager": "prometheus-alertmanager", "amtool": "amtool"},
+            apt_packages=("prometheus-alertmanager",),
+            expected_time="≈10 s",
+        ),
+        Component(
+            name="elasticsearch",
+            version=ES_VERSION,
+            description="Elasticsearch (Maven Central integ-test-zip) on the JDK",
+            kind="maven",
+            binaries={"elasticsearch": f"elasticsearch-{ES_VERSION}/bin/elasticsearch"},
+            expected_time="≈30 s download",
+        ),
+        Component(
+            name="wrk",
+            version="debian",
+            description="wrk HTTP load generator (Debian package), for benchmarks",
+            kind="apt",
+            binaries={"wrk": "wrk"},
+            apt_packages=("wrk",),
+            expected_time="≈5 s",
+        ),
+        Component(
+            name="redis",
+            version="debian",
+            description="Redis server (Debian package), for the demo",
+            kind="apt",
+            binaries={"redis-server": "redis-server"},
+            apt_packages=("redis-server",),
+            expected_time="≈10 s",
+        ),
+        Component(
+            name="nats",
+            version="debian",
+            description="NATS server (Debian package), the demo's message broker",
+            kind="apt",
+            binaries={"nats-server": "nats-server"},
+            apt_packages=("nats-server",),
+            expected_time="≈5 s",
+        ),
+    ]
+}
+
+#: What ``make test`` needs; the rest is installed on demand (demo, benchmarks).
+DEFAULT_COMPONENTS = ("alertmanager", "elasticsearch", "jaeger", "prometheus")
+
+
+def binary(component: str, short: str | None = None) -> Path:
+    """Path of an installed binary, or a ``BackendMissing`` that says how to install it."""
+    comp = COMPONENTS[component]
+    short = short or next(iter(comp.binaries))
+    path = comp.path_of(short)
+    if not path.exists():
+        raise BackendMissing(
+            f"{comp.description} is not installed ({path} missing). Install it with "
+            f"`make backends` or `.venv/bin/meshwatch-stack install {component}` "
+            f"(takes {comp.expected_time} the first time, then it is cached in {cache_dir()})."
+        )
+    return path
+
+
+def es_home() -> Path:
+    return binary("elasticsearch").parent.parent
+
+
+def java_home() -> Path:
+    """A JDK for Elasticsearch: ``ES_JAVA_HOME`` if set, else the ``java`` on PATH."""
+    explicit = os.environ.get("ES_JAVA_HOME")
+    if explicit:
+        return Path(explicit)
+    java = shutil.which("java")
+    if not java:
+        raise BackendMissing(
+            "No Java runtime found for Elasticsearch. Install one with "
+            "`apt-get install -y openjdk-17-jre-headless`, or set ES_JAVA_HOME to a JDK 17+."
+        )
+    return Path(os.path.realpath(java)).parent.parent
+
+
+@contextlib.contextmanager
+def _install_lock() -> Iterator[None]:
+    """One installer at a time per machine (two pytest sessions, make demo and make test)."""
+    lock_path = cache_dir() / ".install.lock"
+    with lock_path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("another install is running; waiting for it to finish…")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def install(names: list[str] | None = None, *, force: bool = False) -> list[str]:
+    """Install the named components (default: what the test suite needs); return what was installed."""
+    wanted = list(names or DEFAULT_COMPONENTS)
+    unknown = [n for n in wanted if n not in COMPONENTS]
+    if unknown:
+        raise InstallError(f"unknown component(s) {unknown}; choose from {sorted(COMPONENTS)}")
+    done: list[str] = []
+    with _install_lock():
+        apt_needed = [
+            COMPONENTS[n] for n in wanted if COMPONENTS[n].kind == "apt" and (force or not COMPONENTS[n].installed())
+        ]
+        if apt_needed:
+            _install_apt(apt_needed)
+            done += [c.name for c in apt_needed]
+        for name in wanted:
+            comp = COMPONENTS[name]
+            if comp.kind == "apt":
+                continue
+            if comp.installed() and not force:
+                continue
+            started = time.monotonic()
+            say(f"installing {comp.description} {comp.version} (first time only; {comp.expected_time})")
+            if comp.kind == "go":
+                _install_go(comp)
+            elif comp.kind == "maven":
+                _install_elasticsearch(comp)
+            say(f"installed {comp.name} {comp.version} in {format_duration(time.monotonic() - started)}")
+            done.append(name)
+        if "elasticsearch" in wanted:
+            java_home()  # fail now, not at first start, if there is no JDK
+            _ensure_es_user()
+    for name in wanted:
+        if not COMPONENTS[name].installed():
+            raise InstallError(f"{name} still missing after install; see {cache_dir() / 'logs'}")
+    return done
+
+
+def _logs() -> Path:
+    path = cache_dir() / "logs"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+# --- Go --------------------------------------------------------------------------------
+
+
+def _install_go(comp: Component) -> None:
+    go = shutil.which("go")
+    if not go:
+        raise InstallError(
+            f"building {comp.name} needs the Go toolchain (1.24+): install it from https://go.dev/dl "
+            "or `apt-get install golang`, then rerun `make backends`."
+        )
+    src = cache_dir() / "src" / f"{comp.name}-{comp.version}"
+    src.mkdir(parents=True, exist_ok=True)
+    log = _logs() / f"{comp.name}-{comp.version}.log"
+    env = {**os.environ, "GOFLAGS": "-buildvcs=false"}
+    if not (src / "go.mod").exists():
+        run_with_heartbeat(
+            [go, "mod", "init", f"meshwatch.local/{comp.name}-build"],
+            what="go mod init",
+            log_path=log,
+            cwd=src,
+            env=env,
+        )
+    for pkg in comp.go_packages:
+        run_with_heartbeat(
+            [go, "get", "-tool", pkg],
+            what=f"download {pkg}",
+            log_path=log,
+            cwd=src,
+            env=env,
+            count_lines=lambda line: line.startswith("go: downloading"),
+        )
+    comp.folder.mkdir(parents=True, exist_ok=True)
+    for short, pkg in zip(comp.binaries, comp.go_packages, strict=True):
+        target = comp.folder / short
+        tmp = target.with_suffix(".partial")
+        run_with_heartbeat(
+            [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp), pkg.split("@")[0]],
+            what=f"build {short}",
+            log_path=log,
+            cwd=src,
+            env=env,
+        )
+        tmp.rename(target)  # atomic: a half-built binary never looks installed
+
+
+# --- apt -------------------------------------------------------------------------------
+
+
+def _install_apt(comps: list[Component]) -> None:
+    packages = sorted({p for c in comps for p in c.apt_packages})
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    if is_root():
+        prefix: list[str] = []
+    elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        prefix = ["sudo", "-n"]
+    else:
+        raise InstallError(
+            f"{', '.join(packages)} come from Debian's packages and need root: run "
+            f"`sudo apt-get update && sudo {' '.join(command)}`, then rerun."
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log = _logs() / "apt.log"
+    say(f"installing Debian packages: {', '.join(packages)}")
+    run_with_heartbeat([*prefix, "apt-get", "update", "-q"], what="apt-get update", log_path=log, env=env)
+    run_with_heartbeat([*prefix, *command], what="apt-get install", log_path=log, env=env)
+    # Packages may start a system service with the distribution's config and ports;
+    # the stack runs its own processes, so stop those.
+    for pkg in packages:
+        subprocess.run([*prefix, "service", pkg, "stop"], capture_output=True, env=env)
+
+
+# --- Elasticsearch ------------------------------------------------------------------------
+
+
+def _download(url: str, target: Path) -> None:
+    tmp = target.with_suffix(target.suffix + ".partial")
+    say(f"  downloading {url}")
+    started = time.monotonic()
+    with urllib.request.urlopen(url, timeout=60) as response, tmp.open("wb") as out:
+        total = int(response.headers.get("Content-Length") or 0)
+        got, next_report = 0, 0.1
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+            got += len(chunk)
+            if total and got / total >= next_report:
+                say(f"  … {got >> 20} of {total >> 20} MB ({format_duration(time.monotonic() - started)})")
+                next_report += 0.1
+    tmp.rename(target)
+
+
+def _install_elasticsearch(comp: Component) -> None:
+    base = f"{MAVEN_REPO}/org/elasticsearch/distribution/integ-test-zip/elasticsearch/{comp.version}"
+    name = f"elasticsearch-{comp.version}.zip"
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(exist_ok=True)
+    archive = downloads / name
+    try:
+        expected_sha1 = urllib.request.urlopen(f"{base}/{name}.sha1", timeout=30).read().decode().split()[0]
+        if not archive.exists() or _sha1(archive) != expected_sha1:
+            _download(f"{base}/{name}", archive)
+    except OSError as exc:
+        raise InstallError(
+            f"could not download Elasticsearch {comp.version} from {base}: {exc}. "
+            "Check access to Maven Central, or set MESHWATCH_MAVEN_REPO to a mirror."
+        ) from exc
+    actual = _sha1(archive)
+    if actual != expected_sha1:
+        archive.unlink()
+        raise InstallError(
+            f"{name}: SHA-1 {actual} does not match Maven Central's {expected_sha1}; rerun to download again"
+        )
+    staging = comp.folder.with_name(comp.folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            extracted = Path(zf.extract(info, staging))
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                extracted.chmod(mode | stat.S_IRUSR | stat.S_IROTH | (stat.S_IXOTH if mode & 0o100 else 0))
+    for path in staging.rglob("*"):  # readable by the unprivileged ES user
+        path.chmod(path.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0))
+    shutil.rmtree(comp.folder, ignore_errors=True)
+    staging.rename(comp.folder)
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1(usedforsecurity=False)  # matches Maven Central's .sha1 file
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _ensure_es_user() -> None:
+    """Elasticsearch refuses to run as root: as root, run it as a system user of ours."""
+    if not is_root():
+        return
+    try:
+        pwd.getpwnam(ES_USER)
+    except KeyError:
+        say(f"creating system user {ES_USER} to run Elasticsearch (it refuses to run as root)")
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ES_USER],
+            check=True,
+        )

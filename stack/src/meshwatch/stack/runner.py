@@ -1,0 +1,289 @@
+"""Start any subset of the backends on loopback ports, wait until ready, stop by PID.
+
+Every server runs in its own session (process group), so stopping it stops the
+helper processes it spawned too (Elasticsearch's launcher and its server JVM).
+The state of a running stack is a JSON file, so ``meshwatch-stack down`` in
+another shell stops what ``meshwatch-stack up`` started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._paths import default_state_dir
+from .backends import SPECS, Launch, prometheus_config
+
+__all__ = ["Server", "Stack", "StackError", "free_port", "wait_http"]
+
+#: Start order: Alertmanager before Prometheus so Prometheus can be pointed at it.
+ORDER = ("elasticsearch", "jaeger", "alertmanager", "prometheus")
+
+
+class StackError(RuntimeError):
+    """A server did not start or answer; the message names it and says how to fix it."""
+
+
+def free_port(preferred: int | None = None) -> int:
+    """A free loopback port: ``preferred`` if it is free, else one the kernel picks."""
+    candidates = [preferred, 0] if preferred else [0]
+    for candidate in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise StackError("no free loopback port")
+
+
+def wait_http(url: str, *, timeout: float, is_alive: Any = None, what: str = "") -> None:
+    """Poll ``url`` until it answers 2xx; fail early if ``is_alive()`` turns false."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if is_alive is not None and not is_alive():
+            raise StackError(f"{what or url}: the process exited while starting")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if 200 <= response.status < 300:
+                    return
+                last_error = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last_error = f"HTTP {exc.code}"
+        except (OSError, urllib.error.URLError) as exc:
+            last_error = str(getattr(exc, "reason", exc))
+        time.sleep(0.2)
+    raise StackError(f"{what or url} not ready after {timeout:.0f}s (last: {last_error})")
+
+
+@dataclass
+class Server:
+    """A running backend: where it listens and how to stop it."""
+
+    name: str
+    pid: int
+    ports: dict[str, int]
+    urls: dict[str, str]
+    workdir: str
+    log: str
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The main HTTP URL (query API for Jaeger)."""
+        return self.urls.get("http") or self.urls["query"]
+
+    def alive(self) -> bool:
+        """True while any process of the server's group runs."""
+        # Reap the leader if it is our exited child, or it lingers as a zombie.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, os.WNOHANG)
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after ``timeout``."""
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(0.1)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            while self.alive():
+                time.sleep(0.05)
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = Path(self.log)
+        if not path.exists():
+            return "(no log yet)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # --- Prometheus helpers ---------------------------------------------------------
+
+    def add_scrape_target(self, name: str, address: str, labels: dict[str, str] | None = None) -> None:
+        """Have Prometheus scrape ``address`` (host:port); picked up without a reload."""
+        self._require("prometheus")
+        target = [{"targets": [address], "labels": labels or {}}]
+        path = Path(self.workdir) / "targets" / f"{name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(target))
+        tmp.rename(path)  # atomic, so Prometheus never reads half a file
+
+    def remove_scrape_target(self, name: str) -> None:
+        self._require("prometheus")
+        (Path(self.workdir) / "targets" / f"{name}.json").unlink(missing_ok=True)
+
+    def set_rule_files(self, files: Iterable[Path]) -> None:
+        """Replace Prometheus' rule files and reload it."""
+        self._require("prometheus")
+        rules = Path(self.workdir) / "rules"
+        for old in rules.iterdir():
+            old.unlink()
+        for file in files:
+            shutil.copy(file, rules / Path(file).name)
+        self.reload()
+
+    def reload(self) -> None:
+        """Ask Prometheus or Alertmanager to re-read its config (fails loudly if it is invalid)."""
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=10).read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            raise StackError(f"{self.name} rejected its new config: {body}") from exc
+
+    # --- Alertmanager helpers -------------------------------------------------------
+
+    def set_alertmanager_config(self, config: str | dict[str, Any]) -> None:
+        self._require("alertmanager")
+        path = Path(self.workdir) / "alertmanager.yml"
+        path.write_text(config if isinstance(config, str) else json.dumps(config, indent=2))
+        self.reload()
+
+    def _require(self, name: str) -> None:
+        if self.name != name:
+            raise TypeError(f"{self.name} is not {name}")
+
+
+class Stack:
+    """A set of backend servers under one state folder."""
+
+    def __init__(self, state_dir: Path | None = None, *, fixed_ports: bool = False) -> None:
+        self.state_dir = Path(state_dir or default_state_dir())
+        self.fixed_ports = fixed_ports
+        self.servers: dict[str, Server] = {}
+        self._load_state()
+
+    # --- state ----------------------------------------------------------------------
+
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def _load_state(self) -> None:
+        if not self._state_file.exists():
+            return
+        try:
+            raw = json.loads(self._state_file.read_text())
+        except json.JSONDecodeError:
+            return
+        for name, data in raw.items():
+            server = Server(**data)
+            if server.alive():
+                self.servers[name] = server
+
+    def _save_state(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_file.write_text(json.dumps({n: asdict(s) for n, s in self.servers.items()}, indent=2))
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self, name: str, **options: Any) -> Server:
+        """Start one backend (or return it if this stack already runs it)."""
+        if name not in SPECS:
+            raise StackError(f"unknown server {name!r}; choose from {', '.join(SPECS)}")
+        if name in self.servers and self.servers[name].alive():
+            return self.servers[name]
+        spec = SPECS[name]
+        if name == "prometheus" and "alertmanager" in self.servers and "alertmanager" not in options:
+            options["alertmanager"] = f"127.0.0.1:{self.servers['alertmanager'].ports['http']}"
+        workdir = self.state_dir / name
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+        workdir.chmod(0o755)
+        self.state_dir.chmod(0o755)
+        ports: dict[str, int] = {}
+        for port_name in spec.ports:
+            preferred = spec.default_ports.get(port_name) if self.fixed_ports else None
+            port = free_port(preferred)
+            while port in ports.values():
+                port = free_port()
+            ports[port_name] = port
+        launch = spec.prepare(workdir, ports, options)
+        server = self._spawn(name, launch, workdir, ports)
+        self.servers[name] = server
+        self._save_state()
+        try:
+            wait_http(launch.ready_url, timeout=launch.ready_timeout, is_alive=server.alive, what=name)
+        except StackError as exc:
+            tail = server.log_tail()
+            server.stop(timeout=5)
+            self.servers.pop(name, None)
+            self._save_state()
+            raise StackError(f"{exc}.\n  Fix: {launch.hint}\n  Log {server.log} ends with:\n{tail}") from None
+        return server
+
+    def _spawn(self, name: str, launch: Launch, workdir: Path, ports: dict[str, int]) -> Server:
+        argv = list(launch.argv)
+        if launch.run_as:
+            setpriv = shutil.which("setpriv")
+            if setpriv:
+                argv = [setpriv, f"--reuid={launch.run_as}", f"--regid={launch.run_as}", "--init-groups", "--", *argv]
+            else:
+                argv = ["runuser", "-u", launch.run_as, "--", *argv]
+        log_path = workdir / f"{name}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **launch.env},
+                cwd=workdir,
+                start_new_session=True,  # its own process group: stop kills the whole tree
+            )
+        return Server(name, proc.pid, ports, launch.urls, str(workdir), str(log_path), argv)
+
+    def up(self, names: Iterable[str], **options_by_server: dict[str, Any]) -> dict[str, Server]:
+        """Start several servers in dependency order."""
+        wanted = set(names)
+        for name in ORDER:
+            if name in wanted:
+                self.start(name, **options_by_server.get(name, {}))
+        return {n: self.servers[n] for n in ORDER if n in self.servers}
+
+    def stop(self, name: str) -> None:
+        server = self.servers.pop(name, None)
+        if server:
+            server.stop()
+            self._save_state()
+
+    def down(self) -> list[str]:
+        """Stop everything, upstream (Prometheus) first."""
+        stopped = []
+        for name in reversed(ORDER):
+            if name in self.servers:
+                self.stop(name)
+                stopped.append(name)
+        for name in list(self.servers):
+            self.stop(name)
+            stopped.append(name)
+        return stopped
+
+
+def render_prometheus_config(options: dict[str, Any], alertmanager: str | None = None) -> str:
+    """The Prometheus config the runner writes (exposed for docs and the compose file)."""
+    return json.dumps(prometheus_config(options, alertmanager), indent=2)
