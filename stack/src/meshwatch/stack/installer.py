@@ -59,7 +59,7 @@ class Component:
     name: str
     version: str
     description: str
-    kind: str  # "go", "apt" or "maven"
+    kind: str  # "go", "ocb" (Collector Builder), "apt" or "maven"
     binaries: dict[str, str] = field(default_factory=dict)
     go_packages: tuple[str, ...] = ()
     apt_packages: tuple[str, ...] = ()
@@ -111,6 +111,21 @@ COMPONENTS: dict[str, Component] = {
                 "promtool": "github.com/prometheus/prometheus/cmd/promtool",
             },
             "≈1 min download + ≈6 min build on 2 cores",
+        ),
+        _go(
+            "telemetrygen",
+            "v0.161.0",
+            "telemetrygen, the OpenTelemetry project's load generator (benchmarks)",
+            {"telemetrygen": "github.com/open-telemetry/opentelemetry-collector-contrib/cmd/telemetrygen"},
+            "≈1 min download + ≈2 min build on 2 cores",
+        ),
+        Component(
+            name="otelcol",
+            version="v0.165.0",
+            description="reference OpenTelemetry Collector built with the Collector Builder (benchmarks)",
+            kind="ocb",
+            binaries={"otelcol": "otelcol-meshwatch-ref"},
+            expected_time="≈1 min download + ≈4 min build on 2 cores",
         ),
         Component(
             name="alertmanager",
@@ -237,6 +252,8 @@ def install(names: list[str] | None = None, *, force: bool = False) -> list[str]
                 _install_go(comp)
             elif comp.kind == "maven":
                 _install_elasticsearch(comp)
+            elif comp.kind == "ocb":
+                _install_otelcol(comp)
             say(f"installed {comp.name} {comp.version} in {format_duration(time.monotonic() - started)}")
             done.append(name)
         if "elasticsearch" in wanted:
@@ -297,6 +314,65 @@ def _install_go(comp: Component) -> None:
             env=env,
         )
         tmp.rename(target)  # atomic: a half-built binary never looks installed
+
+
+#: The reference collector for side-by-side benchmarks: the same pipeline shape as
+#: meshwatch's (OTLP in, batch, OTLP out / spanmetrics / Prometheus), all at one release.
+OTELCOL_MODULES = {
+    "receivers": ["go.opentelemetry.io/collector/receiver/otlpreceiver"],
+    "processors": ["go.opentelemetry.io/collector/processor/batchprocessor"],
+    "exporters": [
+        "go.opentelemetry.io/collector/exporter/otlpexporter",
+        "go.opentelemetry.io/collector/exporter/otlphttpexporter",
+        "go.opentelemetry.io/collector/exporter/nopexporter",
+        "go.opentelemetry.io/collector/exporter/debugexporter",
+        "github.com/open-telemetry/opentelemetry-collector-contrib/exporter/prometheusexporter",
+    ],
+    "connectors": ["github.com/open-telemetry/opentelemetry-collector-contrib/connector/spanmetricsconnector"],
+    "extensions": ["github.com/open-telemetry/opentelemetry-collector-contrib/extension/storage/filestorage"],
+}
+
+
+def _install_otelcol(comp: Component) -> None:
+    go = shutil.which("go")
+    if not go:
+        raise InstallError("building the reference collector needs the Go toolchain (1.24+)")
+    src = cache_dir() / "src" / f"{comp.name}-{comp.version}"
+    src.mkdir(parents=True, exist_ok=True)
+    log = _logs() / f"{comp.name}-{comp.version}.log"
+    gobin = src / "bin"
+    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "GOBIN": str(gobin)}
+    builder = gobin / "builder"
+    if not builder.exists():
+        run_with_heartbeat(
+            [go, "install", f"go.opentelemetry.io/collector/cmd/builder@{comp.version}"],
+            what="install the OpenTelemetry Collector Builder",
+            log_path=log,
+            env=env,
+            count_lines=lambda line: line.startswith("go: downloading"),
+        )
+    lines = [
+        "dist:",
+        "  name: otelcol-meshwatch-ref",
+        "  description: reference OpenTelemetry Collector for meshwatch benchmarks",
+        f"  output_path: {src / 'dist'}",
+    ]
+    for section, modules in OTELCOL_MODULES.items():
+        lines.append(f"{section}:")
+        lines += [f"  - gomod: {module} {comp.version}" for module in modules]
+    manifest = src / "manifest.yaml"
+    manifest.write_text("\n".join(lines) + "\n")
+    run_with_heartbeat(
+        [str(builder), f"--config={manifest}"],
+        what="build the reference collector",
+        log_path=log,
+        env=env,
+        count_lines=lambda line: "downloading" in line,
+    )
+    comp.folder.mkdir(parents=True, exist_ok=True)
+    tmp = comp.folder / "otelcol-meshwatch-ref.partial"
+    shutil.copy(src / "dist" / "otelcol-meshwatch-ref", tmp)
+    tmp.rename(comp.folder / "otelcol-meshwatch-ref")
 
 
 # --- apt -------------------------------------------------------------------------------

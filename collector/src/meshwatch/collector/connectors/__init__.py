@@ -1,0 +1,1 @@
+"""Built-in connectors: one module per type, each exposing ``factory``."""

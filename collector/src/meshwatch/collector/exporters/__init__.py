@@ -1,0 +1,1 @@
+"""Built-in exporters: one module per type, each exposing ``factory``."""

@@ -1,0 +1,1 @@
+"""Built-in receivers: one module per type, each exposing ``factory``."""
