@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DISTS := instrumentation collector stack demo-services
+DISTS := instrumentation collector stack demo-services dashboards alerts
+# What pip installs: the distributions, editable, with the extras the tests exercise.
+DIST_SPECS := ./instrumentation ./collector ./stack ./demo-services ./dashboards ./alerts
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -18,7 +20,7 @@ $(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(DISTS)) pyproject.t
 	@echo "==> creating $(VENV) and installing meshwatch (editable) with test tools"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet --progress-bar off $(addprefix -e ./,$(DISTS)) -r requirements-dev.txt
+	@$(PY) -m pip install --quiet --progress-bar off $(addprefix -e ,$(DIST_SPECS)) -r requirements-dev.txt
 	@touch $@
 
 venv: $(STAMP) ## create .venv with all meshwatch distributions and test tools

@@ -1,0 +1,1 @@
+"""meshwatch's Prometheus recording and alerting rules and Alertmanager configuration."""
