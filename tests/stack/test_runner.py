@@ -101,3 +101,40 @@ def test_cli_rejects_an_unknown_server_with_usage_exit_code(tmp_path: Path) -> N
     )
     assert result.returncode == 2
     assert "unknown server" in result.stderr and "prometheus" in result.stderr
+
+
+def test_run_process_manages_any_program_and_down_stops_it(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    port = free_port()
+    server = stack.run_process(
+        "webapp",
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        ready_url=f"http://127.0.0.1:{port}/",
+        urls={"http": f"http://127.0.0.1:{port}"},
+    )
+    assert httpx.get(server.url, timeout=5).status_code == 200
+    assert "webapp" in Stack(tmp_path).servers  # recorded for `meshwatch-stack down` in another shell
+    assert Stack(tmp_path).down() == ["webapp"]
+    assert not server.alive()
+
+
+def test_run_process_reports_a_crash_at_start_with_its_log(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    with pytest.raises(StackError, match="exited while starting") as excinfo:
+        stack.run_process(
+            "broken",
+            [sys.executable, "-c", "import sys; print('config file missing: /etc/app.yaml'); sys.exit(3)"],
+            ready_url=f"http://127.0.0.1:{free_port()}/",
+            hint="give it a config file",
+        )
+    assert "config file missing" in str(excinfo.value)
+    assert "give it a config file" in str(excinfo.value)
+
+
+@pytest.mark.integration
+def test_redis_and_nats_start_and_answer(redis_server, nats_server) -> None:
+    host, port = redis_server.urls["redis"].removeprefix("redis://").split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"PING\r\n")
+        assert conn.recv(64) == b"+PONG\r\n"
+    assert httpx.get(f"{nats_server.urls['monitor']}/healthz", timeout=5).json()["status"] == "ok"

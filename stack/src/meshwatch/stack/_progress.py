@@ -53,7 +53,7 @@ def run_with_heartbeat(
 
     def heartbeat() -> None:
         while not done.wait(every):
-            extra = f", {counted} modules fetched" if count_lines else ""
+            extra = f", {counted} modules fetched" if counted else ""
             say(f"  … {what}: {format_duration(time.monotonic() - started)}{extra}")
 
     ticker = threading.Thread(target=heartbeat, daemon=True)

@@ -23,6 +23,7 @@ __all__ = ["Launch", "BackendSpec", "SPECS"]
 @dataclass
 class Launch:
     argv: list[str]
+    #: Readiness: an HTTP URL that answers 2xx, or ``tcp://host:port`` that accepts a connection.
     ready_url: str
     urls: dict[str, str]
     env: dict[str, str] = field(default_factory=dict)
@@ -243,6 +244,56 @@ def _elasticsearch(workdir: Path, ports: dict[str, int], options: dict[str, Any]
     )
 
 
+# --- Redis and NATS (the demo's cache and message broker) -------------------------------------
+
+
+def _redis(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+    host = "127.0.0.1"
+    return Launch(
+        argv=[
+            str(install.binary("redis", "redis-server")),
+            "--bind",
+            host,
+            "--port",
+            str(ports["redis"]),
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            str(options.get("maxmemory", "64mb")),
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ],
+        ready_url=f"tcp://{host}:{ports['redis']}",
+        urls={"redis": f"redis://{host}:{ports['redis']}/0"},
+        hint="Redis comes from Debian's redis-server package (`meshwatch-stack install redis`).",
+    )
+
+
+def _nats(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+    host = "127.0.0.1"
+    return Launch(
+        argv=[
+            str(install.binary("nats", "nats-server")),
+            "--addr",
+            host,
+            "--port",
+            str(ports["nats"]),
+            "--http_port",
+            str(ports["monitor"]),
+            "--jetstream",
+            "--store_dir",
+            str(workdir / "jetstream"),
+        ],
+        ready_url=f"http://{host}:{ports['monitor']}/healthz",
+        urls={"nats": f"nats://{host}:{ports['nats']}", "monitor": f"http://{host}:{ports['monitor']}"},
+        hint="NATS comes from Debian's nats-server package (`meshwatch-stack install nats`).",
+    )
+
+
 def _ids(user: str) -> tuple[int, int]:
     import pwd
 
@@ -272,5 +323,7 @@ SPECS: dict[str, BackendSpec] = {
         BackendSpec(
             "elasticsearch", "elasticsearch", ("http", "transport"), {"http": 9200, "transport": 9300}, _elasticsearch
         ),
+        BackendSpec("redis", "redis", ("redis",), {"redis": 6379}, _redis),
+        BackendSpec("nats", "nats", ("nats", "monitor"), {"nats": 4222, "monitor": 8222}, _nats),
     ]
 }

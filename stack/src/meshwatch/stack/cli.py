@@ -11,7 +11,7 @@ from . import installer
 from ._paths import cache_dir, default_state_dir
 from ._progress import InstallError, format_duration, say
 from .backends import SPECS
-from .runner import ORDER, Stack, StackError
+from .runner import DEFAULT_SERVERS, ORDER, Stack, StackError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -36,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     p_install.add_argument("--force", action="store_true", help="reinstall even if cached")
 
     p_up = sub.add_parser("up", help="start servers and print their URLs")
-    p_up.add_argument("servers", nargs="*", help=f"servers to start (default: all of {' '.join(ORDER)})")
+    p_up.add_argument(
+        "servers",
+        nargs="*",
+        help=f"servers to start, of {' '.join(ORDER)} (default: {' '.join(DEFAULT_SERVERS)})",
+    )
     p_up.add_argument(
         "--state-dir", type=Path, default=None, help=f"data, logs and PIDs (default {default_state_dir()})"
     )
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 mark = "installed" if comp.installed() else "missing  "
                 print(f"{comp.name:14} {comp.version:10} {mark}  {comp.description}")
         elif args.command == "up":
-            servers = args.servers or list(ORDER)
+            servers = args.servers or list(DEFAULT_SERVERS)
             bad = [s for s in servers if s not in SPECS]
             if bad:
                 print(f"meshwatch-stack: unknown server(s) {bad}; choose from {', '.join(SPECS)}", file=sys.stderr)

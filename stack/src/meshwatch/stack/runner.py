@@ -29,7 +29,9 @@ from .backends import SPECS, Launch, prometheus_config
 __all__ = ["Server", "Stack", "StackError", "free_port", "wait_http"]
 
 #: Start order: Alertmanager before Prometheus so Prometheus can be pointed at it.
-ORDER = ("elasticsearch", "jaeger", "alertmanager", "prometheus")
+ORDER = ("elasticsearch", "jaeger", "alertmanager", "prometheus", "redis", "nats")
+#: What `meshwatch-stack up` starts when no server is named: the four observability backends.
+DEFAULT_SERVERS = ("elasticsearch", "jaeger", "alertmanager", "prometheus")
 
 
 class StackError(RuntimeError):
@@ -50,12 +52,25 @@ def free_port(preferred: int | None = None) -> int:
 
 
 def wait_http(url: str, *, timeout: float, is_alive: Any = None, what: str = "") -> None:
-    """Poll ``url`` until it answers 2xx; fail early if ``is_alive()`` turns false."""
+    """Poll ``url`` until it answers 2xx (or, for ``tcp://host:port``, accepts a connection).
+
+    Fails early if ``is_alive()`` turns false, so a server that crashed at start is
+    reported at once with its log rather than after the whole timeout.
+    """
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while time.monotonic() < deadline:
         if is_alive is not None and not is_alive():
             raise StackError(f"{what or url}: the process exited while starting")
+        if url.startswith("tcp://"):
+            host, _, port = url.removeprefix("tcp://").rpartition(":")
+            try:
+                with socket.create_connection((host, int(port)), timeout=2):
+                    return
+            except OSError as exc:
+                last_error = str(exc)
+            time.sleep(0.2)
+            continue
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if 200 <= response.status < 300:
@@ -83,8 +98,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The main HTTP URL (query API for Jaeger)."""
-        return self.urls.get("http") or self.urls["query"]
+        """The main URL: HTTP API (query API for Jaeger), else the first one."""
+        return self.urls.get("http") or self.urls.get("query") or next(iter(self.urls.values()), "")
 
     def alive(self) -> bool:
         """True while any process of the server's group runs."""
@@ -257,6 +272,43 @@ class Stack:
             )
         return Server(name, proc.pid, ports, launch.urls, str(workdir), str(log_path), argv)
 
+    def run_process(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        ready_url: str,
+        urls: dict[str, str] | None = None,
+        ports: dict[str, int] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60.0,
+        hint: str = "",
+    ) -> Server:
+        """Run any program (the collector, a demo service) under the same management as the backends.
+
+        It gets a folder and a log file under the state folder, is recorded in the
+        state file (so ``meshwatch-stack down`` stops it too), and is waited for.
+        """
+        if name in self.servers and self.servers[name].alive():
+            raise StackError(f"{name} is already running (pid {self.servers[name].pid})")
+        workdir = self.state_dir / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        launch = Launch(
+            argv=argv, ready_url=ready_url, urls=urls or {}, env=env or {}, ready_timeout=timeout, hint=hint
+        )
+        server = self._spawn(name, launch, workdir, ports or {})
+        self.servers[name] = server
+        self._save_state()
+        try:
+            wait_http(ready_url, timeout=timeout, is_alive=server.alive, what=name)
+        except StackError as exc:
+            tail = server.log_tail()
+            server.stop(timeout=5)
+            self.servers.pop(name, None)
+            self._save_state()
+            raise StackError(f"{exc}.\n  Fix: {hint or 'see its log'}\n  Log {server.log} ends with:\n{tail}") from None
+        return server
+
     def up(self, names: Iterable[str], **options_by_server: dict[str, Any]) -> dict[str, Server]:
         """Start several servers in dependency order."""
         wanted = set(names)
@@ -272,15 +324,15 @@ class Stack:
             self._save_state()
 
     def down(self) -> list[str]:
-        """Stop everything, upstream (Prometheus) first."""
+        """Stop everything: programs started with ``run_process`` (newest first), then the backends."""
         stopped = []
+        for name in reversed([n for n in self.servers if n not in ORDER]):
+            self.stop(name)
+            stopped.append(name)
         for name in reversed(ORDER):
             if name in self.servers:
                 self.stop(name)
                 stopped.append(name)
-        for name in list(self.servers):
-            self.stop(name)
-            stopped.append(name)
         return stopped
 
 

@@ -98,3 +98,15 @@ def prometheus(stack: Stack, alertmanager: Server) -> Server:
 def elasticsearch(stack: Stack) -> Server:
     """One small Elasticsearch (512 MB heap) shared by the whole session."""
     return start_or_fail(stack, "elasticsearch", heap="512m")
+
+
+@pytest.fixture(scope="session")
+def redis_server(stack: Stack) -> Server:
+    """Redis (Debian package) for the demo's cache: ``urls['redis']``."""
+    return start_or_fail(stack, "redis")
+
+
+@pytest.fixture(scope="session")
+def nats_server(stack: Stack) -> Server:
+    """NATS with JetStream (Debian package), the demo's broker: ``urls['nats']``."""
+    return start_or_fail(stack, "nats")
