@@ -121,6 +121,17 @@ class Factory(Protocol):
 
     ``config_model`` is a pydantic model; the config loader validates the YAML
     section against it (so errors name the bad key) before anything starts.
+
+    Optional attributes the graph reads with ``getattr`` (additive, so older
+    factories keep working):
+
+    * on a factory of kind ``CONNECTOR``: ``signals`` are the signals it accepts as an
+      exporter; ``output_signals`` (frozenset) the signals it emits as a receiver
+      (default: same as ``signals``). It is created once per input signal, with
+      ``settings.signal`` = that input signal and ``next_consumer`` = a ``Consumer``
+      feeding every pipeline that names it as a receiver.
+    * on a component: ``mutates_data = True`` when its ``consume`` changes the batch in
+      place; a fan-out then gives it its own copy.
     """
 
     type: str

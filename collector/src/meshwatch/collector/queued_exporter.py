@@ -1,0 +1,338 @@
+"""Durable queue, batching, retry, dead letters: the machinery every push exporter shares.
+
+``queued_exporter(settings, config, sender)`` wraps a ``Sender`` (which only knows how
+to send one batch) into a component the pipeline hands batches to:
+
+* ``consume(batch)`` appends ``batch.raw`` to the exporter's queue and returns once it
+  is durable per the fsync policy; that is when the receiver acknowledges the sender.
+  A full queue raises ``Refused("queue_full", retryable=True)``: the receivers push back.
+* ``num_consumers`` worker threads read records, merge several into one send (the
+  concatenation of serialized ``Export*ServiceRequest`` messages is a valid merged
+  request, so merging costs one ``bytes.join``), call ``sender.send`` and act on the
+  outcome: success removes the records; ``TransientError`` (or a ``SendResult.retry``)
+  retries with exponential backoff and jitter, never sooner than the backend's
+  ``retry_after``; ``PermanentError`` and ``SendResult.rejected`` items go to the
+  dead-letter file ``<storage>/deadletter/<exporter>.jsonl`` with their reason and are
+  counted as ``dropped{reason="rejected"}``; ``retry_on_failure.max_elapsed_time`` gives
+  up on a batch (``dropped{reason="expired"}``).
+* A restart resumes from disk; records being sent at a crash are sent again
+  (at-least-once; duplicates are rare, loss of acknowledged data does not happen).
+
+Senders are called from one worker thread at a time unless they set ``thread_safe = True``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import re
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .batch import Batch
+from .component import ComponentId, CreateSettings, Host, Refused
+from .queue import DiskQueue, MemoryQueue, Record
+from .sender import ExporterSettings, PermanentError, Sender, SendResult, TransientError
+from .signals import Signal
+from .telemetry import QueueStats, Telemetry
+
+__all__ = ["QueuedExporter", "queued_exporter", "safe_name"]
+
+log = logging.getLogger("meshwatch.collector.exporter")
+
+
+def safe_name(component_id: ComponentId | str) -> str:
+    """A file-name-safe spelling of a component id (``otlp/jaeger`` → ``otlp-jaeger``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", str(component_id))
+
+
+class _DeadLetters:
+    """Appends one JSON line per refused item (or whole refused request) to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, lines: list[dict[str, Any]]) -> None:
+        if not lines:
+            return
+        data = b"".join(orjson.dumps(line, default=str) + b"\n" for line in lines)
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("ab") as file:
+                file.write(data)
+
+
+class QueuedExporter:
+    """A push exporter: durable queue in front, ``Sender`` behind (see module docstring)."""
+
+    mutates_data = False
+
+    def __init__(self, settings: CreateSettings, config: ExporterSettings, sender: Sender) -> None:
+        if settings.signal is None:
+            raise ValueError("a queued exporter serves exactly one signal")
+        self.id = settings.id
+        self.signal: Signal = settings.signal
+        self.config = config
+        self.sender = sender
+        self._labels = (str(settings.id), str(settings.signal))
+        self._queue: DiskQueue | MemoryQueue | None = None
+        self._workers: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._draining = threading.Event()
+        self._accepting = False
+        self._send_lock: threading.Lock | None = None if getattr(sender, "thread_safe", False) else threading.Lock()
+        self._telemetry: Telemetry | None = None
+        self._dead: _DeadLetters | None = None
+        self._host: Host | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self, host: Host) -> None:
+        self._host = host
+        self._telemetry = host.telemetry()
+        queue_cfg = self.config.sending_queue
+        name = f"{self.id}/{self.signal}"
+        self._dead = _DeadLetters(host.storage_dir / "deadletter" / f"{safe_name(self.id)}.jsonl")
+        self.sender.start(host)
+        if queue_cfg.enabled and queue_cfg.persistent:
+            folder = (
+                Path(queue_cfg.directory) / str(self.signal)
+                if queue_cfg.directory
+                else host.storage_dir / "queues" / safe_name(self.id) / str(self.signal)
+            )
+            self._queue = DiskQueue(
+                folder,
+                max_items=queue_cfg.queue_size,
+                max_bytes=queue_cfg.max_bytes,
+                fsync=queue_cfg.fsync,
+                fsync_interval=queue_cfg.fsync_interval,
+                name=name,
+            )
+            if self._queue.corrupt_items:
+                self._count_dropped("queue_corrupt", self._queue.corrupt_items)
+        elif queue_cfg.enabled:
+            self._queue = MemoryQueue(max_items=queue_cfg.queue_size, max_bytes=queue_cfg.max_bytes, name=name)
+        if self._queue is not None:
+            queue = self._queue
+            self._telemetry.register_queue(QueueStats(*self._labels, queue.stats))
+            for index in range(queue_cfg.num_consumers):
+                worker = threading.Thread(target=self._work, name=f"export {name} #{index}", daemon=True)
+                worker.start()
+                self._workers.append(worker)
+        self._telemetry.exporter_backend_up.labels(*self._labels).set(1)
+        self._accepting = True
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop taking data, send what is queued until ``timeout``, leave the rest on disk."""
+        self._accepting = False
+        deadline = time.monotonic() + timeout
+        self._draining.set()
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(2.0)
+        if self._queue is not None:
+            left = len(self._queue)
+            if left and isinstance(self._queue, MemoryQueue):
+                self._count_dropped("shutdown", left)
+                log.warning("%s: %d items in the in-memory queue were not sent before shutdown", self.id, left)
+            elif left:
+                log.info("%s: %d items stay queued on disk for the next start", self.id, left)
+            self._queue.close()
+            if self._telemetry is not None:
+                self._telemetry.unregister_queue(*self._labels)
+        self.sender.shutdown()
+
+    # --- the pipeline side ----------------------------------------------------------------
+
+    def consume(self, batch: Batch) -> None:
+        if not self._accepting:
+            raise Refused("shutting_down", f"exporter {self.id} is not running", retryable=True)
+        items = batch.items
+        if self._queue is None:
+            self._send_now(batch)
+            return
+        self._queue.put(batch.raw, items)
+        assert self._telemetry is not None
+        self._telemetry.exporter_queued.labels(*self._labels).inc(items)
+
+    def _send_now(self, batch: Batch) -> None:
+        """``sending_queue.enabled: false``: one synchronous attempt; failures go back to the sender."""
+        try:
+            result = self._timed_send(batch)
+        except TransientError as exc:
+            self._count_failed(exc.reason, batch.items)
+            raise Refused(
+                "backend_unavailable", f"{self.id}: {exc}", retryable=True, retry_after=exc.retry_after or 1.0
+            ) from exc
+        except PermanentError as exc:
+            self._reject_whole(batch, exc.reason, str(exc))
+            return
+        self._settle(batch, result)
+        if result.retry is not None:
+            self._count_failed("partial", result.retry.items)
+            raise Refused("backend_unavailable", f"{self.id}: some items must be retried", retryable=True)
+
+    # --- the worker side ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        limits = self.config.batch
+        while not self._stop.is_set():
+            records = self._queue.get(limits.max_items, limits.max_bytes, timeout=0.25)
+            if not records:
+                if self._draining.is_set():
+                    return
+                continue
+            try:
+                if not self._deliver(records) and self._draining.is_set():
+                    return  # the backend is failing and we are stopping: the rest stays queued
+            except Exception:  # a bug in a sender must not kill the worker; the records stay queued
+                log.exception("%s: unexpected error while exporting; the batch stays queued", self.id)
+                self._stop.wait(1.0)
+
+    def _deliver(self, records: list[Record]) -> bool:
+        """Send ``records`` until settled (True) or until told to stop (False: they stay queued)."""
+        assert self._queue is not None
+        payload = records[0].payload if len(records) == 1 else b"".join(r.payload or b"" for r in records)
+        items = sum(r.items for r in records)
+        batch = Batch(self.signal, _raw=payload, _items=items, received_at=records[0].enqueued_at)
+        retry = self.config.retry_on_failure
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            wait: float | None = None
+            try:
+                result = self._timed_send(batch)
+            except TransientError as exc:
+                self._count_failed(exc.reason, batch.items)
+                self._set_up(0)
+                wait = exc.retry_after
+                reason, message = exc.reason, str(exc)
+            except PermanentError as exc:
+                self._set_up(1)
+                self._reject_whole(batch, exc.reason, str(exc))
+                self._queue.ack(records)
+                return True
+            else:
+                self._set_up(1)
+                self._settle(batch, result)
+                if result.retry is None or result.retry.items == 0:
+                    self._queue.ack(records)
+                    return True
+                self._count_failed("partial", result.retry.items)
+                batch, wait = result.retry, result.retry_after
+                reason, message = "partial", f"{result.retry.items} items must be sent again"
+            elapsed = time.monotonic() - started
+            if not retry.enabled or (retry.max_elapsed_time and elapsed >= retry.max_elapsed_time):
+                self._count_dropped("expired", batch.items)
+                log.error(
+                    "%s: giving up on %d %s after %.0fs (%s: %s)",
+                    self.id,
+                    batch.items,
+                    self.signal,
+                    elapsed,
+                    reason,
+                    message,
+                )
+                self._queue.ack(records)
+                return True
+            delay = self._backoff(attempt, wait)
+            attempt += 1
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("%s: send failed (%s: %s); retrying in %.1fs", self.id, reason, message, delay)
+            if self._stop.wait(delay) or (self._draining.is_set() and isinstance(self._queue, DiskQueue)):
+                return False  # leave the records un-acknowledged: they are on disk for the next start
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        retry = self.config.retry_on_failure
+        interval = min(retry.max_interval, retry.initial_interval * retry.multiplier**attempt)
+        jitter = retry.randomization_factor * interval
+        delay = random.uniform(interval - jitter, interval + jitter)  # noqa: S311 - jitter, not crypto
+        if retry_after:
+            delay = max(delay, retry_after)
+        return delay
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def _timed_send(self, batch: Batch) -> SendResult:
+        assert self._telemetry is not None
+        start = time.perf_counter()
+        try:
+            if self._send_lock is None:
+                return self.sender.send(batch)
+            with self._send_lock:
+                return self.sender.send(batch)
+        finally:
+            self._telemetry.exporter_send_duration.labels(*self._labels).observe(time.perf_counter() - start)
+
+    def _settle(self, batch: Batch, result: SendResult) -> None:
+        assert self._telemetry is not None
+        retried = result.retry.items if result.retry is not None else 0
+        sent = batch.items - retried - result.rejected
+        if sent > 0:
+            self._telemetry.exporter_sent.labels(*self._labels).inc(sent)
+        if result.rejected:
+            self._count_dropped("rejected", result.rejected)
+            reason = result.rejected_reason or "rejected"
+            log.error("%s: backend refused %d %s for good (%s)", self.id, result.rejected, self.signal, reason)
+            assert self._dead is not None
+            self._dead.write([self._letter(reason, **letter) for letter in result.dead_letters])
+
+    def _reject_whole(self, batch: Batch, reason: str, message: str) -> None:
+        self._count_dropped("rejected", batch.items)
+        log.error(
+            "%s: backend refused a batch of %d %s for good (%s: %s)", self.id, batch.items, self.signal, reason, message
+        )
+        assert self._dead is not None
+        self._dead.write(
+            [
+                self._letter(
+                    reason,
+                    error=message,
+                    items=batch.items,
+                    # the whole request, replayable: base64 of the serialized protobuf
+                    request_protobuf_base64=base64.b64encode(batch.raw).decode(),
+                )
+            ]
+        )
+
+    def _letter(self, reason: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "time": datetime.now(UTC).isoformat(),
+            "exporter": str(self.id),
+            "signal": str(self.signal),
+            "reason": reason,
+            **fields,
+        }
+
+    def _count_failed(self, reason: str, items: int) -> None:
+        assert self._telemetry is not None
+        self._telemetry.exporter_failed.labels(*self._labels, reason).inc(items)
+
+    def _count_dropped(self, reason: str, items: int) -> None:
+        assert self._telemetry is not None
+        self._telemetry.dropped(*self._labels, reason, items)
+
+    def _set_up(self, value: int) -> None:
+        assert self._telemetry is not None
+        self._telemetry.exporter_backend_up.labels(*self._labels).set(value)
+
+    # --- for tests and the CLI ---------------------------------------------------------------
+
+    @property
+    def queue(self) -> DiskQueue | MemoryQueue | None:
+        return self._queue
+
+
+def queued_exporter(settings: CreateSettings, config: ExporterSettings, sender: Sender) -> QueuedExporter:
+    """Wrap ``sender`` in the shared durable queue, batching, retry and dead-letter machinery."""
+    return QueuedExporter(settings, config, sender)

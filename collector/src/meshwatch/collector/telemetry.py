@@ -1,0 +1,155 @@
+"""The collector's self-telemetry: the metric names of docs/telemetry-contract.md, in one place.
+
+Components get this object from ``host.telemetry()`` and count through it; nothing
+else in the collector creates a metric, so the names cannot drift from the contract.
+The registry is a private ``prometheus_client.CollectorRegistry`` (not the global
+one), so several collectors in one test process do not collide.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+
+from . import __version__
+
+__all__ = ["Telemetry", "QueueStats"]
+
+#: Export call durations: from a local sub-millisecond send to a backend timing out.
+SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class QueueStats:
+    """What a queue reports about itself; read at scrape time, so nothing is updated per batch."""
+
+    def __init__(self, exporter: str, signal: str, read: Callable[[], tuple[int, int, int, int, float]]) -> None:
+        self.exporter = exporter
+        self.signal = signal
+        #: () -> (size_items, capacity_items, size_bytes, capacity_bytes, oldest_age_seconds)
+        self.read = read
+
+
+class _QueueCollector:
+    """Collects every registered queue's gauges at scrape time."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple[str, str], QueueStats] = {}
+
+    def collect(self) -> Iterable[Any]:
+        names = (
+            ("meshwatch_queue_size_items", "Items waiting in the exporter's queue"),
+            ("meshwatch_queue_capacity_items", "The queue's limit in items"),
+            ("meshwatch_queue_size_bytes", "Bytes waiting in the exporter's queue"),
+            ("meshwatch_queue_capacity_bytes", "The queue's limit in bytes"),
+            ("meshwatch_queue_oldest_item_age_seconds", "Age of the oldest unsent batch (0 when empty)"),
+        )
+        families = [GaugeMetricFamily(n, h, labels=["exporter", "signal"]) for n, h in names]
+        for stats in list(self.queues.values()):
+            try:
+                values = stats.read()
+            except Exception:  # noqa: S112 - a queue being closed must not break the scrape
+                continue
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([stats.exporter, stats.signal], float(value))
+        yield from families
+
+
+class Telemetry:
+    """Counters, histograms and gauges named exactly as the telemetry contract says."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.receiver_accepted = Counter(
+            "meshwatch_receiver_accepted_items",
+            "Items acknowledged to the sender (durably queued)",
+            ["receiver", "transport", "signal"],
+            registry=r,
+        )
+        self.receiver_refused = Counter(
+            "meshwatch_receiver_refused_items",
+            "Items answered with an error",
+            ["receiver", "transport", "signal", "reason"],
+            registry=r,
+        )
+        self.processor_filtered = Counter(
+            "meshwatch_processor_filtered_items",
+            "Items removed on purpose by configuration (not a loss)",
+            ["processor", "signal", "reason"],
+            registry=r,
+        )
+        self.exporter_queued = Counter(
+            "meshwatch_exporter_queued_items",
+            "Items written to the exporter's queue",
+            ["exporter", "signal"],
+            registry=r,
+        )
+        self.exporter_sent = Counter(
+            "meshwatch_exporter_sent_items", "Items accepted by the backend", ["exporter", "signal"], registry=r
+        )
+        self.exporter_failed = Counter(
+            "meshwatch_exporter_failed_items",
+            "Items of a failed send attempt (still queued, retried)",
+            ["exporter", "signal", "reason"],
+            registry=r,
+        )
+        self.exporter_dropped = Counter(
+            "meshwatch_exporter_dropped_items",
+            "Items that will never be delivered",
+            ["exporter", "signal", "reason"],
+            registry=r,
+        )
+        self.exporter_send_duration = Histogram(
+            "meshwatch_exporter_send_duration_seconds",
+            "One export call, success or not",
+            ["exporter", "signal"],
+            buckets=SEND_BUCKETS,
+            registry=r,
+        )
+        self.exporter_backend_up = Gauge(
+            "meshwatch_exporter_backend_up",
+            "1 if the last export attempt reached the backend, else 0",
+            ["exporter", "signal"],
+            registry=r,
+        )
+        self.collector_info = Gauge("meshwatch_collector_info", "Always 1", ["version"], registry=r)
+        self.collector_info.labels(__version__).set(1)
+        self.memory_limit = Gauge(
+            "meshwatch_collector_memory_limit_bytes", "The memory limiter's limit (0: no limiter)", registry=r
+        )
+        self._queues = _QueueCollector()
+        r.register(self._queues)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        self.started_at = time.time()
+
+    # --- small helpers, so call sites read as sentences ------------------------------------
+
+    def accepted(self, receiver: str, transport: str, signal: str, items: int) -> None:
+        self.receiver_accepted.labels(receiver, transport, signal).inc(items)
+
+    def refused(self, receiver: str, transport: str, signal: str, reason: str, items: int) -> None:
+        self.receiver_refused.labels(receiver, transport, signal, reason).inc(items)
+
+    def filtered(self, processor: str, signal: str, reason: str, items: int) -> None:
+        """For processors that drop items on purpose (sampling, filtering)."""
+        self.processor_filtered.labels(processor, signal, reason).inc(items)
+
+    def dropped(self, exporter: str, signal: str, reason: str, items: int) -> None:
+        self.exporter_dropped.labels(exporter, signal, reason).inc(items)
+
+    def register_queue(self, stats: QueueStats) -> None:
+        self._queues.queues[(stats.exporter, stats.signal)] = stats
+
+    def unregister_queue(self, exporter: str, signal: str) -> None:
+        self._queues.queues.pop((exporter, signal), None)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
