@@ -1,0 +1,91 @@
+"""The one place part B's components (processors, connectors, Prometheus and
+Elasticsearch exporters) get their self-telemetry instruments from.
+
+The collector core owns the self-telemetry registry served on :8888 and hands it
+out as ``host.telemetry()``. This adapter accepts what that returns (a
+``prometheus_client.CollectorRegistry``, or an object with a ``registry``
+attribute holding one) and falls back to a registry of its own, ``FALLBACK``,
+when the host offers none, so the counters work, and tests can read them, before
+the core wiring exists. Instruments are created once per registry and name, so
+two components of the same type share one metric family with their own labels.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Telemetry", "FALLBACK", "registry_of"]
+
+#: Used when the host gives no registry (unit tests, or before the core serves one).
+FALLBACK = CollectorRegistry(auto_describe=True)
+
+_lock = threading.Lock()
+_instruments: dict[tuple[int, str], Any] = {}
+
+
+def registry_of(host: Any) -> CollectorRegistry:
+    """The collector's self-telemetry registry from ``host.telemetry()``, else ``FALLBACK``."""
+    telemetry = getattr(host, "telemetry", None)
+    if telemetry is None:
+        return FALLBACK
+    try:
+        provided = telemetry()
+    except (NotImplementedError, AttributeError):
+        return FALLBACK
+    if isinstance(provided, CollectorRegistry):
+        return provided
+    inner = getattr(provided, "registry", None)
+    if isinstance(inner, CollectorRegistry):
+        return inner
+    return FALLBACK
+
+
+class Telemetry:
+    """Named instruments on one registry; ``counter(...)`` returns the same object for the same name."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or FALLBACK
+
+    @classmethod
+    def of(cls, host: Any) -> Telemetry:
+        return cls(registry_of(host))
+
+    def _get(self, kind: type, name: str, documentation: str, labelnames: tuple[str, ...], **extra: Any) -> Any:
+        key = (id(self.registry), name)
+        with _lock:
+            instrument = _instruments.get(key)
+            if instrument is None:
+                instrument = kind(name, documentation, labelnames, registry=self.registry, **extra)
+                _instruments[key] = instrument
+            return instrument
+
+    def counter(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> Counter:
+        """``name`` without ``_total`` (prometheus_client adds it)."""
+        return self._get(Counter, name, documentation, labelnames)
+
+    def gauge(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> Gauge:
+        return self._get(Gauge, name, documentation, labelnames)
+
+    def histogram(
+        self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> Histogram:
+        return self._get(Histogram, name, documentation, labelnames, buckets=buckets)
+
+    # --- the names of docs/telemetry-contract.md -----------------------------------------
+
+    def filtered_items(self) -> Counter:
+        return self.counter(
+            "meshwatch_processor_filtered_items",
+            "Items removed on purpose by a processor's configuration (not a loss)",
+            ("processor", "signal", "reason"),
+        )
+
+    def redactions(self) -> Counter:
+        return self.counter(
+            "meshwatch_processor_redactions",
+            "Attribute values and log bodies masked or hashed by a redaction processor",
+            ("processor", "signal", "reason"),
+        )

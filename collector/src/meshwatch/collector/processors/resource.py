@@ -1,0 +1,59 @@
+"""``resource`` processor: the same actions as ``attributes``, applied to the resource
+attributes of every resource entry of a batch (all three signals), as the
+OpenTelemetry Collector's ``resource`` processor.
+
+    processors:
+      resource:
+        attributes:
+          - {key: deployment.environment.name, value: staging, action: upsert}
+          - {key: host.ip, action: delete}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..component import Component, Consumer, CreateSettings, Kind
+from ..signals import Signal
+from ._actions import ActionConfig, compile_actions
+from ._base import BatchProcessor
+from ._otlp import resources
+
+__all__ = ["ResourceConfig", "ResourceProcessor", "factory"]
+
+
+class ResourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: Named ``attributes`` as in the Collector's resource processor.
+    attributes: list[ActionConfig] = Field(min_length=1)
+
+
+class ResourceProcessor(BatchProcessor):
+    def __init__(self, settings: CreateSettings, config: ResourceConfig, next_consumer: Consumer) -> None:
+        super().__init__(settings, next_consumer)
+        self._apply = compile_actions(config.attributes)
+
+    def process(self, batch: Any) -> bool:
+        changed = False
+        for resource in resources(batch.signal, batch.message):
+            if self._apply(resource.attributes):
+                changed = True
+        if changed:
+            batch.mark_modified()
+        return True
+
+
+class _Factory:
+    type = "resource"
+    kind = Kind.PROCESSOR
+    signals = frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS})
+    config_model = ResourceConfig
+
+    def create(self, settings: CreateSettings, config: ResourceConfig, next_consumer: Any) -> Component:
+        return ResourceProcessor(settings, config, next_consumer)
+
+
+factory = _Factory()
