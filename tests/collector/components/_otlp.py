@@ -6,11 +6,8 @@ self-telemetry registry. The sink is a real ``Consumer`` that keeps what it gets
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -18,7 +15,6 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-from prometheus_client import CollectorRegistry
 
 from meshwatch.collector.batch import Batch
 from meshwatch.collector.component import ComponentId, CreateSettings
@@ -28,21 +24,9 @@ from meshwatch.collector.signals import Signal
 NS = 1_000_000_000
 
 
-@dataclass
-class ComponentHost:
-    storage_dir: Path
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("meshwatch.tests.components"))
-    fatal: list[BaseException] = field(default_factory=list)
-
-    def telemetry(self) -> CollectorRegistry:
-        return self.registry
-
-    def report_fatal(self, component: ComponentId, error: BaseException) -> None:
-        self.fatal.append(error)
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
+def metric(host: Any, name: str, **labels: str) -> float:
+    """A sample of the collector's self-telemetry registry (0 when absent)."""
+    return host.telemetry().registry.get_sample_value(name, labels) or 0.0
 
 
 class Sink:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ._otlp import ComponentHost
+from meshwatch.collector.host import CollectorHost
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> ComponentHost:
-    return ComponentHost(storage_dir=tmp_path)
+def host(tmp_path: Path) -> CollectorHost:
+    """The collector's real ``Host``: a storage folder, a logger and its own self-telemetry registry."""
+    return CollectorHost(tmp_path / "storage")

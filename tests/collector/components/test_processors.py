@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from meshwatch.collector.processors import attributes, probabilistic_sampler, redaction, resource
 from meshwatch.collector.signals import Signal
 
-from ._otlp import Sink, attrs_dict, batch_of, logs, settings, span, traces
+from ._otlp import Sink, attrs_dict, batch_of, logs, metric, settings, span, traces
 
 
 def _attributes(actions: list[dict], sink: Sink, host) -> attributes.AttributesProcessor:
@@ -156,8 +156,10 @@ def test_secret_keys_are_masked_and_counted(host) -> None:
     assert {k: got[k] for k in KEPT_ATTRIBUTES} == KEPT_ATTRIBUTES
     assert attrs_dict(rl.resource.attributes)["cloud.api_key"] == "***"
     assert record.body.string_value == "card *** declined"
-    assert host.value("meshwatch_processor_redactions_total", processor="redaction", signal="logs", reason="key") == 7
-    assert host.value("meshwatch_processor_redactions_total", processor="redaction", signal="logs", reason="value") == 1
+    assert metric(host, "meshwatch_processor_redactions_total", processor="redaction", signal="logs", reason="key") == 7
+    assert (
+        metric(host, "meshwatch_processor_redactions_total", processor="redaction", signal="logs", reason="value") == 1
+    )
 
 
 def test_card_like_numbers_failing_luhn_are_kept(host) -> None:
@@ -228,7 +230,8 @@ def test_sampling_keeps_whole_traces_at_the_configured_rate(host) -> None:
     assert kept_traces == expected
     dropped = 2 * (len(trace_ids) - len(kept_traces))
     assert (
-        host.value(
+        metric(
+            host,
             "meshwatch_processor_filtered_items_total",
             processor="probabilistic_sampler",
             signal="traces",
@@ -247,5 +250,5 @@ def test_fully_sampled_out_batch_is_not_forwarded_and_logs_fail_closed(host) -> 
     proc.consume(batch)
     assert sink.batches == []
     labels = {"processor": "probabilistic_sampler/z", "signal": "logs"}
-    assert host.value("meshwatch_processor_filtered_items_total", **labels, reason="sampled_out") == 1
-    assert host.value("meshwatch_processor_filtered_items_total", **labels, reason="no_trace_id") == 1
+    assert metric(host, "meshwatch_processor_filtered_items_total", **labels, reason="sampled_out") == 1
+    assert metric(host, "meshwatch_processor_filtered_items_total", **labels, reason="no_trace_id") == 1

@@ -1,13 +1,14 @@
 """The one place part B's components (processors, connectors, Prometheus and
 Elasticsearch exporters) get their self-telemetry instruments from.
 
-The collector core owns the self-telemetry registry served on :8888 and hands it
-out as ``host.telemetry()``. This adapter accepts what that returns (a
-``prometheus_client.CollectorRegistry``, or an object with a ``registry``
-attribute holding one) and falls back to a registry of its own, ``FALLBACK``,
-when the host offers none, so the counters work, and tests can read them, before
-the core wiring exists. Instruments are created once per registry and name, so
-two components of the same type share one metric family with their own labels.
+The collector core owns the self-telemetry served on :8888 and hands it out as
+``host.telemetry()`` (``meshwatch.collector.telemetry.Telemetry``). This adapter
+uses the core's own instruments for the contract's names (e.g.
+``processor_filtered``) and registers part B's additional instruments on the core's
+registry; given a bare ``CollectorRegistry`` (tests) or no host at all it falls
+back to creating them itself (``FALLBACK`` registry). Instruments are created once
+per registry and name, so two components of the same type share one metric family
+with their own labels.
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ _lock = threading.Lock()
 _instruments: dict[tuple[int, str], Any] = {}
 
 
-def registry_of(host: Any) -> CollectorRegistry:
-    """The collector's self-telemetry registry from ``host.telemetry()``, else ``FALLBACK``."""
+def _provided(host: Any) -> Any:
     telemetry = getattr(host, "telemetry", None)
     if telemetry is None:
-        return FALLBACK
+        return None
     try:
-        provided = telemetry()
+        return telemetry()
     except (NotImplementedError, AttributeError):
-        return FALLBACK
+        return None
+
+
+def registry_of(host: Any) -> CollectorRegistry:
+    """The collector's self-telemetry registry from ``host.telemetry()``, else ``FALLBACK``."""
+    provided = _provided(host)
     if isinstance(provided, CollectorRegistry):
         return provided
     inner = getattr(provided, "registry", None)
@@ -46,12 +51,15 @@ def registry_of(host: Any) -> CollectorRegistry:
 class Telemetry:
     """Named instruments on one registry; ``counter(...)`` returns the same object for the same name."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, core: Any = None) -> None:
         self.registry = registry or FALLBACK
+        #: The core's ``Telemetry`` object when the host has one (its instruments win).
+        self.core = core
 
     @classmethod
     def of(cls, host: Any) -> Telemetry:
-        return cls(registry_of(host))
+        provided = _provided(host)
+        return cls(registry_of(host), None if isinstance(provided, CollectorRegistry) else provided)
 
     def _get(self, kind: type, name: str, documentation: str, labelnames: tuple[str, ...], **extra: Any) -> Any:
         key = (id(self.registry), name)
@@ -77,6 +85,9 @@ class Telemetry:
     # --- the names of docs/telemetry-contract.md -----------------------------------------
 
     def filtered_items(self) -> Counter:
+        existing = getattr(self.core, "processor_filtered", None)
+        if existing is not None:
+            return existing
         return self.counter(
             "meshwatch_processor_filtered_items",
             "Items removed on purpose by a processor's configuration (not a loss)",
