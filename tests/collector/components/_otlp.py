@@ -6,8 +6,11 @@ self-telemetry registry. The sink is a real ``Consumer`` that keeps what it gets
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -113,6 +116,20 @@ def logs(resource: dict[str, Any], records: list[dict[str, Any]], scope: str = "
         record.trace_id = spec.get("trace_id", b"")
         record.span_id = spec.get("span_id", b"")
     return request
+
+
+def scrape_with_honor_labels(prometheus: Any, address: str) -> Path:
+    """Have the test Prometheus scrape ``address`` with ``honor_labels: true``, as the
+    contract says Prometheus scrapes the collector's exporter (its ``job``/``instance``
+    are the services'). Returns the target file; unlink it to stop scraping."""
+    folder = Path(prometheus.workdir) / "targets" / "honor_labels"
+    if not folder.is_dir():
+        raise AssertionError(f"the test Prometheus has no honor_labels scrape job ({folder} missing)")
+    path = folder / f"components-{uuid.uuid4().hex[:8]}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([{"targets": [address], "labels": {}}]))
+    tmp.rename(path)
+    return path
 
 
 def batch_of(signal: Signal, message: Any) -> Batch:

@@ -1,0 +1,480 @@
+"""The Prometheus exporter's series store: OTLP metric points folded into cumulative series.
+
+``fold(request)`` turns every data point of an ``ExportMetricsServiceRequest`` into
+the state of one Prometheus series (keyed by family name and label set);
+``families()`` renders the state as ``prometheus_client`` metric families for
+exposition. What it does, point kind by point kind:
+
+* gauges and non-monotonic cumulative sums: last value wins (a point older than the
+  one held is dropped as ``out_of_order``);
+* monotonic cumulative sums: last value (``_total``);
+* **delta** sums (monotonic or not) and delta histograms: added to the running total
+  (the series' start time stays), so Prometheus sees an ordinary cumulative counter;
+  a delta point not newer than the last one folded is dropped as ``out_of_order``
+  (a resend must not count twice). Histograms whose bucket bounds change are reset;
+* exponential histograms: kept in their exponential form (deltas merged at the
+  coarser scale) and exposed as classic ``_bucket{le}`` series whose bounds are the
+  exponential bucket boundaries (``base^(i+1)``; negative buckets and the zero bucket
+  below them). At most ``max_exponential_buckets`` buckets are exposed: finer
+  histograms are downscaled (2 buckets merged into 1 per step) first. The ``le`` set
+  therefore follows the data's scale; native-histogram exposition needs the protobuf
+  scrape format, which prometheus-client does not write;
+* summaries: ``{quantile}``, ``_sum``, ``_count``;
+* points flagged "no recorded value" remove their series (staleness).
+
+Resource ``service.name``/``service.namespace``/``service.instance.id`` give ``job``
+and ``instance``; the other resource attributes go to one ``target_info`` series per
+``job``/``instance`` (or, with ``resource_to_telemetry_conversion``, onto every
+series). Series not updated for ``expiration`` seconds disappear.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Exemplar, Sample
+
+from ..processors._otlp import any_to_string, format_float
+from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name
+
+__all__ = ["SeriesStore"]
+
+DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+NO_RECORDED_VALUE = 1
+_IDENTITY = ("service.name", "service.namespace", "service.instance.id")
+
+
+class _Series:
+    __slots__ = ("count", "exemplars", "extra", "labels", "start", "sum", "time", "updated", "value")
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+        self.time = 0
+        self.start = 0
+        self.updated = 0.0
+        self.value: float = 0.0
+        self.count = 0
+        self.sum: float | None = None
+        #: histograms: bucket index -> Exemplar; counters: {0: Exemplar}
+        self.exemplars: dict[int, Exemplar] = {}
+        #: histograms: (bounds, counts); exponential: _Exp; summaries: quantiles list
+        self.extra: Any = None
+
+
+class _Family:
+    __slots__ = ("help", "name", "series", "type")
+
+    def __init__(self, name: str, type_: str, help_: str) -> None:
+        self.name = name
+        self.type = type_
+        self.help = help_
+        self.series: dict[tuple[tuple[str, str], ...], _Series] = {}
+
+
+class _Exp:
+    """An exponential histogram's buckets (one side each)."""
+
+    __slots__ = ("neg", "neg_offset", "pos", "pos_offset", "scale", "zero_count", "zero_threshold")
+
+    def __init__(self, point: Any) -> None:
+        self.scale = point.scale
+        self.zero_count = point.zero_count
+        self.zero_threshold = point.zero_threshold
+        self.pos_offset = point.positive.offset
+        self.pos = list(point.positive.bucket_counts)
+        self.neg_offset = point.negative.offset
+        self.neg = list(point.negative.bucket_counts)
+
+    def downscale(self, steps: int) -> None:
+        if steps <= 0:
+            return
+        self.pos_offset, self.pos = _downscale(self.pos_offset, self.pos, steps)
+        self.neg_offset, self.neg = _downscale(self.neg_offset, self.neg, steps)
+        self.scale -= steps
+
+    def add(self, other: _Exp) -> None:
+        if other.scale < self.scale:
+            self.downscale(self.scale - other.scale)
+        elif other.scale > self.scale:
+            other.downscale(other.scale - self.scale)
+        self.zero_count += other.zero_count
+        self.zero_threshold = max(self.zero_threshold, other.zero_threshold)
+        self.pos_offset, self.pos = _merge(self.pos_offset, self.pos, other.pos_offset, other.pos)
+        self.neg_offset, self.neg = _merge(self.neg_offset, self.neg, other.neg_offset, other.neg)
+
+    def classic(self, max_buckets: int) -> tuple[list[float], list[int]]:
+        """Upper bounds and (non-cumulative) counts, ascending, without +Inf."""
+        while len(self.pos) + len(self.neg) > max_buckets and self.scale > -10:
+            self.downscale(1)
+        base = 2.0 ** (2.0**-self.scale)
+        bounds: list[float] = []
+        counts: list[int] = []
+        for index in range(self.neg_offset + len(self.neg) - 1, self.neg_offset - 1, -1):
+            bounds.append(-(base**index))
+            counts.append(self.neg[index - self.neg_offset])
+        if self.neg or self.zero_count or self.zero_threshold:
+            bounds.append(self.zero_threshold)
+            counts.append(self.zero_count)
+        for index in range(self.pos_offset, self.pos_offset + len(self.pos)):
+            bounds.append(_pow(base, index + 1))
+            counts.append(self.pos[index - self.pos_offset])
+        return bounds, counts
+
+
+def _pow(base: float, exponent: int) -> float:
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
+
+
+def _downscale(offset: int, counts: list[int], steps: int) -> tuple[int, list[int]]:
+    if not counts:
+        return offset, counts
+    new_offset = offset >> steps
+    merged: list[int] = []
+    for index, count in enumerate(counts):
+        slot = ((offset + index) >> steps) - new_offset
+        while len(merged) <= slot:
+            merged.append(0)
+        merged[slot] += count
+    return new_offset, merged
+
+
+def _merge(offset_a: int, a: list[int], offset_b: int, b: list[int]) -> tuple[int, list[int]]:
+    if not b:
+        return offset_a, a
+    if not a:
+        return offset_b, list(b)
+    start = min(offset_a, offset_b)
+    end = max(offset_a + len(a), offset_b + len(b))
+    merged = [0] * (end - start)
+    for index, count in enumerate(a):
+        merged[offset_a - start + index] += count
+    for index, count in enumerate(b):
+        merged[offset_b - start + index] += count
+    return start, merged
+
+
+def _exemplar(ex: Any) -> tuple[float, Exemplar] | None:
+    value = ex.as_double if ex.WhichOneof("value") == "as_double" else float(ex.as_int)
+    labels: dict[str, str] = {}
+    if ex.trace_id:
+        labels["trace_id"] = ex.trace_id.hex()
+    if ex.span_id:
+        labels["span_id"] = ex.span_id.hex()
+    if not labels:
+        return None
+    return value, Exemplar(labels, value, ex.time_unix_nano / 1e9 if ex.time_unix_nano else None)
+
+
+def _bucket_index(bounds: Any, value: float) -> int:
+    for index, bound in enumerate(bounds):
+        if value <= bound:
+            return index
+    return len(bounds)
+
+
+class SeriesStore:
+    """Thread-safe; ``fold`` runs off the receive path, ``families`` at scrape time."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "",
+        expiration: float = 300.0,
+        resource_to_telemetry: bool = False,
+        without_scope_info: bool = False,
+        const_labels: dict[str, str] | None = None,
+        max_exponential_buckets: int = 40,
+    ) -> None:
+        self.namespace = label_name(namespace) if namespace else ""
+        self.expiration = expiration
+        self.resource_to_telemetry = resource_to_telemetry
+        self.without_scope_info = without_scope_info
+        self.const_labels = {label_name(k): v for k, v in (const_labels or {}).items()}
+        self.max_exponential_buckets = max_exponential_buckets
+        self._families: dict[str, _Family] = {}
+        #: (job, instance) -> [target_info labels, last update]
+        self._targets: dict[tuple[str, str], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    # --- folding ---------------------------------------------------------------------------
+
+    def fold(self, request: Any, now: float | None = None) -> tuple[int, dict[str, int]]:
+        """Fold a request in; returns (points kept, {reason: points dropped})."""
+        now = time.time() if now is None else now
+        kept = 0
+        dropped: dict[str, int] = defaultdict(int)
+        with self._lock:
+            for rm in request.resource_metrics:
+                base = self._resource_labels(rm.resource, now)
+                for sm in rm.scope_metrics:
+                    labels = dict(base)
+                    if not self.without_scope_info:
+                        scope = sm.scope
+                        for kv in scope.attributes:
+                            if kv.key not in ("name", "version", "schema_url"):
+                                name = label_name("otel_scope_" + kv.key)
+                                if name:
+                                    labels[name] = any_to_string(kv.value)
+                        if scope.name:
+                            labels["otel_scope_name"] = scope.name
+                        if scope.version:
+                            labels["otel_scope_version"] = scope.version
+                        if sm.schema_url:
+                            labels["otel_scope_schema_url"] = sm.schema_url
+                    for metric in sm.metrics:
+                        kept += self._fold_metric(metric, labels, now, dropped)
+        return kept, dict(dropped)
+
+    def _resource_labels(self, resource: Any, now: float) -> dict[str, str]:
+        values = {kv.key: kv.value for kv in resource.attributes}
+        labels: dict[str, str] = {}
+        if self.resource_to_telemetry:
+            for key, value in values.items():
+                name = label_name(key)
+                if name:
+                    labels[name] = any_to_string(value)
+        labels.update(self.const_labels)
+        job = any_to_string(values["service.name"]) if "service.name" in values else None
+        if job is not None and "service.namespace" in values:
+            job = f"{any_to_string(values['service.namespace'])}/{job}"
+        instance = any_to_string(values["service.instance.id"]) if "service.instance.id" in values else None
+        if job is not None:
+            labels["job"] = job
+        if instance is not None:
+            labels["instance"] = instance
+        if job is not None and instance is not None:
+            info = {}
+            for key in sorted(values):
+                if key in _IDENTITY:
+                    continue
+                name = label_name(key)
+                if name:
+                    text = any_to_string(values[key])
+                    info[name] = f"{info[name]};{text}" if name in info else text
+            info["job"] = job
+            info["instance"] = instance
+            self._targets[(job, instance)] = [info, now]
+        return labels
+
+    def _family(self, name: str, type_: str, help_: str, points: int, dropped: dict[str, int]) -> _Family | None:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = _Family(name, type_, help_)
+        elif family.type != type_:
+            dropped["type_conflict"] += points
+            return None
+        return family
+
+    def _series(self, family: _Family, point: Any, base: dict[str, str]) -> _Series:
+        labels: dict[str, str] = {}
+        for kv in point.attributes:
+            name = label_name(kv.key)
+            if not name:
+                continue
+            text = any_to_string(kv.value)
+            labels[name] = f"{labels[name]};{text}" if name in labels else text
+        labels.update(base)
+        key = tuple(sorted(labels.items()))
+        series = family.series.get(key)
+        if series is None:
+            series = family.series[key] = _Series(labels)
+            series.start = point.start_time_unix_nano
+        return series
+
+    def _fold_metric(self, metric: Any, base: dict[str, str], now: float, dropped: dict[str, int]) -> int:
+        data = metric.WhichOneof("data")
+        if data is None:
+            return 0
+        body = getattr(metric, data)
+        points = body.data_points
+        if not len(points):
+            return 0
+        if data == "gauge":
+            kind, type_ = GAUGE, "gauge"
+        elif data == "sum":
+            if body.aggregation_temporality not in (DELTA, CUMULATIVE):
+                dropped["unspecified_temporality"] += len(points)
+                return 0
+            kind, type_ = (MONOTONIC, "counter") if body.is_monotonic else (NON_MONOTONIC, "gauge")
+        else:
+            kind = OTHER
+            type_ = "summary" if data == "summary" else "histogram"
+            if data != "summary" and body.aggregation_temporality not in (DELTA, CUMULATIVE):
+                dropped["unspecified_temporality"] += len(points)
+                return 0
+        name = metric_name(metric.name, metric.unit, kind, self.namespace)
+        if not name:
+            dropped["invalid_name"] += len(points)
+            return 0
+        family = self._family(name, type_, metric.description, len(points), dropped)
+        if family is None:
+            return 0
+        delta = data not in ("gauge", "summary") and body.aggregation_temporality == DELTA
+        kept = 0
+        for point in points:
+            if self._fold_point(family, data, point, base, delta=delta, now=now, dropped=dropped):
+                kept += 1
+        return kept
+
+    def _fold_point(
+        self, family: _Family, data: str, point: Any, base: dict[str, str], *, delta: bool, now: float, dropped: Any
+    ) -> bool:
+        series = self._series(family, point, base)
+        if point.flags & NO_RECORDED_VALUE:
+            family.series.pop(tuple(sorted(series.labels.items())), None)
+            return False
+        stamp = point.time_unix_nano
+        if (stamp <= series.time) if delta else (stamp < series.time):
+            dropped["out_of_order"] += 1
+            return False
+        if data in ("gauge", "sum"):
+            value = point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int)
+            series.value = series.value + value if delta and series.time else value
+            if point.exemplars:
+                found = _exemplar(point.exemplars[-1])
+                if found is not None:
+                    series.exemplars[0] = found[1]
+        elif data == "histogram":
+            self._fold_histogram(series, point, delta)
+        elif data == "exponential_histogram":
+            self._fold_exponential(series, point, delta)
+        else:
+            series.count = point.count
+            series.sum = point.sum
+            series.extra = [(q.quantile, q.value) for q in point.quantile_values]
+        if not delta or not series.time:
+            series.start = point.start_time_unix_nano or series.start
+        series.time = stamp
+        series.updated = now
+        return True
+
+    def _fold_histogram(self, series: _Series, point: Any, delta: bool) -> None:
+        bounds = tuple(point.explicit_bounds)
+        counts = list(point.bucket_counts) or [point.count]
+        if len(counts) != len(bounds) + 1:  # malformed: keep count and sum only
+            bounds, counts = (), [point.count]
+        if delta and series.time and series.extra is not None and series.extra[0] == bounds:
+            old = series.extra[1]
+            series.extra = (bounds, [a + b for a, b in zip(old, counts, strict=True)])
+            series.count += point.count
+            if point.HasField("sum"):
+                series.sum = (series.sum or 0.0) + point.sum
+        else:
+            if series.extra is not None and series.extra[0] != bounds:
+                series.exemplars.clear()
+            series.extra = (bounds, counts)
+            series.count = point.count
+            series.sum = point.sum if point.HasField("sum") else None
+        for ex in point.exemplars:
+            found = _exemplar(ex)
+            if found is not None:
+                series.exemplars[_bucket_index(bounds, found[0])] = found[1]
+
+    def _fold_exponential(self, series: _Series, point: Any, delta: bool) -> None:
+        incoming = _Exp(point)
+        if delta and series.time and isinstance(series.extra, _Exp):
+            series.extra.add(incoming)
+            series.count += point.count
+            if point.HasField("sum"):
+                series.sum = (series.sum or 0.0) + point.sum
+        else:
+            series.extra = incoming
+            series.count = point.count
+            series.sum = point.sum if point.HasField("sum") else None
+        # Exemplars are placed in buckets when the histogram is rendered.
+        for ex in point.exemplars:
+            found = _exemplar(ex)
+            if found is not None:
+                series.exemplars[len(series.exemplars) % 16] = found[1]
+
+    # --- exposition ------------------------------------------------------------------------
+
+    def expire(self, now: float | None = None) -> int:
+        """Remove series and targets not updated within ``expiration``; returns series removed."""
+        limit = (time.time() if now is None else now) - self.expiration
+        removed = 0
+        with self._lock:
+            for name in list(self._families):
+                family = self._families[name]
+                stale = [key for key, series in family.series.items() if series.updated < limit]
+                for key in stale:
+                    del family.series[key]
+                removed += len(stale)
+                if not family.series:
+                    del self._families[name]
+            for target in [t for t, (_, updated) in self._targets.items() if updated < limit]:
+                del self._targets[target]
+        return removed
+
+    def series_count(self) -> int:
+        with self._lock:
+            return sum(len(f.series) for f in self._families.values())
+
+    def families(self) -> list[Metric]:
+        """The current state as prometheus-client metric families (``target_info`` first)."""
+        out: list[Metric] = []
+        with self._lock:
+            if self._targets:
+                name = f"{self.namespace}_target_info" if self.namespace else "target_info"
+                info = Metric(name, "Target metadata", "gauge")
+                for labels, _ in self._targets.values():
+                    info.samples.append(Sample(name, labels, 1.0))
+                out.append(info)
+            for family in self._families.values():
+                out.append(self._render(family))
+        return out
+
+    def _render(self, family: _Family) -> Metric:
+        name = family.name
+        if family.type == "counter":
+            metric = Metric(name.removesuffix("_total"), family.help, "counter")
+            for series in family.series.values():
+                metric.samples.append(Sample(name, series.labels, series.value, None, series.exemplars.get(0)))
+            return metric
+        metric = Metric(name, family.help, family.type)
+        samples = metric.samples
+        if family.type == "gauge":
+            for series in family.series.values():
+                samples.append(Sample(name, series.labels, series.value))
+        elif family.type == "summary":
+            for series in family.series.values():
+                for quantile, value in series.extra or ():
+                    samples.append(Sample(name, {**series.labels, "quantile": format_float(quantile)}, value))
+                samples.append(Sample(f"{name}_count", series.labels, float(series.count)))
+                samples.append(Sample(f"{name}_sum", series.labels, series.sum or 0.0))
+        else:
+            for series in family.series.values():
+                self._render_histogram(name, series, samples)
+        return metric
+
+    def _render_histogram(self, name: str, series: _Series, samples: list[Sample]) -> None:
+        if isinstance(series.extra, _Exp):
+            bounds, counts = series.extra.classic(self.max_exponential_buckets)
+            exemplars: dict[int, Exemplar] = {}
+            for ex in series.exemplars.values():
+                exemplars[_bucket_index(bounds, ex.value)] = ex
+        else:
+            bounds, counts = series.extra if series.extra is not None else ((), [series.count])
+            exemplars = series.exemplars
+        bucket = f"{name}_bucket"
+        cumulative = 0
+        for index, bound in enumerate(bounds):
+            cumulative += counts[index]
+            labels = {**series.labels, "le": format_float(bound)}
+            samples.append(Sample(bucket, labels, float(cumulative), None, exemplars.get(index)))
+        samples.append(
+            Sample(bucket, {**series.labels, "le": "+Inf"}, float(series.count), None, exemplars.get(len(bounds)))
+        )
+        samples.append(Sample(f"{name}_count", series.labels, float(series.count)))
+        if series.sum is not None:
+            samples.append(Sample(f"{name}_sum", series.labels, series.sum))
