@@ -1,0 +1,102 @@
+"""``meshwatch-alerts``: generate the rule files and Alertmanager config, and check them."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import build
+from .alertmanager import DEFAULT_URLS, Receivers
+from .rules import Params
+from .spec import SpecError, load_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshwatch-alerts",
+        description="meshwatch's Prometheus rules (RED, SLO burn rate, pipeline, watchdog) and Alertmanager config.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_build = sub.add_parser("build", help="regenerate alerts/rules/*.yml and alerts/alertmanager.yml from code")
+    p_build.add_argument("--spec", type=Path, default=None, help="SLO spec (default alerts/slos.yaml)")
+    p_build.add_argument("--out", type=Path, default=build.ALERTS_DIR, help="folder to write to (default alerts/)")
+    p_build.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed file is stale")
+    p_build.add_argument("--runbook-base", default=Params.runbook_base, help="prefix of every runbook_url")
+    p_build.add_argument("--for", dest="for_override", default=None, help="replace every alert's `for` (tests only)")
+    p_build.add_argument("--red-window", default=Params.red_window, help="rate window of the RED rules (default 5m)")
+
+    p_am = sub.add_parser("alertmanager", help="print the Alertmanager config with your receiver URLs")
+    for name, url in DEFAULT_URLS.items():
+        p_am.add_argument(f"--{name}-url", default=url, help=f"webhook of the {name} receiver (default {url})")
+    p_am.add_argument("-o", "--output", type=Path, default=None, help="write to this file instead of stdout")
+
+    p_check = sub.add_parser("check", help="promtool check rules + amtool check-config on the committed files")
+    p_check.add_argument("--promtool", default=None, help="promtool binary (default: meshwatch-stack's, else PATH)")
+    p_check.add_argument("--amtool", default=None, help="amtool binary (default: meshwatch-stack's, else PATH)")
+    p_check.add_argument("--dir", type=Path, default=build.ALERTS_DIR, help="alerts folder (default alerts/)")
+
+    sub.add_parser("list", help="list every alert with its severity and runbook")
+    return parser
+
+
+def _tool(explicit: str | None, component: str, name: str) -> str:
+    if explicit:
+        return explicit
+    try:
+        from meshwatch.stack import binary
+
+        found: str | None = str(binary(component, name))
+    except Exception:  # meshwatch-stack absent or the tool not installed there: try PATH
+        found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"meshwatch-alerts: {name} not found; run `meshwatch-stack install` or pass --{name}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            params = Params(red_window=args.red_window, for_override=args.for_override, runbook_base=args.runbook_base)
+            outputs = build.render_all(args.spec, params)
+            if args.check:
+                stale = build.stale(outputs, args.out)
+                if stale:
+                    print(f"stale (run `meshwatch-alerts build`): {', '.join(stale)}", file=sys.stderr)
+                    return EXIT_FAILED
+                print(f"up to date: {len(outputs.files)} files")
+                return EXIT_OK
+            written = build.write(outputs, args.out)
+            print(f"wrote {len(written)} of {len(outputs.files)} files" + "".join(f"\n  {p}" for p in written))
+        elif args.command == "alertmanager":
+            receivers = Receivers(oncall=args.oncall_url, ticket=args.ticket_url, heartbeat=args.heartbeat_url)
+            text = build.render_alertmanager(receivers)
+            if args.output:
+                args.output.write_text(text)
+                print(f"wrote {args.output}")
+            else:
+                sys.stdout.write(text)
+        elif args.command == "check":
+            rules = sorted((args.dir / "rules").glob("*.yml"))
+            steps = [
+                [_tool(args.promtool, "prometheus", "promtool"), "check", "rules", *map(str, rules)],
+                [_tool(args.amtool, "alertmanager", "amtool"), "check-config", str(args.dir / "alertmanager.yml")],
+            ]
+            for argv_ in steps:
+                done = subprocess.run(argv_, capture_output=True, text=True)
+                print(done.stdout + done.stderr, end="")
+                if done.returncode != 0:
+                    return EXIT_FAILED
+        elif args.command == "list":
+            spec = load_spec(build.default_spec_path())
+            for alert in build.all_alerts(spec):
+                print(f"{alert.alert:34} {alert.severity:9} for {alert.for_ or '-':4} docs/runbooks/{alert.alert}.md")
+    except SpecError as exc:
+        print(f"meshwatch-alerts: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
