@@ -125,7 +125,15 @@ def prometheus_config(options: dict[str, Any], alertmanager: str | None) -> dict
                 # Prometheus picks it up through inotify, no reload needed.
                 "job_name": "meshwatch",
                 "file_sd_configs": [{"files": ["targets/*.json"], "refresh_interval": "5s"}],
-            }
+            },
+            {
+                # Exporters that carry other jobs' series (the collector's Prometheus
+                # exporter): their own job/instance labels win. Targets go in
+                # targets/honor_labels/ the same way.
+                "job_name": "meshwatch-honor-labels",
+                "honor_labels": True,
+                "file_sd_configs": [{"files": ["targets/honor_labels/*.json"], "refresh_interval": "5s"}],
+            },
         ],
     }
     if alertmanager:
@@ -135,7 +143,7 @@ def prometheus_config(options: dict[str, Any], alertmanager: str | None) -> dict
 
 def _prometheus(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
     host = "127.0.0.1"
-    for sub in ("targets", "rules", "data"):
+    for sub in ("targets", "targets/honor_labels", "rules", "data"):
         (workdir / sub).mkdir(exist_ok=True)
     for rule_file in options.get("rule_files", []):
         shutil.copy(rule_file, workdir / "rules" / Path(rule_file).name)

@@ -1,0 +1,115 @@
+"""What every demo service shares: telemetry in one line, health, fault injection, error mapping.
+
+A service module builds its FastAPI app with :func:`create_app` and adds its own
+routes. The one line of telemetry is ``meshwatch.init()`` here; everything else a
+service shows in Jaeger, Prometheus and Elasticsearch comes from the
+instrumentors it enables (FastAPI, httpx, SQLAlchemy, redis, logging).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+import meshwatch
+
+from .deps import DependencyDown, UpstreamError
+from .faults import FaultState, InjectedFault, admin_router, fault_middleware
+
+__all__ = ["create_app", "init_telemetry"]
+
+_initialised: set[str] = set()
+
+
+def init_telemetry(service: str) -> None:
+    """``meshwatch.init()``: traces, RED metrics and JSON logs (the name comes from ``OTEL_SERVICE_NAME``)."""
+    if _initialised:
+        return
+    os.environ.setdefault("OTEL_SERVICE_NAME", service)
+    init = getattr(meshwatch, "init", None)
+    if init is None:  # TEMP until the instrumentation library lands
+        logging.getLogger(__name__).warning("meshwatch.init() is not available: running without telemetry")
+    else:
+        init()
+    _initialised.add(service)
+
+
+def create_app(
+    service: str,
+    *,
+    dependencies: tuple[str, ...] = (),
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    telemetry: bool = True,
+) -> tuple[FastAPI, FaultState, logging.Logger]:
+    """A FastAPI app with ``/healthz``, ``/admin/faults`` and errors answered as JSON.
+
+    ``telemetry=False`` is for a service run under ``meshwatch-run`` (zero code).
+    """
+    if telemetry:
+        init_telemetry(service)
+    logger = logging.getLogger(f"meshwatch.demo.{service}")
+    faults = FaultState(service, dependencies)
+
+    @asynccontextmanager
+    async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            await app.state.http.aclose()
+
+    app = FastAPI(title=f"meshwatch demo: {service}", lifespan=_lifespan)
+    app.middleware("http")(fault_middleware(faults, logger))
+    app.include_router(admin_router(faults))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": service, "faults": faults.faults.as_dict()}
+
+    _add_error_handlers(app, service, logger)
+    return app, faults, logger
+
+
+def _add_error_handlers(app: FastAPI, service: str, logger: logging.Logger) -> None:
+    """Failures of dependencies become JSON answers that say which one, logged once with the stack trace."""
+
+    def handler(
+        status: Callable[[Exception], int], what: Callable[[Exception], str], level: int = logging.ERROR
+    ) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            code = status(exc)
+            logger.log(
+                level if code >= 500 else logging.WARNING,
+                "%s %s failed: %s",
+                request.method,
+                request.url.path,
+                what(exc),
+                exc_info=exc if code >= 500 else None,
+            )
+            return JSONResponse({"error": what(exc), "service": service}, status_code=code)
+
+        return handle
+
+    app.add_exception_handler(
+        UpstreamError,
+        # A peer's client error (402 declined, 409 out of stock) is passed on; its 5xx becomes our 502.
+        handler(lambda e: e.status if e.status < 500 else 502, str),  # type: ignore[attr-defined]
+    )
+    app.add_exception_handler(DependencyDown, handler(lambda e: 503, str))
+    app.add_exception_handler(httpx.TransportError, handler(lambda e: 503, lambda e: f"peer unreachable: {e!r}"))
+    app.add_exception_handler(
+        redis.exceptions.ConnectionError, handler(lambda e: 503, lambda e: f"redis unreachable: {e}")
+    )
+    app.add_exception_handler(InjectedFault, handler(lambda e: 500, str))

@@ -1,0 +1,355 @@
+"""The whole demo platform on one machine, without Docker: backends, collector, on-call, mesh, load.
+
+Everything is started through the stack runner (:class:`meshwatch.stack.Stack`),
+so it lands in one state file and ``meshwatch-stack down`` / ``meshwatch-demo down``
+stop all of it by PID. The order follows the data: backends first, then the
+collector that feeds them, the on-call webhook Alertmanager calls, the services
+(callees before callers) and last the load. :meth:`Platform.wait_for_data` then
+waits until traces, metrics and logs are queryable, so "ready" means a user sees
+data, not just open ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshwatch.stack import Server, Stack, StackError, free_port
+
+from .config import DEFAULT_PORTS, SERVICES, env_name
+
+__all__ = ["PlatformOptions", "Platform", "find_repo", "http_json", "COLLECTOR_PORTS", "DEMO_SERVICES"]
+
+DEMO_SERVICES = SERVICES
+#: The collector's usual ports (telemetry contract): OTLP gRPC/HTTP, self-metrics, Prometheus exporter.
+COLLECTOR_PORTS = {"otlp_grpc": 4317, "otlp_http": 4318, "telemetry": 8888, "prometheus": 8889}
+ONCALL_PORT = 9095
+LOADGEN_PORT = 8089
+#: Propagators per service: payments speaks both formats, fraud (the legacy service) only Jaeger's.
+PROPAGATORS = {"payments": "tracecontext,baggage,jaeger", "fraud": "jaeger"}
+
+
+def find_repo() -> Path:
+    """The meshwatch checkout (collector config, alert rules): ``MESHWATCH_REPO``, the cwd, or this file's."""
+    candidates = [os.environ.get("MESHWATCH_REPO"), os.getcwd(), str(Path(__file__).resolve().parents[4])]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "alerts" / "rules").is_dir():
+            return Path(candidate)
+    raise StackError("cannot find the meshwatch checkout: run from it, or set MESHWATCH_REPO=/path/to/meshwatch")
+
+
+def http_json(url: str, *, method: str = "GET", body: Any = None, timeout: float = 10.0) -> Any:
+    """A small JSON-over-HTTP call (stdlib only, so the CLI starts fast)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
+
+
+@dataclass
+class PlatformOptions:
+    repo: Path = field(default_factory=find_repo)
+    #: Load generator: requests per second and how long (0: until stopped).
+    rate: float = 5.0
+    load_duration: float = 0.0
+    #: How often services export metrics and Prometheus scrapes (short is lively, long is cheap).
+    metric_interval_ms: int = 5000
+    scrape_interval: str = "5s"
+    #: Use the usual ports when free (a user's demo) or any free port (tests).
+    fixed_ports: bool = True
+    es_heap: str = "512m"
+    python: str = sys.executable
+    progress: Callable[[str], None] = field(default=lambda message: print(f"meshwatch-demo: {message}", flush=True))
+
+    @property
+    def collector_config(self) -> Path:
+        return self.repo / "collector" / "collector.yaml"
+
+    @property
+    def rule_files(self) -> list[Path]:
+        folder = self.repo / "alerts" / "rules"
+        return sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")])
+
+
+class Platform:
+    """Starts and describes the demo on a :class:`Stack` (which may already run some backends)."""
+
+    def __init__(self, stack: Stack, options: PlatformOptions | None = None) -> None:
+        self.stack = stack
+        self.options = options or PlatformOptions()
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        self.options.progress(message)
+
+    def _port(self, usual: int) -> int:
+        return free_port(usual if self.options.fixed_ports else None)
+
+    def _bin(self, name: str) -> str:
+        """A console script of this virtualenv (beside the running Python), else on PATH."""
+        beside = Path(self.options.python).parent / name
+        found = str(beside) if beside.exists() else shutil.which(name)
+        if not found:
+            raise StackError(f"{name} is not installed: run `make venv` (or pip install -e ./<its distribution>)")
+        return found
+
+    def _step(self, what: str, start: Callable[[], Server]) -> Server:
+        began = time.monotonic()
+        self._say(f"starting {what}…")
+        server = start()
+        self._say(f"  {what} ready in {time.monotonic() - began:.1f}s  {server.url}")
+        return server
+
+    def server(self, name: str) -> Server:
+        try:
+            return self.stack.servers[name]
+        except KeyError:
+            raise StackError(f"{name} is not running in {self.stack.state_dir}") from None
+
+    # --- start ----------------------------------------------------------------------
+
+    def up(self) -> dict[str, str]:
+        """Start everything that is not running yet, wait for data, return the URLs to show."""
+        began = time.monotonic()
+        self.start_backends()
+        self.start_collector()
+        self.start_oncall()
+        self.configure_alerting()
+        self.start_services()
+        self.start_load()
+        self.wait_for_data()
+        self._say(f"platform up in {time.monotonic() - began:.0f}s")
+        return self.urls()
+
+    def start_backends(self) -> None:
+        opts = self.options
+        self._step("elasticsearch (≈20-60 s)", lambda: self.stack.start("elasticsearch", heap=opts.es_heap))
+        self._step("jaeger", lambda: self.stack.start("jaeger"))
+        self._step("alertmanager", lambda: self.stack.start("alertmanager"))
+        self._step(
+            "prometheus",
+            lambda: self.stack.start("prometheus", scrape_interval=opts.scrape_interval, rule_files=opts.rule_files),
+        )
+        self._step("redis", lambda: self.stack.start("redis"))
+        self._step("nats (JetStream)", lambda: self.stack.start("nats"))
+
+    def collector_env(self, ports: dict[str, int]) -> dict[str, str]:
+        """What the default collector config reads from the environment: where the backends are."""
+        jaeger, es = self.server("jaeger"), self.server("elasticsearch")
+        return {
+            "MESHWATCH_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['otlp_grpc']}",
+            "MESHWATCH_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['otlp_http']}",
+            "MESHWATCH_TELEMETRY_ENDPOINT": f"127.0.0.1:{ports['telemetry']}",
+            "MESHWATCH_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prometheus']}",
+            "MESHWATCH_JAEGER_OTLP_ENDPOINT": jaeger.urls["otlp_grpc"].removeprefix("http://"),
+            "MESHWATCH_ELASTICSEARCH_URL": es.url,
+            "MESHWATCH_STORAGE_DIR": str(self.stack.state_dir / "collector" / "queue"),
+        }
+
+    def start_collector(self) -> Server:
+        if "collector" in self.stack.servers:
+            return self.stack.servers["collector"]
+        ports = {name: self._port(usual) for name, usual in COLLECTOR_PORTS.items()}
+        config = self.options.collector_config
+        if not config.exists():
+            raise StackError(f"the collector's default config {config} is missing")
+        server = self._step(
+            "meshwatch collector",
+            lambda: self.stack.run_process(
+                "collector",
+                [self._bin("meshwatch-collector"), "--config", str(config)],
+                ready_url=f"http://127.0.0.1:{ports['telemetry']}/healthz",
+                urls={
+                    "otlp_grpc": f"http://127.0.0.1:{ports['otlp_grpc']}",
+                    "otlp_http": f"http://127.0.0.1:{ports['otlp_http']}",
+                    "http": f"http://127.0.0.1:{ports['telemetry']}",
+                    "metrics": f"http://127.0.0.1:{ports['telemetry']}/metrics",
+                    "prometheus_exporter": f"http://127.0.0.1:{ports['prometheus']}/metrics",
+                },
+                ports=ports,
+                env=self.collector_env(ports),
+                timeout=60,
+                hint="check collector/collector.yaml and the collector's log",
+            ),
+        )
+        self.scrape_collector(server)
+        return server
+
+    def scrape_collector(self, collector: Server) -> None:
+        """Prometheus scrapes the exporter with honor_labels (services' job/instance) and the self-metrics."""
+        prometheus = self.server("prometheus")
+        target = [{"targets": [f"127.0.0.1:{collector.ports['prometheus']}"], "labels": {}}]
+        folder = Path(prometheus.workdir) / "targets" / "honor_labels"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "demo-collector-exporter.tmp"
+        tmp.write_text(json.dumps(target))
+        tmp.rename(folder / "demo-collector-exporter.json")  # atomic: Prometheus never reads half a file
+        prometheus.add_scrape_target(
+            "demo-collector-self", f"127.0.0.1:{collector.ports['telemetry']}", {"job": "meshwatch-collector"}
+        )
+
+    def start_oncall(self) -> Server:
+        if "oncall" in self.stack.servers:
+            return self.stack.servers["oncall"]
+        port = self._port(ONCALL_PORT)
+        return self._step(
+            "on-call webhook",
+            lambda: self.stack.run_process(
+                "oncall",
+                [self.options.python, "-m", "meshwatch.demo.oncall", "--port", str(port)],
+                ready_url=f"http://127.0.0.1:{port}/healthz",
+                urls={"http": f"http://127.0.0.1:{port}"},
+                ports={"http": port},
+                timeout=60,
+            ),
+        )
+
+    def configure_alerting(self) -> None:
+        """Alertmanager gets the project's routing with the on-call URL of this run; Prometheus the rules."""
+        oncall = self.server("oncall")
+        template = (self.options.repo / "alerts" / "alertmanager.yml").read_text()
+        config = template.replace(f"http://127.0.0.1:{ONCALL_PORT}", oncall.url)
+        self.server("alertmanager").set_alertmanager_config(config)
+        self.server("prometheus").set_rule_files(self.options.rule_files)
+
+    def service_env(self, name: str, ports: dict[str, int]) -> dict[str, str]:
+        collector = self.server("collector")
+        env = {
+            "OTEL_SERVICE_NAME": name,
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=demo,service.version=0.1.0",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.urls["otlp_grpc"],
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_METRIC_EXPORT_INTERVAL": str(self.options.metric_interval_ms),
+            "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "healthz,admin/faults",
+            "DEMO_REDIS_URL": self.server("redis").urls["redis"],
+            "DEMO_NATS_URL": self.server("nats").urls["nats"],
+            "DEMO_DATABASE_URL": os.environ.get(
+                "DEMO_DATABASE_URL", f"sqlite:///{self.stack.state_dir / name / f'demo-{name}.db'}"
+            ),
+        }
+        if name in PROPAGATORS:
+            env["OTEL_PROPAGATORS"] = PROPAGATORS[name]
+        env.update({env_name(peer): f"http://127.0.0.1:{port}" for peer, port in ports.items()})
+        return env
+
+    def start_services(self) -> None:
+        ports: dict[str, int] = {}
+        for name in DEMO_SERVICES:
+            if name in self.stack.servers:
+                ports[name] = self.stack.servers[name].ports["http"]
+                continue
+            ports[name] = self._port(DEFAULT_PORTS[name])
+            serve = [self.options.python, "-m", "meshwatch.demo.serve", name, "--port", str(ports[name])]
+            # fraud is the "legacy" service: no code change, run under meshwatch-run.
+            argv = [self._bin("meshwatch-run"), *serve] if name == "fraud" else serve
+            self._step(
+                f"service {name}",
+                lambda name=name, argv=argv: self.stack.run_process(
+                    name,
+                    argv,
+                    ready_url=f"http://127.0.0.1:{ports[name]}/healthz",
+                    urls={"http": f"http://127.0.0.1:{ports[name]}"},
+                    ports={"http": ports[name]},
+                    env=self.service_env(name, ports),
+                    timeout=90,
+                ),
+            )
+
+    def start_load(self) -> Server | None:
+        if "loadgen" in self.stack.servers or self.options.rate <= 0:
+            return self.stack.servers.get("loadgen")
+        port = self._port(LOADGEN_PORT)
+        argv = [
+            self.options.python,
+            "-m",
+            "meshwatch.demo.loadgen",
+            "--gateway",
+            self.server("gateway").url,
+            "--rate",
+            str(self.options.rate),
+            "--duration",
+            str(self.options.load_duration),
+            "--stats-port",
+            str(port),
+        ]
+        return self._step(
+            f"load generator ({self.options.rate:g} req/s)",
+            lambda: self.stack.run_process(
+                "loadgen",
+                argv,
+                ready_url=f"http://127.0.0.1:{port}/healthz",
+                urls={"http": f"http://127.0.0.1:{port}/stats"},
+                ports={"http": port},
+                timeout=60,
+            ),
+        )
+
+    # --- readiness of the data --------------------------------------------------------
+
+    def wait_for_data(self, timeout: float = 180.0) -> None:
+        """Wait until each signal is queryable where users look for it."""
+        checks: list[tuple[str, Callable[[], str | None]]] = [
+            ("traces in Jaeger", self._traces_flowing),
+            ("metrics in Prometheus", self._metrics_flowing),
+            ("logs in Elasticsearch", self._logs_flowing),
+        ]
+        for what, check in checks:
+            began = time.monotonic()
+            self._say(f"waiting for {what}…")
+            last: str | None = None
+            while True:
+                try:
+                    last = check()
+                except Exception as exc:  # not ready yet: keep asking
+                    last = f"not yet ({exc})"
+                    ok = False
+                else:
+                    ok = last is not None and not last.startswith("not yet")
+                if ok:
+                    self._say(f"  {what}: {last} ({time.monotonic() - began:.0f}s)")
+                    break
+                if time.monotonic() - began > timeout:
+                    raise StackError(f"no {what} after {timeout:.0f}s ({last}); see the logs: meshwatch-demo status")
+                time.sleep(2)
+
+    def _traces_flowing(self) -> str | None:
+        services = set(http_json(f"{self.server('jaeger').url}/api/services")["data"] or [])
+        missing = sorted(set(DEMO_SERVICES) - services)
+        return f"not yet: missing {', '.join(missing)}" if missing else f"{len(DEMO_SERVICES)} services"
+
+    def _metrics_flowing(self) -> str | None:
+        query = "count by (job) (http_server_request_duration_seconds_count)"
+        url = f"{self.server('prometheus').url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        jobs = {r["metric"].get("job", "") for r in http_json(url)["data"]["result"]}
+        return f"RED metrics for {len(jobs)} services" if jobs else "not yet: no HTTP server metrics"
+
+    def _logs_flowing(self) -> str | None:
+        url = f"{self.server('elasticsearch').url}/meshwatch-logs-*/_count"
+        count = http_json(url)["count"]
+        return f"{count} log records" if count else "not yet: no log records"
+
+    # --- what to show -------------------------------------------------------------------
+
+    def urls(self) -> dict[str, str]:
+        shown = {
+            "Jaeger (traces: query API)": f"{self.server('jaeger').url}/api/services",
+            "Prometheus": self.server("prometheus").url,
+            "Alertmanager": self.server("alertmanager").url,
+            "Elasticsearch (logs)": f"{self.server('elasticsearch').url}/meshwatch-logs-*/_search?q=log.level:error",
+            "Gateway (the shop)": f"{self.server('gateway').url}/api/products",
+            "On-call webhook page": self.server("oncall").url,
+            "Collector self-metrics": self.server("collector").urls.get("metrics", ""),
+        }
+        if "loadgen" in self.stack.servers:
+            shown["Load generator stats"] = self.server("loadgen").urls["http"]
+        return shown
