@@ -1,0 +1,112 @@
+"""Build the OTLP (or console) exporter for one signal from the settings.
+
+Imports happen inside the factories: the gRPC stack is only loaded when gRPC is
+chosen, and the HTTP one only for ``http/protobuf``. Factories are called by the
+batch worker in the process that exports, so a forked worker connects anew.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._config import Settings
+
+__all__ = ["exporter_factory", "metric_exporter_factory"]
+
+
+def _common(settings: Settings, signal: str) -> dict[str, Any]:
+    return {
+        "endpoint": settings.endpoint_for(signal),
+        "headers": dict(settings.headers) or None,
+        "timeout": settings.export_timeout,
+    }
+
+
+def _grpc_kwargs(settings: Settings, signal: str) -> dict[str, Any]:
+    from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
+
+    kwargs = _common(settings, signal)
+    endpoint = kwargs["endpoint"]
+    insecure = settings.insecure
+    if insecure is None:
+        insecure = not endpoint.startswith("https://")
+    kwargs["insecure"] = insecure
+    kwargs["compression"] = Compression.Gzip if settings.compression == "gzip" else Compression.NoCompression
+    return kwargs
+
+
+def _http_kwargs(settings: Settings, signal: str) -> dict[str, Any]:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    kwargs = _common(settings, signal)
+    kwargs["compression"] = Compression.Gzip if settings.compression == "gzip" else Compression.NoCompression
+    return kwargs
+
+
+def exporter_factory(settings: Settings, signal: str, kind: str) -> Callable[[], Any]:
+    """A zero-argument callable building the span (``traces``) or log (``logs``) exporter."""
+    if kind == "console":
+        return lambda: _ConsoleExporter(signal)
+    if kind != "otlp":
+        raise ValueError(f"unknown {signal} exporter {kind!r}; use otlp, console or none")
+    protocol = settings.protocol_for(signal)
+
+    def build() -> Any:
+        if protocol == "grpc":
+            if signal == "traces":
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+                return OTLPSpanExporter(**_grpc_kwargs(settings, signal))
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+            return OTLPLogExporter(**_grpc_kwargs(settings, signal))
+        if signal == "traces":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPSpanExporter
+
+            return HTTPSpanExporter(**_http_kwargs(settings, signal))
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HTTPLogExporter
+
+        return HTTPLogExporter(**_http_kwargs(settings, signal))
+
+    return build
+
+
+def metric_exporter_factory(settings: Settings, kind: str) -> Callable[[], Any]:
+    """A zero-argument callable building the push metric exporter (cumulative temporality)."""
+    if kind == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        return lambda: ConsoleMetricExporter(out=sys.stderr)
+    if kind != "otlp":
+        raise ValueError(f"unknown metrics exporter {kind!r}; use otlp, prometheus, console or none")
+    protocol = settings.protocol_for("metrics")
+
+    def build() -> Any:
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            return OTLPMetricExporter(**_grpc_kwargs(settings, "metrics"))
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HTTPMetricExporter
+
+        return HTTPMetricExporter(**_http_kwargs(settings, "metrics"))
+
+    return build
+
+
+class _ConsoleExporter:
+    """Spans or log records as one JSON document each, on stderr (stdout carries the JSON logs)."""
+
+    def __init__(self, signal: str) -> None:
+        self.signal = signal
+
+    def export(self, batch: Sequence[Any]) -> bool:
+        for item in batch:
+            to_json = getattr(item, "to_json", None)
+            sys.stderr.write((to_json(indent=None) if to_json else repr(item)) + "\n")
+        sys.stderr.flush()
+        return True
+
+    def shutdown(self) -> None:
+        return None

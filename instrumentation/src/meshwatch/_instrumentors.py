@@ -1,0 +1,166 @@
+"""Auto-instrumentation: the OpenTelemetry contrib instrumentor of each installed library.
+
+Each entry names the library module whose presence is probed (``find_spec``: no
+import), the contrib instrumentor, and the keyword arguments meshwatch passes.
+A library that is not installed, an instrumentor that is not installed (the
+``meshwatch[...]`` extra not chosen), or one that fails, is reported and skipped:
+``init()`` never fails because of one of them. Any entry can be skipped by name
+(``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=redis,grpc``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.instrumentation.dependencies import DependencyConflictError
+
+from ._config import Settings
+
+__all__ = ["INSTRUMENTORS", "Instrumentor", "InstrumentationReport", "instrument_all", "instrument_app"]
+
+_logger = logging.getLogger("meshwatch")
+
+
+@dataclass(frozen=True)
+class Instrumentor:
+    name: str
+    library: str  # module probed with find_spec
+    module: str  # contrib instrumentor module
+    cls: str
+    extra: str  # the meshwatch extra that installs it
+    kwargs: Callable[[Settings], dict[str, Any]] = field(default=lambda settings: {})
+    #: Names that also skip this one (``grpc`` skips all four gRPC instrumentors).
+    aliases: tuple[str, ...] = ()
+
+
+def _asgi_kwargs(settings: Settings) -> dict[str, Any]:
+    # Two extra spans per request (send start + body) and one per receive: the
+    # largest single cost of ASGI tracing, and noise in Jaeger. Off unless asked.
+    kwargs: dict[str, Any] = {}
+    if not settings.asgi_internal_spans:
+        kwargs["exclude_spans"] = ["receive", "send"]
+    if settings.excluded_urls:
+        kwargs["excluded_urls"] = ",".join(settings.excluded_urls)
+    return kwargs
+
+
+def _server_kwargs(settings: Settings) -> dict[str, Any]:
+    return {"excluded_urls": ",".join(settings.excluded_urls)} if settings.excluded_urls else {}
+
+
+def _logging_kwargs(settings: Settings) -> dict[str, Any]:
+    # meshwatch's own handler ships and prints records; the instrumentor only adds
+    # otelTraceID/otelSpanID to records for applications with their own formatters.
+    return {"enable_log_auto_instrumentation": False, "inject_trace_context": True, "set_logging_format": False}
+
+
+_C = "opentelemetry.instrumentation"
+#: Order matters only for frameworks: FastAPI before Starlette (FastAPI subclasses Starlette).
+INSTRUMENTORS: tuple[Instrumentor, ...] = (
+    Instrumentor("fastapi", "fastapi", f"{_C}.fastapi", "FastAPIInstrumentor", "fastapi", _asgi_kwargs),
+    Instrumentor("starlette", "starlette", f"{_C}.starlette", "StarletteInstrumentor", "starlette", _asgi_kwargs),
+    Instrumentor("flask", "flask", f"{_C}.flask", "FlaskInstrumentor", "flask", _server_kwargs),
+    Instrumentor("django", "django", f"{_C}.django", "DjangoInstrumentor", "django", _server_kwargs),
+    Instrumentor("requests", "requests", f"{_C}.requests", "RequestsInstrumentor", "requests"),
+    Instrumentor("httpx", "httpx", f"{_C}.httpx", "HTTPXClientInstrumentor", "httpx"),
+    Instrumentor("aiohttp-client", "aiohttp", f"{_C}.aiohttp_client", "AioHttpClientInstrumentor", "aiohttp"),
+    Instrumentor("urllib3", "urllib3", f"{_C}.urllib3", "URLLib3Instrumentor", "urllib3"),
+    Instrumentor("urllib", "urllib.request", f"{_C}.urllib", "URLLibInstrumentor", "urllib"),
+    Instrumentor("sqlalchemy", "sqlalchemy", f"{_C}.sqlalchemy", "SQLAlchemyInstrumentor", "sqlalchemy"),
+    Instrumentor("psycopg", "psycopg", f"{_C}.psycopg", "PsycopgInstrumentor", "psycopg"),
+    Instrumentor("psycopg2", "psycopg2", f"{_C}.psycopg2", "Psycopg2Instrumentor", "psycopg2"),
+    Instrumentor("redis", "redis", f"{_C}.redis", "RedisInstrumentor", "redis"),
+    Instrumentor("asyncpg", "asyncpg", f"{_C}.asyncpg", "AsyncPGInstrumentor", "asyncpg"),
+    Instrumentor("grpc_client", "grpc", f"{_C}.grpc", "GrpcInstrumentorClient", "grpc", aliases=("grpc",)),
+    Instrumentor("grpc_server", "grpc", f"{_C}.grpc", "GrpcInstrumentorServer", "grpc", aliases=("grpc",)),
+    Instrumentor("grpc_aio_client", "grpc", f"{_C}.grpc", "GrpcAioInstrumentorClient", "grpc", aliases=("grpc",)),
+    Instrumentor("grpc_aio_server", "grpc", f"{_C}.grpc", "GrpcAioInstrumentorServer", "grpc", aliases=("grpc",)),
+    Instrumentor("logging", "logging", f"{_C}.logging", "LoggingInstrumentor", "logging", _logging_kwargs),
+)
+
+
+@dataclass
+class InstrumentationReport:
+    """What ``init()`` did with each instrumentor, by name (also returned to the caller)."""
+
+    instrumented: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _selected(entry: Instrumentor, wanted: Sequence[str], disabled: Sequence[str]) -> bool:
+    names = {entry.name, *entry.aliases}
+    if "*" in disabled or "all" in disabled or names & set(disabled):
+        return False
+    return "all" in wanted or bool(names & set(wanted))
+
+
+def instrument_all(settings: Settings, report: InstrumentationReport | None = None) -> InstrumentationReport:
+    """Instrument every selected, installed library; never raises."""
+    report = report or InstrumentationReport()
+    wanted = [n.strip().lower() for n in settings.instrumentations]
+    disabled = [n.strip().lower() for n in settings.disabled_instrumentations]
+    for entry in INSTRUMENTORS:
+        if not _selected(entry, wanted, disabled):
+            report.skipped[entry.name] = "disabled by configuration"
+            continue
+        if not _installed(entry.library):
+            report.skipped[entry.name] = f"{entry.library} is not installed"
+            continue
+        if not _installed(entry.module):
+            report.skipped[entry.name] = f"instrumentor not installed (pip install 'meshwatch[{entry.extra}]')"
+            continue
+        try:
+            instrumentor = getattr(importlib.import_module(entry.module), entry.cls)()
+            if instrumentor.is_instrumented_by_opentelemetry:
+                report.instrumented.append(entry.name)
+                continue
+            instrumentor.instrument(raise_exception_on_conflict=True, **entry.kwargs(settings))
+            if instrumentor.is_instrumented_by_opentelemetry:
+                report.instrumented.append(entry.name)
+            else:
+                report.skipped[entry.name] = "instrumentor declined"
+        except DependencyConflictError as exc:
+            # e.g. a library version newer than the instrumentor supports: skipped, said once in the start line
+            conflict = exc.conflict
+            if conflict.found:
+                report.skipped[entry.name] = f"installed {conflict.found} is outside {conflict.required}"
+            else:
+                report.skipped[entry.name] = str(conflict)
+        except Exception as exc:
+            report.failed[entry.name] = f"{type(exc).__name__}: {exc}"
+            _logger.warning("meshwatch could not instrument %s: %s", entry.name, exc)
+    return report
+
+
+def instrument_app(app: Any, settings: Settings) -> str:
+    """Instrument one already-created application object (FastAPI, Starlette, Flask)."""
+    module = type(app).__module__.split(".")[0]
+    if module == "fastapi":
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, **_asgi_kwargs(settings))
+        return "fastapi"
+    if module == "starlette":
+        from opentelemetry.instrumentation.starlette import StarletteInstrumentor
+
+        StarletteInstrumentor.instrument_app(app, **_asgi_kwargs(settings))
+        return "starlette"
+    if module == "flask":
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor.instrument_app(app, **_server_kwargs(settings))
+        return "flask"
+    raise TypeError(f"meshwatch.instrument_app does not know {type(app).__qualname__} from {module!r}")

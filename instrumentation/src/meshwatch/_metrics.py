@@ -1,0 +1,189 @@
+"""The MeterProvider: HTTP RED histograms with web-latency buckets, exemplars, runtime and drop metrics.
+
+Readers: one periodic push reader whose exporter is a fan-out (OTLP or console,
+plus the pytest capture when it listens), and the Prometheus pull reader when
+enabled. Each reader keeps its own aggregation of every instrument, so an idle
+reader is never added: ``metrics_exporter=none`` means no reader at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider, TraceBasedExemplarFilter
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+
+from ._config import Settings
+from ._dropped import TALLY
+from ._exporters import metric_exporter_factory
+
+__all__ = ["HTTP_DURATION_BUCKETS", "FanOutMetricExporter", "build_meter_provider"]
+
+_logger = logging.getLogger("meshwatch")
+
+#: Seconds; the telemetry contract's buckets for web latency.
+HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+
+def _views() -> list[View]:
+    buckets = ExplicitBucketHistogramAggregation(boundaries=HTTP_DURATION_BUCKETS)
+    return [
+        View(instrument_name="http.server.request.duration", aggregation=buckets),
+        View(instrument_name="http.client.request.duration", aggregation=buckets),
+    ]
+
+
+def _count_points(metrics_data: MetricsData) -> int:
+    return sum(
+        len(metric.data.data_points)
+        for resource_metrics in metrics_data.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+    )
+
+
+class FanOutMetricExporter(MetricExporter):
+    """Sends each collection to the configured exporters and to in-memory listeners.
+
+    Exporters are built lazily and rebuilt in a forked child (its parent's gRPC
+    channel must not be used there). A failed export counts its points as dropped.
+    """
+
+    def __init__(self, factories: Iterable[Callable[[], MetricExporter]]) -> None:
+        super().__init__()
+        self._factories = list(factories)
+        self._exporters: list[MetricExporter] | None = None
+        self._pid = os.getpid()
+        self.listeners: list[Callable[[MetricsData], None]] = []
+        self._lock = threading.Lock()
+        self.last_ok: bool | None = None
+
+    def set_factories(self, factories: Iterable[Callable[[], MetricExporter]]) -> None:
+        """Export to these from now on (a second ``init()``, or none after ``shutdown()``)."""
+        with self._lock:
+            old, self._exporters = self._exporters, None
+            self._factories = list(factories)
+            old_pid, self._pid = self._pid, os.getpid()
+        if old and old_pid == os.getpid():
+            for exporter in old:
+                threading.Thread(target=_quiet_shutdown, args=(exporter,), daemon=True).start()
+
+    def _current(self) -> list[MetricExporter]:
+        with self._lock:
+            if self._exporters is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._exporters = []
+                for factory in self._factories:
+                    try:
+                        self._exporters.append(factory())
+                    except Exception:
+                        _logger.exception("meshwatch could not create a metric exporter")
+            return self._exporters
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        for listener in list(self.listeners):
+            try:
+                listener(metrics_data)
+            except Exception:
+                _logger.exception("meshwatch metric listener failed")
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))  # no spans for our own export calls
+        try:
+            return self._export(metrics_data, timeout_millis)
+        finally:
+            detach(token)
+
+    def _export(self, metrics_data: MetricsData, timeout_millis: float) -> MetricExportResult:
+        result = MetricExportResult.SUCCESS
+        for exporter in self._current():
+            try:
+                outcome = exporter.export(metrics_data, timeout_millis=timeout_millis)
+            except Exception:
+                _logger.exception("meshwatch metric exporter raised")
+                outcome = MetricExportResult.FAILURE
+            if outcome != MetricExportResult.SUCCESS:
+                TALLY.add("metrics", "export_failed", _count_points(metrics_data))
+                result = MetricExportResult.FAILURE
+        self.last_ok = result == MetricExportResult.SUCCESS
+        TALLY.maybe_report()
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        if self._exporters is None or self._pid != os.getpid():
+            return
+        for exporter in self._exporters:
+            with contextlib.suppress(Exception):
+                exporter.shutdown(timeout_millis=timeout_millis)
+
+
+def _quiet_shutdown(exporter: MetricExporter) -> None:
+    with contextlib.suppress(Exception):
+        exporter.shutdown(timeout_millis=1000)
+
+
+def metric_factories(settings: Settings) -> list[Callable[[], MetricExporter]]:
+    kinds = [k for k in settings.metrics_exporter if k not in {"none", "prometheus"}]
+    return [metric_exporter_factory(settings, kind) for kind in kinds]
+
+
+def _dropped_callback(_: CallbackOptions) -> Iterable[Observation]:
+    for (signal, reason), count in TALLY.snapshot().items():
+        yield Observation(count, {"signal": signal, "reason": reason})
+
+
+def build_meter_provider(
+    settings: Settings, resource: Resource, *, capture: bool = False, prometheus: Any = None
+) -> tuple[MeterProvider, FanOutMetricExporter | None, PeriodicExportingMetricReader | None]:
+    """The provider, its push fan-out (if any) and its periodic reader (to force a collection)."""
+    factories = metric_factories(settings)
+    readers: list[Any] = []
+    fan_out: FanOutMetricExporter | None = None
+    periodic: PeriodicExportingMetricReader | None = None
+    if factories or capture:
+        fan_out = FanOutMetricExporter(factories)
+        interval_ms = settings.metric_export_interval * 1000 if factories else 24 * 3600 * 1000
+        periodic = PeriodicExportingMetricReader(
+            fan_out,
+            export_interval_millis=interval_ms,
+            export_timeout_millis=settings.export_timeout * 1000,
+        )
+        readers.append(periodic)
+    if prometheus is not None:
+        readers.append(prometheus.reader)
+    exemplars = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "trace_based").strip().lower()
+    exemplar_filter = AlwaysOffExemplarFilter() if exemplars == "always_off" else TraceBasedExemplarFilter()
+    provider = MeterProvider(
+        metric_readers=readers,
+        resource=resource,
+        views=_views(),
+        exemplar_filter=exemplar_filter,
+        shutdown_on_exit=False,  # meshwatch's own exit hook shuts down within its bounded time
+    )
+    meter = provider.get_meter("meshwatch")
+    meter.create_observable_counter(
+        "meshwatch.sdk.dropped",
+        [_dropped_callback],
+        unit="{item}",
+        description="Telemetry items the SDK could not deliver, by signal and reason",
+    )
+    if settings.runtime_metrics:
+        from ._runtime import register_runtime_metrics
+
+        register_runtime_metrics(provider.get_meter("meshwatch.runtime"))
+    return provider, fan_out, periodic

@@ -1,0 +1,221 @@
+"""The TracerProvider pieces: propagators, sampler, and meshwatch's span processor.
+
+The span processor is the provider's *only* active processor (no
+``SynchronousMultiSpanProcessor`` loop per span): ``on_end`` hands the span to
+the bounded batcher, plus any listener (the pytest capture) or processor a user
+added with ``add_span_processor``. Redaction runs on the export thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import sampling as sdk_sampling
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
+
+from ._batch import BoundedBatcher
+from ._config import ConfigError
+from ._redact import Redactor
+
+__all__ = ["MeshwatchSpanProcessor", "SwitchableSampler", "build_propagator", "build_sampler", "redact_spans"]
+
+_logger = logging.getLogger("meshwatch")
+
+
+def _propagator(name: str) -> TextMapPropagator | None:
+    if name == "tracecontext":
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        return TraceContextTextMapPropagator()
+    if name == "baggage":
+        from opentelemetry.baggage.propagation import W3CBaggagePropagator
+
+        return W3CBaggagePropagator()
+    if name == "b3":
+        from opentelemetry.propagators.b3 import B3SingleFormat
+
+        return B3SingleFormat()
+    if name == "b3multi":
+        from opentelemetry.propagators.b3 import B3MultiFormat
+
+        return B3MultiFormat()
+    if name == "jaeger":
+        from opentelemetry.propagators.jaeger import JaegerPropagator
+
+        return JaegerPropagator()
+    if name == "none":
+        return None
+    # Anything else a package registers under the standard entry point (xray, ottrace, …).
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group="opentelemetry_propagator", name=name):
+        return entry_point.load()()
+    raise ConfigError(
+        f"propagator {name!r} is unknown; use tracecontext, baggage, b3, b3multi, jaeger or none "
+        "(or install a package providing it)"
+    )
+
+
+def build_propagator(names: Sequence[str]) -> CompositePropagator:
+    """Extract tries each format; inject writes all of them, so old and new services share traces."""
+    propagators = [p for p in (_propagator(n.strip().lower()) for n in names) if p is not None]
+    return CompositePropagator(propagators)
+
+
+def build_sampler(name: str, rate: float) -> sdk_sampling.Sampler:
+    if name == "always_on":
+        return sdk_sampling.ALWAYS_ON
+    if name == "always_off":
+        return sdk_sampling.ALWAYS_OFF
+    if name == "traceidratio":
+        return sdk_sampling.TraceIdRatioBased(rate)
+    if name == "parentbased_always_on":
+        return sdk_sampling.ParentBased(sdk_sampling.ALWAYS_ON)
+    if name == "parentbased_always_off":
+        return sdk_sampling.ParentBased(sdk_sampling.ALWAYS_OFF)
+    # The default: follow the caller's decision, keep ``rate`` of new traces.
+    root = sdk_sampling.ALWAYS_ON if rate >= 1.0 else sdk_sampling.TraceIdRatioBased(rate)
+    return sdk_sampling.ParentBased(root)
+
+
+class SwitchableSampler(sdk_sampling.Sampler):
+    """Tracers keep the sampler they were created with; this lets a second ``init()`` change it."""
+
+    def __init__(self, inner: sdk_sampling.Sampler) -> None:
+        self.inner = inner
+
+    def should_sample(  # noqa: PLR0917 - the Sampler interface
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> sdk_sampling.SamplingResult:
+        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"meshwatch({self.inner.get_description()})"
+
+
+class MeshwatchSpanProcessor(SpanProcessor):
+    """Forwards ended spans to the batcher and listeners; supports ``add_span_processor``."""
+
+    def __init__(self) -> None:
+        self.batcher: BoundedBatcher[ReadableSpan] | None = None
+        self.listeners: list[Callable[[ReadableSpan], None]] = []
+        self._processors: list[SpanProcessor] = []
+        self._rebind()
+
+    def _rebind(self) -> None:
+        # on_end is the hot path: precompute the one call it makes in the common case.
+        targets: list[Callable[[ReadableSpan], None]] = []
+        if self.batcher is not None:
+            targets.append(self.batcher.add)
+        targets.extend(self.listeners)
+        targets.extend(p.on_end for p in self._processors)
+        if not targets:
+            self.on_end = _ignore  # type: ignore[method-assign]
+        elif len(targets) == 1:
+            self.on_end = targets[0]  # type: ignore[method-assign]
+        else:
+            self.on_end = _fan_out(targets)  # type: ignore[method-assign]
+
+    def set_batcher(self, batcher: BoundedBatcher[ReadableSpan] | None) -> BoundedBatcher[ReadableSpan] | None:
+        old, self.batcher = self.batcher, batcher
+        self._rebind()
+        return old
+
+    def add_listener(self, listener: Callable[[ReadableSpan], None]) -> None:
+        self.listeners.append(listener)
+        self._rebind()
+
+    def remove_listener(self, listener: Callable[[ReadableSpan], None]) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+        self._rebind()
+
+    # TracerProvider.add_span_processor calls this on its active processor.
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        self._processors.append(span_processor)
+        self._rebind()
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        for processor in self._processors:
+            processor.on_start(span, parent_context=parent_context)
+
+    def _on_ending(self, span: Any) -> None:
+        for processor in self._processors:
+            processor._on_ending(span)
+
+    def on_end(self, span: ReadableSpan) -> None:  # replaced per instance by _rebind
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        for processor in self._processors:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        ok = True
+        if self.batcher is not None:
+            ok = self.batcher.force_flush(timeout_millis / 1000)
+        for processor in self._processors:
+            ok = processor.force_flush(timeout_millis) and ok
+        return ok
+
+
+def _ignore(span: ReadableSpan) -> None:
+    return None
+
+
+def _fan_out(targets: list[Callable[[ReadableSpan], None]]) -> Callable[[ReadableSpan], None]:
+    def on_end(span: ReadableSpan) -> None:
+        for target in targets:
+            target(span)
+
+    return on_end
+
+
+def redact_spans(redactor: Redactor) -> Callable[[list[ReadableSpan]], list[ReadableSpan]]:
+    """The batcher's ``prepare`` step: mask sensitive attribute values on the export thread."""
+
+    def prepare(batch: list[ReadableSpan]) -> list[ReadableSpan]:
+        if not redactor.enabled:
+            return batch
+        for span in batch:
+            redact_span(redactor, span)
+        return batch
+
+    return prepare
+
+
+def redact_span(redactor: Redactor, span: ReadableSpan) -> None:
+    """Mask in place: the ReadableSpan is meshwatch's own copy, made when the span ended."""
+    attributes = span._attributes
+    if attributes:
+        new = redactor.mapping(attributes)
+        if new is not attributes:
+            span._attributes = dict(new)
+    if span._events:
+        events = []
+        changed = False
+        for event in span._events:
+            original = event.attributes or {}
+            new_attributes = redactor.mapping(original)
+            if new_attributes is not original:
+                changed = True
+                events.append(Event(event.name, dict(new_attributes), event.timestamp))
+            else:
+                events.append(event)
+        if changed:
+            span._events = tuple(events)
