@@ -47,11 +47,12 @@ stack-down: $(STAMP) ## stop the backends `make stack` started
 stack-status: $(STAMP) ## show what runs and where
 	@$(VENV)/bin/meshwatch-stack status
 
-demo: backends ## start the demo platform and print its URLs
-	@$(VENV)/bin/meshwatch-stack up
+demo: backends ## start the demo platform (backends, collector, six services, load) and print its URLs
+	@$(VENV)/bin/meshwatch-stack install redis nats
+	@$(VENV)/bin/meshwatch-demo up $(DEMO_ARGS)
 
-demo-down: $(STAMP) ## stop the demo platform
-	@$(VENV)/bin/meshwatch-stack down
+demo-down: $(STAMP) ## stop the demo platform (everything it and meshwatch-stack started)
+	@$(VENV)/bin/meshwatch-demo down
 
 clean: ## remove the virtual environment (the backend cache stays)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,7 +9,6 @@ instrumentors it enables (FastAPI, httpx, SQLAlchemy, redis, logging).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -30,16 +29,10 @@ _initialised: set[str] = set()
 
 
 def init_telemetry(service: str) -> None:
-    """``meshwatch.init()``: traces, RED metrics and JSON logs (the name comes from ``OTEL_SERVICE_NAME``)."""
-    if _initialised:
-        return
-    os.environ.setdefault("OTEL_SERVICE_NAME", service)
-    init = getattr(meshwatch, "init", None)
-    if init is None:  # TEMP until the instrumentation library lands
-        logging.getLogger(__name__).warning("meshwatch.init() is not available: running without telemetry")
-    else:
-        init()
-    _initialised.add(service)
+    """The one line of telemetry: traces, RED metrics and JSON logs, exported over OTLP."""
+    if service not in _initialised:
+        meshwatch.init(service_name=service)
+        _initialised.add(service)
 
 
 def create_app(

@@ -163,7 +163,7 @@ async def run(
     return stats
 
 
-async def _serve_stats(stats: LoadStats, port: int) -> asyncio.Server:
+async def _serve_stats(stats: LoadStats, host: str, port: int) -> asyncio.Server:
     """``GET /stats`` and ``/healthz`` on loopback: enough HTTP for a readiness check and ``status``."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -179,7 +179,7 @@ async def _serve_stats(stats: LoadStats, port: int) -> asyncio.Server:
             await writer.drain()
         writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", port)
+    return await asyncio.start_server(handle, host, port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,14 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: run until stopped)")
     parser.add_argument("--max-in-flight", type=int, default=32, help="concurrent requests cap (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable sequence")
-    parser.add_argument("--stats-port", type=int, default=0, help="serve GET /stats on 127.0.0.1:PORT (0: off)")
+    parser.add_argument("--stats-port", type=int, default=0, help="serve GET /stats on PORT (0: off)")
+    parser.add_argument(
+        "--stats-host", default="127.0.0.1", help="address of the stats endpoint (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration < 0 or args.max_in_flight < 1:
         parser.error("--rate must be > 0, --duration >= 0 and --max-in-flight >= 1")
 
     async def go() -> LoadStats:
         stats = LoadStats()
-        server = await _serve_stats(stats, args.stats_port) if args.stats_port else None
+        server = await _serve_stats(stats, args.stats_host, args.stats_port) if args.stats_port else None
         task = asyncio.ensure_future(
             run(
                 args.gateway,

@@ -226,11 +226,12 @@ class Platform:
         collector = self.server("collector")
         env = {
             "OTEL_SERVICE_NAME": name,
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=demo,service.version=0.1.0",
+            "MESHWATCH_ENVIRONMENT": "demo",
+            "MESHWATCH_SERVICE_VERSION": "0.1.0",
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.urls["otlp_grpc"],
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_METRIC_EXPORT_INTERVAL": str(self.options.metric_interval_ms),
-            "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "healthz,admin/faults",
+            "OTEL_PYTHON_EXCLUDED_URLS": "healthz,admin/faults",
             "DEMO_REDIS_URL": self.server("redis").urls["redis"],
             "DEMO_NATS_URL": self.server("nats").urls["nats"],
             "DEMO_DATABASE_URL": os.environ.get(
