@@ -249,8 +249,11 @@ class QueuedExporter:
             attempt += 1
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("%s: send failed (%s: %s); retrying in %.1fs", self.id, reason, message, delay)
-            if self._stop.wait(delay) or (self._draining.is_set() and isinstance(self._queue, DiskQueue)):
-                return False  # leave the records un-acknowledged: they are on disk for the next start
+            # A disk queue keeps the records for the next start, so a stop need not wait for
+            # the backoff; an in-memory queue keeps retrying until the drain budget is spent.
+            interrupt = self._draining if isinstance(self._queue, DiskQueue) else self._stop
+            if interrupt.wait(delay) or self._stop.is_set():
+                return False  # leave the records un-acknowledged
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         retry = self.config.retry_on_failure

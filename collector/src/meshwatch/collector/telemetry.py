@@ -9,6 +9,7 @@ one), so several collectors in one test process do not collide.
 from __future__ import annotations
 
 import resource
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -65,6 +66,7 @@ class Telemetry:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._lock = threading.Lock()
         r = self.registry
         self.receiver_accepted = Counter(
             "meshwatch_receiver_accepted_items",
@@ -76,12 +78,6 @@ class Telemetry:
             "meshwatch_receiver_refused_items",
             "Items answered with an error",
             ["receiver", "transport", "signal", "reason"],
-            registry=r,
-        )
-        self.processor_filtered = Counter(
-            "meshwatch_processor_filtered_items",
-            "Items removed on purpose by configuration (not a loss)",
-            ["processor", "signal", "reason"],
             registry=r,
         )
         self.exporter_queued = Counter(
@@ -135,6 +131,25 @@ class Telemetry:
 
     def refused(self, receiver: str, transport: str, signal: str, reason: str, items: int) -> None:
         self.receiver_refused.labels(receiver, transport, signal, reason).inc(items)
+
+    @property
+    def processor_filtered(self) -> Counter:
+        """``meshwatch_processor_filtered_items_total``, created on first use.
+
+        Created lazily and looked up by name, so a component that registers the same
+        family on ``self.registry`` itself (as the processors' own helper does) shares
+        it instead of colliding with it.
+        """
+        with self._lock:
+            existing = self.registry._names_to_collectors.get("meshwatch_processor_filtered_items_total")
+            if existing is None:
+                existing = Counter(
+                    "meshwatch_processor_filtered_items",
+                    "Items removed on purpose by configuration (not a loss)",
+                    ["processor", "signal", "reason"],
+                    registry=self.registry,
+                )
+            return existing
 
     def filtered(self, processor: str, signal: str, reason: str, items: int) -> None:
         """For processors that drop items on purpose (sampling, filtering)."""

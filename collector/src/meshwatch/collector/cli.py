@@ -1,0 +1,111 @@
+"""``meshwatch-collector``: run or validate a collector config.
+
+Exit codes: 0 stopped cleanly (or config valid), 1 could not start or a component
+failed while running, 2 invalid config or command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshwatch-collector",
+        description="Receive OTLP telemetry and deliver it durably: traces to Jaeger, metrics to Prometheus, "
+        "logs to Elasticsearch. The config file is shaped like the OpenTelemetry Collector's.",
+        epilog="Exit codes: 0 clean stop / valid config, 1 failed to start or failed while running, "
+        "2 invalid config. SIGTERM or SIGINT stops gracefully: receivers first, then exporters drain "
+        "(service.shutdown_timeout); what is left stays in the durable queues for the next start.",
+    )
+    parser.add_argument("--version", action="version", version=f"meshwatch-collector {__version__}")
+    config_help = "collector config file (default: $MESHWATCH_COLLECTOR_CONFIG or ./collector.yaml)"
+    parser.add_argument("--config", "-c", type=Path, help=config_help)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run the collector (the default command)")
+    run.add_argument("--config", "-c", type=Path, dest="sub_config", help=config_help)
+    validate = sub.add_parser("validate", help="check a config file and exit (0 valid, 2 invalid)")
+    validate.add_argument("--config", "-c", type=Path, dest="sub_config", help=config_help)
+    sub.add_parser("components", help="list the component types this collector can build")
+    return parser
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    chosen = getattr(args, "sub_config", None) or args.config
+    if chosen:
+        return chosen
+    return Path(os.environ.get("MESHWATCH_COLLECTOR_CONFIG", "collector.yaml"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .config import ConfigError, load_config
+    from .logs import configure_logging
+
+    if args.command == "components":
+        from .component import Kind
+        from .registry import Registry
+
+        registry = Registry()
+        for kind in Kind:
+            print(f"{kind.value}s: {', '.join(registry.known_types(kind))}")
+        return EXIT_OK
+
+    configure_logging("warning" if args.command == "validate" else "info")
+    path = _config_path(args)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"meshwatch-collector: invalid config ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "validate":
+        summary = ", ".join(
+            f"{p.name} ({len(p.receivers)}→{len(p.processors)}→{len(p.exporters)})" for p in config.pipelines
+        )
+        print(f"{path}: valid; pipelines: {summary}")
+        return EXIT_OK
+
+    telemetry_cfg = config.service.telemetry.logs
+    configure_logging(telemetry_cfg.level, telemetry_cfg.encoding)
+    return _run(config)
+
+
+def _run(config) -> int:
+    from .graph import GraphError
+    from .service import Collector
+
+    log = logging.getLogger("meshwatch.collector")
+    try:
+        collector = Collector(config)
+    except GraphError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    collector.install_signal_handlers()
+    try:
+        collector.start()
+    except (GraphError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        collector.stop(5.0)
+        return EXIT_FAILED
+    code = collector.wait()
+    collector.stop()
+    if code and collector.host.fatal_error:
+        component, error = collector.host.fatal_error
+        log.error("stopped because %s failed: %s", component, error)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

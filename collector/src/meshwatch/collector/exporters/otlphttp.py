@@ -1,0 +1,138 @@
+"""The ``otlphttp`` exporter: OTLP/HTTP with protobuf bodies, behind the durable queue.
+
+Per the OTLP spec: 200 (with optional ``partial_success``) is success; 429, 502, 503
+and 504 are transient (``Retry-After`` honoured, in seconds or as an HTTP date); a
+connection error or timeout is transient; any other status (400, 404, 413, ...) is
+permanent and the batch goes to the dead-letter file.
+
+Config::
+
+    exporters:
+      otlphttp:
+        endpoint: http://127.0.0.1:4318     # /v1/traces, /v1/metrics, /v1/logs are appended
+        traces_endpoint: null               # full URL, overrides endpoint for traces (same for metrics/logs)
+        headers: {}
+        compression: none                   # or gzip
+        tls: {insecure_skip_verify: false, ca_file: null}
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import zlib
+from typing import Any, Literal
+
+import urllib3
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..batch import Batch
+from ..component import CreateSettings, Host, Kind
+from ..queued_exporter import QueuedExporter, queued_exporter
+from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
+from ..signals import Signal
+from ._otlp_common import partial_rejections
+
+__all__ = ["factory", "OtlpHttpExporterConfig", "HttpSender"]
+
+_TRANSIENT_STATUS = {429, 502, 503, 504}
+
+
+class HttpTls(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    insecure_skip_verify: bool = False
+    ca_file: str | None = None
+
+
+class OtlpHttpExporterConfig(ExporterSettings):
+    endpoint: str | None = None
+    traces_endpoint: str | None = None
+    metrics_endpoint: str | None = None
+    logs_endpoint: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    compression: Literal["none", "gzip"] = "none"
+    tls: HttpTls = Field(default_factory=HttpTls)
+
+    def url_for(self, signal: Signal) -> str:
+        explicit = getattr(self, f"{signal.value}_endpoint")
+        if explicit:
+            return explicit
+        if not self.endpoint:
+            raise ValueError(f"set endpoint or {signal.value}_endpoint")
+        return f"{self.endpoint.rstrip('/')}/v1/{signal.value}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds or as an HTTP date → seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HttpSender:
+    thread_safe = True
+
+    def __init__(self, config: OtlpHttpExporterConfig, signal: Signal) -> None:
+        self.config = config
+        self.signal = signal
+        self.url = config.url_for(signal)
+        self._pool: urllib3.PoolManager | None = None
+        self._headers = {"Content-Type": "application/x-protobuf", **config.headers}
+        if config.compression == "gzip":
+            self._headers["Content-Encoding"] = "gzip"
+
+    def start(self, host: Host) -> None:
+        tls: dict[str, Any] = {}
+        if self.config.tls.insecure_skip_verify:
+            tls["cert_reqs"] = "CERT_NONE"
+        elif self.config.tls.ca_file:
+            tls["ca_certs"] = self.config.tls.ca_file
+        self._pool = urllib3.PoolManager(maxsize=self.config.sending_queue.num_consumers, retries=False, **tls)
+
+    def send(self, batch: Batch) -> SendResult:
+        assert self._pool is not None
+        body = batch.raw
+        if self.config.compression == "gzip":
+            compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            body = compressor.compress(body) + compressor.flush()
+        try:
+            response = self._pool.request(
+                "POST", self.url, body=body, headers=self._headers, timeout=self.config.timeout, preload_content=True
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise TransientError("unavailable", f"{self.url}: {exc}") from None
+        status = response.status
+        if 200 <= status < 300:
+            return partial_rejections(self.signal, response.data, batch)
+        text = response.data[:300].decode("utf-8", "replace")
+        message = f"{self.url}: HTTP {status}: {text}"
+        if status in _TRANSIENT_STATUS:
+            raise TransientError(
+                f"http_{status}", message, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+            )
+        raise PermanentError(f"http_{status}", message)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.clear()
+
+
+class _Factory:
+    type = "otlphttp"
+    kind = Kind.EXPORTER
+    signals = frozenset(Signal)
+    config_model = OtlpHttpExporterConfig
+
+    def create(self, settings: CreateSettings, config: OtlpHttpExporterConfig, next_consumer: Any) -> QueuedExporter:
+        assert settings.signal is not None
+        return queued_exporter(settings, config, HttpSender(config, settings.signal))
+
+
+factory = _Factory()

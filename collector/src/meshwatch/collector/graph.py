@@ -1,0 +1,194 @@
+"""The pipeline graph: built once from a validated config, back to front.
+
+Exporters are created first (one instance per exporter id and signal, so each has its
+own queue and metrics labels), then each pipeline's processors from last to first
+(each gets its ``next`` at construction), then connectors (one per connector id and
+input signal, feeding every pipeline that names it as a receiver), then receivers
+(one per id, handed a consumer per signal). A component used by several consumers
+downstream gets a ``FanOut``, which copies a batch only for consumers that change it.
+
+Start order is exporters, connectors, processors, receivers; stop order the reverse,
+so receivers stop taking data first and what is in flight drains downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .batch import Batch
+from .component import Component, ComponentId, Consumer, CreateSettings, Host, Kind, Refused
+from .config import Config, Pipeline
+from .signals import Signal
+
+__all__ = ["Graph", "FanOut", "GraphError"]
+
+log = logging.getLogger("meshwatch.collector.graph")
+
+
+class GraphError(Exception):
+    """A component could not be built or started."""
+
+
+def _mutates(consumer: Any) -> bool:
+    return bool(getattr(consumer, "mutates_data", False))
+
+
+class FanOut:
+    """Hands one batch to several consumers.
+
+    Consumers that do not change data share the batch; each one that does gets its
+    own copy (a lazy one: the bytes, decoded again only if it reads them). All
+    consumers are offered the batch even if one refuses; if any refused, the first
+    refusal is raised (retryable only if all refusals were), so the sender retries
+    and no consumer silently misses data (the ones that took it may see it twice).
+    """
+
+    def __init__(self, consumers: list[Consumer]) -> None:
+        self.consumers = consumers
+        self.mutates_data = any(_mutates(c) for c in consumers)
+        self._copy = [_mutates(c) and len(consumers) > 1 for c in consumers]
+
+    def consume(self, batch: Batch) -> None:
+        if len(self.consumers) == 1:
+            self.consumers[0].consume(batch)
+            return
+        raw = batch.raw if any(self._copy) else b""
+        refusals: list[Refused] = []
+        # Sharing consumers first: they see the batch before anyone could change it.
+        order = sorted(range(len(self.consumers)), key=lambda i: self._copy[i])
+        for index in order:
+            target = batch
+            if self._copy[index]:
+                target = Batch(batch.signal, _raw=raw, _items=batch.items, received_at=batch.received_at)
+                target.context.update(batch.context)
+            try:
+                self.consumers[index].consume(target)
+            except Refused as refused:
+                refusals.append(refused)
+        if refusals:
+            first = refusals[0]
+            if not all(r.retryable for r in refusals) and first.retryable:
+                first = next(r for r in refusals if not r.retryable)
+            raise first
+
+
+@dataclass
+class Graph:
+    """Every built component, in start order, plus what each receiver feeds."""
+
+    config: Config
+    exporters: dict[tuple[ComponentId, Signal], Component] = field(default_factory=dict)
+    connectors: dict[tuple[ComponentId, Signal], Component] = field(default_factory=dict)
+    processors: list[Component] = field(default_factory=list)
+    receivers: dict[ComponentId, Component] = field(default_factory=dict)
+    heads: dict[str, Consumer] = field(default_factory=dict)
+    started: list[Component] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, config: Config) -> Graph:
+        graph = cls(config)
+        graph._build()
+        return graph
+
+    # --- building ----------------------------------------------------------------------
+
+    def _create(self, kind: Kind, cid: ComponentId, signal: Signal | None, next_consumer: Any) -> Component:
+        spec = self.config.component(kind, cid)
+        try:
+            component = spec.factory.create(CreateSettings(cid, signal), spec.config, next_consumer)
+        except Exception as exc:
+            raise GraphError(f"cannot create {kind.value} {cid}: {exc}") from exc
+        if getattr(component, "id", None) is None:
+            component.id = cid
+        return component
+
+    def _build(self) -> None:
+        for pipeline in self.config.pipelines:
+            for cid in pipeline.exporters:
+                if self._is_connector(cid):
+                    continue
+                key = (cid, pipeline.signal)
+                if key not in self.exporters:
+                    self.exporters[key] = self._create(Kind.EXPORTER, cid, pipeline.signal, None)
+        building: set[str] = set()
+        for pipeline in self.config.pipelines:
+            self._head(pipeline, building)
+        for pipeline in self.config.pipelines:
+            for cid in pipeline.receivers:
+                if self._is_connector(cid) or cid in self.receivers:
+                    continue
+                by_signal: dict[Signal, Consumer] = {}
+                for signal in Signal:
+                    heads = [self.heads[p.name] for p in self._pipelines_with_receiver(cid) if p.signal is signal]
+                    if heads:
+                        by_signal[signal] = heads[0] if len(heads) == 1 else FanOut(heads)
+                self.receivers[cid] = self._create(Kind.RECEIVER, cid, None, by_signal)
+
+    def _is_connector(self, cid: ComponentId) -> bool:
+        return (Kind.CONNECTOR, cid) in self.config.components and (Kind.EXPORTER, cid) not in self.config.components
+
+    def _pipelines_with_receiver(self, cid: ComponentId) -> list[Pipeline]:
+        return [p for p in self.config.pipelines if cid in p.receivers]
+
+    def _head(self, pipeline: Pipeline, building: set[str]) -> Consumer:
+        """The first consumer of a pipeline (its first processor, or the exporters' fan-out)."""
+        if pipeline.name in self.heads:
+            return self.heads[pipeline.name]
+        building.add(pipeline.name)
+        targets: list[Consumer] = []
+        for cid in pipeline.exporters:
+            if self._is_connector(cid):
+                targets.append(self._connector(cid, pipeline.signal, building))
+            else:
+                targets.append(self.exporters[(cid, pipeline.signal)])
+        consumer: Consumer = targets[0] if len(targets) == 1 else FanOut(targets)
+        for cid in reversed(pipeline.processors):
+            processor = self._create(Kind.PROCESSOR, cid, pipeline.signal, consumer)
+            self.processors.insert(0, processor)
+            consumer = processor  # type: ignore[assignment]
+        self.heads[pipeline.name] = consumer
+        building.discard(pipeline.name)
+        return consumer
+
+    def _connector(self, cid: ComponentId, signal: Signal, building: set[str]) -> Consumer:
+        key = (cid, signal)
+        if key not in self.connectors:
+            downstream = [self._head(p, building) for p in self._pipelines_with_receiver(cid)]
+            next_consumer = downstream[0] if len(downstream) == 1 else FanOut(downstream)
+            self.connectors[key] = self._create(Kind.CONNECTOR, cid, signal, next_consumer)
+        return self.connectors[key]  # type: ignore[return-value]
+
+    # --- running -----------------------------------------------------------------------
+
+    def start_order(self) -> Iterable[Component]:
+        yield from self.exporters.values()
+        yield from self.connectors.values()
+        yield from self.processors
+        yield from self.receivers.values()
+
+    def start(self, host: Host) -> None:
+        """Start everything, downstream first; on a failure stop what started and raise."""
+        for component in self.start_order():
+            try:
+                component.start(host)
+            except Exception as exc:
+                log.error("cannot start %s: %s", component.id, exc)
+                self.shutdown(5.0)
+                raise GraphError(f"cannot start {component.id}: {exc}") from exc
+            self.started.append(component)
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop in reverse order within ``timeout`` in total (receivers first, exporters drain last)."""
+        deadline = time.monotonic() + timeout
+        while self.started:
+            component = self.started.pop()
+            # Exporters get what is left of the budget: draining their queues matters most.
+            remaining = max(0.5, deadline - time.monotonic())
+            try:
+                component.shutdown(remaining)
+            except Exception:
+                log.exception("error while stopping %s", component.id)

@@ -1,0 +1,67 @@
+"""The self-telemetry endpoint: ``GET /metrics`` (Prometheus text) and ``GET /healthz``.
+
+A plain threading HTTP server is enough here: Prometheus scrapes it every few
+seconds, and it must keep answering while the data path is saturated.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .telemetry import Telemetry
+
+__all__ = ["HealthServer"]
+
+
+class HealthServer:
+    def __init__(self, address: str, telemetry: Telemetry, health: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
+        host, _, port = address.rpartition(":")
+        self.telemetry = telemetry
+        self.health = health
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    body = generate_latest(outer.telemetry.registry)
+                    self._reply(200, CONTENT_TYPE_LATEST, body)
+                elif path in ("/healthz", "/health", "/"):
+                    ok, detail = outer.health()
+                    body = json.dumps({"status": "ok" if ok else "failing", **detail}).encode()
+                    self._reply(200 if ok else 503, "application/json", body)
+                else:
+                    self._reply(404, "text/plain", b"not found: try /metrics or /healthz\n")
+
+            def _reply(self, status: int, ctype: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        try:
+            self._server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        except OSError as exc:
+            raise OSError(f"cannot serve self-telemetry on {address}: {exc.strerror or exc}") from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="self-telemetry", daemon=True)
+        self.started = time.time()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

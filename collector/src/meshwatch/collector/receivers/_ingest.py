@@ -1,0 +1,98 @@
+"""What both OTLP transports do with a request body: decode once, hand on, count, answer.
+
+Transport code (gRPC, HTTP) only maps the ``Outcome`` to its own status codes; the
+rules (what is malformed, what is backpressure, what is counted under which reason)
+live here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from ..batch import Batch
+from ..component import Consumer, Refused
+from ..signals import ITEM_NAMES, Signal
+from ..telemetry import Telemetry
+
+__all__ = ["Outcome", "Ingest", "PARTIAL_FIELDS"]
+
+log = logging.getLogger("meshwatch.collector.receiver")
+
+#: The ``partial_success`` count field of each signal's export response.
+PARTIAL_FIELDS = {
+    Signal.TRACES: "rejected_spans",
+    Signal.METRICS: "rejected_data_points",
+    Signal.LOGS: "rejected_log_records",
+}
+
+
+@dataclass
+class Outcome:
+    """How a request ended: ``ok``; else ``reason`` (metric label), ``message``, ``retryable``."""
+
+    ok: bool
+    items: int = 0
+    reason: str = ""
+    message: str = ""
+    retryable: bool = False
+    retry_after: float = 1.0
+
+
+class Ingest:
+    """One receiver's entry into the pipelines, shared by its transports."""
+
+    def __init__(self, receiver: str, consumers: dict[Signal, Consumer], telemetry: Telemetry) -> None:
+        self.receiver = receiver
+        self.consumers = consumers
+        self.telemetry = telemetry
+
+    def refuse(self, transport: str, signal: Signal, reason: str, message: str, items: int = 1) -> Outcome:
+        """Count a request refused before it could be decoded.
+
+        Its items are unknown (decoding it is what failed, or would be unsafe), so it
+        counts as 1 item: every refused request stays visible in the refused counter.
+        """
+        self.telemetry.refused(self.receiver, transport, signal.value, reason, items)
+        return Outcome(False, items, reason, message)
+
+    def protobuf(self, transport: str, signal: Signal, raw: bytes, peer: str = "") -> Outcome:
+        try:
+            batch = Batch.from_bytes(signal, raw, receiver=self.receiver, transport=transport, peer=peer)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            return self.refuse(transport, signal, "malformed", f"cannot decode the OTLP protobuf request: {exc}")
+        return self.batch(transport, batch)
+
+    def batch(self, transport: str, batch: Batch) -> Outcome:
+        signal = batch.signal
+        items = batch.items
+        consumer = self.consumers.get(signal)
+        if consumer is None:
+            # The receiver is not in a pipeline of this signal: say so, like an unknown route.
+            return self.refuse(
+                transport,
+                signal,
+                "unsupported_signal",
+                f"this collector has no {signal} pipeline for this receiver",
+                items,
+            )
+        if items == 0:
+            return Outcome(True, 0)
+        try:
+            consumer.consume(batch)
+        except Refused as refused:
+            self.telemetry.refused(self.receiver, transport, signal.value, refused.reason, items)
+            return Outcome(False, items, refused.reason, str(refused), refused.retryable, refused.retry_after)
+        except Exception as exc:  # a bug downstream must not take the receiver down; the sender retries
+            log.exception("%s: pipeline error on %d %s", self.receiver, items, ITEM_NAMES[signal])
+            self.telemetry.refused(self.receiver, transport, signal.value, "internal_error", items)
+            return Outcome(False, items, "internal_error", f"internal error: {type(exc).__name__}", True, 1.0)
+        self.telemetry.accepted(self.receiver, transport, signal.value, items)
+        return Outcome(True, items)
+
+
+def describe(outcome: Outcome, signal: Signal) -> Any:
+    return f"{outcome.items} {ITEM_NAMES[signal]}: {outcome.message}"

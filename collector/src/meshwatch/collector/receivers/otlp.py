@@ -1,0 +1,146 @@
+"""The ``otlp`` receiver: OTLP over gRPC (default 127.0.0.1:4317) and HTTP (127.0.0.1:4318).
+
+Config (names as the OpenTelemetry Collector's where they exist)::
+
+    receivers:
+      otlp:
+        protocols:
+          grpc: {endpoint: 127.0.0.1:4317}      # omit a protocol to turn it off
+          http: {endpoint: 127.0.0.1:4318}
+        auth: {bearer_token: ${env:MESHWATCH_OTLP_TOKEN}}   # optional
+        max_request_body_size: 16777216         # bytes, after decompression
+
+With no ``protocols`` key both run on their defaults. A protocol written with an
+empty value (``grpc:``) runs on its defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from ..component import ComponentId, Consumer, CreateSettings, Host, Kind
+from ..signals import Signal
+from ._grpc import GrpcTransport
+from ._http import HttpTransport
+from ._ingest import Ingest
+
+__all__ = ["factory", "OtlpReceiverConfig"]
+
+log = logging.getLogger("meshwatch.collector.receiver")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GrpcProtocol(_Strict):
+    endpoint: str = "127.0.0.1:4317"
+    #: Threads serving requests (each waits for its batch to be durable before answering).
+    max_workers: int = Field(16, ge=1, le=256)
+
+
+class HttpProtocol(_Strict):
+    endpoint: str = "127.0.0.1:4318"
+    traces_url_path: str = "/v1/traces"
+    metrics_url_path: str = "/v1/metrics"
+    logs_url_path: str = "/v1/logs"
+    max_workers: int = Field(16, ge=1, le=256)
+
+
+class Protocols(_Strict):
+    grpc: GrpcProtocol | None = None
+    http: HttpProtocol | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: ({} if value is None else value) for key, value in data.items()}
+        return data
+
+
+class Auth(_Strict):
+    #: Clients must send ``Authorization: Bearer <token>``; never logged.
+    bearer_token: SecretStr | None = None
+
+
+class OtlpReceiverConfig(_Strict):
+    protocols: Protocols = Field(default_factory=lambda: Protocols(grpc=GrpcProtocol(), http=HttpProtocol()))
+    auth: Auth = Field(default_factory=Auth)
+    max_request_body_size: int = Field(16 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _one_protocol(self) -> OtlpReceiverConfig:
+        if self.protocols.grpc is None and self.protocols.http is None:
+            raise ValueError("protocols: enable grpc, http or both")
+        return self
+
+
+class OtlpReceiver:
+    def __init__(self, settings: CreateSettings, config: OtlpReceiverConfig, consumers: dict[Signal, Consumer]) -> None:
+        self.id: ComponentId = settings.id
+        self.config = config
+        self.consumers = consumers
+        self.grpc: GrpcTransport | None = None
+        self.http: HttpTransport | None = None
+
+    def start(self, host: Host) -> None:
+        ingest = Ingest(str(self.id), self.consumers, host.telemetry())
+        token = self.config.auth.bearer_token.get_secret_value() if self.config.auth.bearer_token else None
+        size = self.config.max_request_body_size
+        protocols = self.config.protocols
+        if protocols.grpc is not None:
+            self.grpc = GrpcTransport(
+                ingest,
+                protocols.grpc.endpoint,
+                max_request_bytes=size,
+                bearer_token=token,
+                max_workers=protocols.grpc.max_workers,
+            )
+            self.grpc.start()
+            log.info("%s: OTLP/gRPC on %s", self.id, protocols.grpc.endpoint)
+        if protocols.http is not None:
+            paths = {
+                Signal.TRACES: protocols.http.traces_url_path,
+                Signal.METRICS: protocols.http.metrics_url_path,
+                Signal.LOGS: protocols.http.logs_url_path,
+            }
+            self.http = HttpTransport(
+                ingest,
+                protocols.http.endpoint,
+                max_request_bytes=size,
+                bearer_token=token,
+                paths=paths,
+                max_workers=protocols.http.max_workers,
+            )
+            try:
+                self.http.start()
+            except OSError:
+                if self.grpc is not None:
+                    self.grpc.stop(0)
+                raise
+            log.info("%s: OTLP/HTTP on %s", self.id, protocols.http.endpoint)
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop accepting; requests in flight finish (their batches are durable or refused)."""
+        grace = min(timeout, 5.0)
+        if self.grpc is not None:
+            self.grpc.stop(grace)
+        if self.http is not None:
+            self.http.stop(grace)
+
+
+class _Factory:
+    type = "otlp"
+    kind = Kind.RECEIVER
+    signals = frozenset(Signal)
+    config_model = OtlpReceiverConfig
+
+    def create(self, settings: CreateSettings, config: OtlpReceiverConfig, next_consumer: Any) -> OtlpReceiver:
+        return OtlpReceiver(settings, config, next_consumer)
+
+
+factory = _Factory()
