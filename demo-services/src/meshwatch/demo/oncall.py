@@ -16,6 +16,7 @@ counted; the server keeps running. History is bounded; evicted notifications are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import sys
@@ -277,10 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meshwatch-oncall: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
     print(f"meshwatch-oncall: listening on {server.url} (POST /webhook/<receiver>; GET /, /api/alerts)", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
