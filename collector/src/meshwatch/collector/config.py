@@ -23,12 +23,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .component import ComponentId, Factory, Kind
+from .duration import Duration, parse_duration
 from .registry import FactoryNotFound, Registry
 from .signals import Signal
 
@@ -59,26 +60,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-# --- durations -------------------------------------------------------------------------------
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s|m|h)?\s*$")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> Any:
-    """``"200ms"``, ``"5s"``, ``"1m"`` or a number of seconds → seconds (float); Go-style, as OTel writes them."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"{value!r} is not a duration (write e.g. 200ms, 5s, 1m or a number of seconds)")
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-#: A float of seconds that also accepts ``"200ms"``-style strings.
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 # --- the service section --------------------------------------------------------------------
@@ -332,6 +313,7 @@ def load_config(path: Path | str, registry: Registry | None = None) -> Config:  
         warnings.append(f"{source.where(('extensions',))}: extensions are not supported by meshwatch and are ignored")
 
     components: dict[tuple[Kind, ComponentId], ComponentConfig] = {}
+    invalid: set[ComponentId] = set()  # defined but wrong: reported once, not again where pipelines use them
     for section, kind in SECTIONS.items():
         body = data.get(section) or {}
         if not isinstance(body, dict):
@@ -347,6 +329,7 @@ def load_config(path: Path | str, registry: Registry | None = None) -> Config:  
                 factory = registry.factory(kind, cid.type)
             except FactoryNotFound as exc:
                 problems.append(f"{where}: {section}.{raw_id}: {exc}")
+                invalid.add(cid)
                 continue
             cfg = raw_cfg if raw_cfg is not None else {}
             if not isinstance(cfg, dict):
@@ -356,6 +339,7 @@ def load_config(path: Path | str, registry: Registry | None = None) -> Config:  
                 validated = factory.config_model.model_validate(cfg)
             except ValidationError as exc:
                 problems.extend(_explain(exc, factory.config_model, (section, str(raw_id)), source))
+                invalid.add(cid)
                 continue
             components[(kind, cid)] = ComponentConfig(cid, kind, factory, validated)
 
@@ -371,7 +355,7 @@ def load_config(path: Path | str, registry: Registry | None = None) -> Config:  
     if service.extensions:
         warnings.append(f"{source.where(('service', 'extensions'))}: service.extensions are ignored")
 
-    pipelines = _check_pipelines(service, components, source, problems, warnings, registry)
+    pipelines = _check_pipelines(service, components, source, problems, warnings, invalid)
     if problems:
         raise ConfigError(problems)
     for warning in warnings:
@@ -385,7 +369,7 @@ def _check_pipelines(  # noqa: PLR0915, PLR0917 - every pipeline rule in one pas
     source: _Source,
     problems: list[str],
     warnings: list[str],
-    registry: Registry,
+    invalid: set[ComponentId],
 ) -> list[Pipeline]:
     pipelines: list[Pipeline] = []
     used: set[tuple[Kind, ComponentId]] = set()
@@ -421,6 +405,8 @@ def _check_pipelines(  # noqa: PLR0915, PLR0917 - every pipeline rule in one pas
                 cid = ComponentId.parse(raw)
                 where = f"{source.where((*base, role, str(index)))}: service.pipelines.{name}.{role}"
                 kind = next((k for k in kinds if cid in known_ids[k]), None)
+                if kind is None and cid in invalid:
+                    continue  # its own section's error says what is wrong
                 if kind is None:
                     section = "/".join(f"{k.value}s" for k in kinds)
                     close = difflib.get_close_matches(raw, [str(c) for k in kinds for c in known_ids[k]], n=1)

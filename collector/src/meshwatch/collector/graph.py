@@ -47,10 +47,11 @@ class FanOut:
     and no consumer silently misses data (the ones that took it may see it twice).
     """
 
-    def __init__(self, consumers: list[Consumer]) -> None:
+    def __init__(self, consumers: list[Consumer], mutating: list[bool] | None = None) -> None:
         self.consumers = consumers
-        self.mutates_data = any(_mutates(c) for c in consumers)
-        self._copy = [_mutates(c) and len(consumers) > 1 for c in consumers]
+        flags = mutating if mutating is not None else [_mutates(c) for c in consumers]
+        self.mutates_data = any(flags)
+        self._copy = [flag and len(consumers) > 1 for flag in flags]
 
     def consume(self, batch: Batch) -> None:
         if len(self.consumers) == 1:
@@ -86,6 +87,9 @@ class Graph:
     processors: list[Component] = field(default_factory=list)
     receivers: dict[ComponentId, Component] = field(default_factory=dict)
     heads: dict[str, Consumer] = field(default_factory=dict)
+    #: Pipelines whose processors may change a batch (a processor that does not say
+    #: ``mutates_data = False`` is assumed to), so a fan-out into them copies.
+    mutating: set[str] = field(default_factory=set)
     started: list[Component] = field(default_factory=list)
 
     @classmethod
@@ -123,9 +127,9 @@ class Graph:
                     continue
                 by_signal: dict[Signal, Consumer] = {}
                 for signal in Signal:
-                    heads = [self.heads[p.name] for p in self._pipelines_with_receiver(cid) if p.signal is signal]
-                    if heads:
-                        by_signal[signal] = heads[0] if len(heads) == 1 else FanOut(heads)
+                    pipes = [p for p in self._pipelines_with_receiver(cid) if p.signal is signal]
+                    if pipes:
+                        by_signal[signal] = self._fan_out(pipes)
                 self.receivers[cid] = self._create(Kind.RECEIVER, cid, None, by_signal)
 
     def _is_connector(self, cid: ComponentId) -> bool:
@@ -149,6 +153,8 @@ class Graph:
         for cid in reversed(pipeline.processors):
             processor = self._create(Kind.PROCESSOR, cid, pipeline.signal, consumer)
             self.processors.insert(0, processor)
+            if getattr(processor, "mutates_data", True):
+                self.mutating.add(pipeline.name)
             consumer = processor  # type: ignore[assignment]
         self.heads[pipeline.name] = consumer
         building.discard(pipeline.name)
@@ -157,10 +163,17 @@ class Graph:
     def _connector(self, cid: ComponentId, signal: Signal, building: set[str]) -> Consumer:
         key = (cid, signal)
         if key not in self.connectors:
-            downstream = [self._head(p, building) for p in self._pipelines_with_receiver(cid)]
-            next_consumer = downstream[0] if len(downstream) == 1 else FanOut(downstream)
-            self.connectors[key] = self._create(Kind.CONNECTOR, cid, signal, next_consumer)
+            pipes = self._pipelines_with_receiver(cid)
+            for pipe in pipes:
+                self._head(pipe, building)
+            self.connectors[key] = self._create(Kind.CONNECTOR, cid, signal, self._fan_out(pipes))
         return self.connectors[key]  # type: ignore[return-value]
+
+    def _fan_out(self, pipes: list[Pipeline]) -> Consumer:
+        heads = [self.heads[p.name] for p in pipes]
+        if len(heads) == 1:
+            return heads[0]
+        return FanOut(heads, [p.name in self.mutating for p in pipes])
 
     # --- running -----------------------------------------------------------------------
 

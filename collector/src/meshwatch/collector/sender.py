@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .batch import Batch
 from .component import Host
+from .duration import Duration
 
 __all__ = [
     "SendResult",
@@ -105,7 +106,7 @@ class QueueSettings(_Strict):
     #: ``fsync_interval`` (acks wait for it), ``never`` leaves it to the OS (survives a
     #: process crash, not a power cut).
     fsync: Literal["always", "interval", "never"] = "interval"
-    fsync_interval: float = Field(0.05, gt=0, le=10)
+    fsync_interval: Duration = Field(0.05, gt=0, le=10)
     #: Folder for the queue files; default ``<storage_dir>/queues/<exporter id>``.
     directory: str | None = None
 
@@ -114,13 +115,13 @@ class RetrySettings(_Strict):
     """``retry_on_failure``: exponential backoff with jitter, as the OTel Collector's."""
 
     enabled: bool = True
-    initial_interval: float = Field(0.5, gt=0)
-    max_interval: float = Field(30.0, gt=0)
+    initial_interval: Duration = Field(0.5, gt=0)
+    max_interval: Duration = Field(30.0, gt=0)
     multiplier: float = Field(1.5, ge=1)
     randomization_factor: float = Field(0.5, ge=0, le=1)
     #: Give up on a batch after this many seconds (0 = never: data waits on disk until
     #: the backend is back or the queue is full, when receivers push back).
-    max_elapsed_time: float = Field(0.0, ge=0)
+    max_elapsed_time: Duration = Field(0.0, ge=0)
 
 
 class BatchingSettings(_Strict):
@@ -133,7 +134,7 @@ class BatchingSettings(_Strict):
 class ExporterSettings(_Strict):
     """Settings every queued exporter accepts beside its own."""
 
-    timeout: float = Field(10.0, gt=0)
+    timeout: Duration = Field(10.0, gt=0)
     sending_queue: QueueSettings = Field(default_factory=QueueSettings)
     retry_on_failure: RetrySettings = Field(default_factory=RetrySettings)
     batch: BatchingSettings = Field(default_factory=BatchingSettings)
