@@ -1,0 +1,243 @@
+"""OTLP log records → Elasticsearch documents, the index template, and the bulk body.
+
+The field mapping is docs/telemetry-contract.md "Logs in Elasticsearch", exactly.
+Encoding is batch-oriented: resource- and scope-level fields are computed once per
+resource/scope and copied into each record's dict; each document is encoded once with
+orjson; its ``_id`` is a hash of those bytes, so the same record always gets the same
+id and a resend (after a crash, or a retry whose first attempt did land) is answered
+409 by ``create`` instead of being indexed twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import orjson
+
+from ..processors._otlp import any_to_python
+
+__all__ = ["TEMPLATE_VERSION", "index_template", "encode_logs", "Encoded", "LEVELS_BY_NUMBER"]
+
+#: Bump when the mapping below changes: ``start`` replaces an older installed template.
+TEMPLATE_VERSION = 1
+
+
+def index_template(prefix: str, shards: int, replicas: int) -> dict[str, Any]:
+    """The composable index template for ``<prefix>-*`` (daily indices)."""
+    keyword = {"type": "keyword", "ignore_above": 1024}
+    return {
+        "index_patterns": [f"{prefix}-*"],
+        "version": TEMPLATE_VERSION,
+        "priority": 200,
+        "_meta": {"managed_by": "meshwatch-collector", "contract": "docs/telemetry-contract.md"},
+        "template": {
+            "settings": {"index": {"number_of_shards": shards, "number_of_replicas": replicas}},
+            "mappings": {
+                # Only the documented fields: anything else would be a mapping we did not promise.
+                "dynamic": "strict",
+                "properties": {
+                    "@timestamp": {"type": "date_nanos"},
+                    "message": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 1024}}},
+                    "log": {
+                        "properties": {
+                            "level": keyword,
+                            "severity_number": {"type": "byte"},
+                            "logger": keyword,
+                        }
+                    },
+                    "service": {
+                        "properties": {
+                            "name": keyword,
+                            "namespace": keyword,
+                            "version": keyword,
+                            "instance": {"properties": {"id": keyword}},
+                        }
+                    },
+                    "deployment": {"properties": {"environment": keyword}},
+                    "host": {"properties": {"name": keyword}},
+                    "trace": {"properties": {"id": keyword}},
+                    "span": {"properties": {"id": keyword}},
+                    "error": {
+                        "properties": {
+                            "type": keyword,
+                            "message": {"type": "text"},
+                            "stack_trace": {"type": "text"},
+                        }
+                    },
+                    # Leaf values longer than this are kept in _source but not indexed
+                    # (Lucene refuses terms over 32 KB, which would refuse the whole document).
+                    "attributes": {"type": "flattened", "ignore_above": 8191},
+                    "resource": {"type": "flattened", "ignore_above": 8191},
+                    "scope": {"properties": {"name": keyword, "version": keyword}},
+                },
+            },
+        },
+    }
+
+
+LEVELS_BY_NUMBER = ["", *["trace"] * 4, *["debug"] * 4, *["info"] * 4, *["warn"] * 4, *["error"] * 4, *["fatal"] * 4]
+_LEVEL_WORDS = {
+    "warning": "warn",
+    "err": "error",
+    "critical": "fatal",
+    "crit": "fatal",
+    "emergency": "fatal",
+    "emerg": "fatal",
+    "alert": "fatal",
+    "panic": "fatal",
+    "information": "info",
+    "informational": "info",
+    "notice": "info",
+    "dbg": "debug",
+}
+_LOGGER_KEYS = ("logger.name", "log.logger", "code.namespace")
+_ERROR_KEYS = {"exception.type": "type", "exception.message": "message", "exception.stacktrace": "stack_trace"}
+_MOVED = frozenset((*_LOGGER_KEYS[:2], *_ERROR_KEYS))
+
+
+def level_of(text: str, number: int) -> str:
+    if text:
+        word = text.strip().lower()
+        return _LEVEL_WORDS.get(word, word)
+    if 0 < number < len(LEVELS_BY_NUMBER):
+        return LEVELS_BY_NUMBER[number]
+    return ""
+
+
+class Encoded:
+    """A bulk request body and, per document, where its record is and what it was."""
+
+    __slots__ = ("body", "documents", "positions")
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        #: per document: (index, _id, encoded source)
+        self.documents: list[tuple[str, str, bytes]] = []
+        #: per document: (resource index, scope index, record index) in the request
+        self.positions: list[tuple[int, int, int]] = []
+
+
+class _Clock:
+    """Caches the formatted second and day: records of a batch share them."""
+
+    __slots__ = ("day", "prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+        self.day = ""
+
+    def stamp(self, nanos: int) -> tuple[str, str]:
+        second, fraction = divmod(nanos, 1_000_000_000)
+        if second != self.second:
+            parts = time.gmtime(second)
+            self.second = second
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", parts)
+            self.day = time.strftime("%Y.%m.%d", parts)
+        return f"{self.prefix}.{fraction:09d}Z", self.day
+
+
+def _resource_fields(resource: Any) -> dict[str, Any]:
+    attrs = {kv.key: any_to_python(kv.value) for kv in resource.attributes}
+    fields: dict[str, Any] = {}
+    service = {}
+    for key in ("name", "namespace", "version"):
+        value = attrs.get(f"service.{key}")
+        if value is not None:
+            service[key] = str(value)
+    if "service.instance.id" in attrs:
+        service["instance"] = {"id": str(attrs["service.instance.id"])}
+    if service:
+        fields["service"] = service
+    environment = attrs.get("deployment.environment.name", attrs.get("deployment.environment"))
+    if environment is not None:
+        fields["deployment"] = {"environment": str(environment)}
+    if "host.name" in attrs:
+        fields["host"] = {"name": str(attrs["host.name"])}
+    if attrs:
+        fields["resource"] = attrs
+    return fields
+
+
+def _document(base: dict[str, Any], record: Any, scope_name: str, clock: _Clock, fallback_ns: int) -> tuple[Any, str]:
+    """One record's document (a dict) and the day of its index."""
+    doc = dict(base)
+    nanos = record.time_unix_nano or record.observed_time_unix_nano or fallback_ns
+    stamp, day = clock.stamp(nanos)
+    doc["@timestamp"] = stamp
+    body_value = record.body
+    kind = body_value.WhichOneof("value")
+    if kind == "string_value":
+        doc["message"] = body_value.string_value
+    elif kind is not None:
+        doc["message"] = orjson.dumps(any_to_python(body_value)).decode()
+    number = record.severity_number
+    level = level_of(record.severity_text, number)
+    log: dict[str, Any] = {}
+    if level:
+        log["level"] = level
+    if number:
+        log["severity_number"] = number
+    attributes: dict[str, Any] = {}
+    error: dict[str, Any] = {}
+    named_logger = code_namespace = None
+    for kv in record.attributes:
+        key = kv.key
+        if key in _MOVED:
+            if key in _ERROR_KEYS:
+                error[_ERROR_KEYS[key]] = str(any_to_python(kv.value))
+            else:
+                named_logger = named_logger or str(any_to_python(kv.value))
+            continue
+        value = any_to_python(kv.value)
+        attributes[key] = value
+        if key == "code.namespace":
+            code_namespace = str(value)
+    logger = code_namespace or named_logger or scope_name
+    if logger:
+        log["logger"] = logger
+    if log:
+        doc["log"] = log
+    if error:
+        doc["error"] = error
+    if attributes:
+        doc["attributes"] = attributes
+    trace_id = record.trace_id
+    if trace_id and any(trace_id):
+        doc["trace"] = {"id": trace_id.hex()}
+    span_id = record.span_id
+    if span_id and any(span_id):
+        doc["span"] = {"id": span_id.hex()}
+    return doc, day
+
+
+def encode_logs(request: Any, prefix: str, *, received_ns: int | None = None) -> Encoded:
+    """Encode every log record of an ``ExportLogsServiceRequest`` as a ``create`` bulk body."""
+    out = Encoded()
+    body = out.body
+    documents = out.documents
+    positions = out.positions
+    clock = _Clock()
+    fallback_ns = received_ns or time.time_ns()
+    dumps = orjson.dumps
+    blake2b = hashlib.blake2b
+    for r_index, rl in enumerate(request.resource_logs):
+        resource_fields = _resource_fields(rl.resource)
+        for s_index, sl in enumerate(rl.scope_logs):
+            scope = sl.scope
+            base = dict(resource_fields)
+            if scope.name or scope.version:
+                base["scope"] = {k: v for k, v in (("name", scope.name), ("version", scope.version)) if v}
+            for l_index, record in enumerate(sl.log_records):
+                doc, day = _document(base, record, scope.name, clock, fallback_ns)
+                source = dumps(doc)
+                doc_id = blake2b(source, digest_size=16).hexdigest()
+                index = f"{prefix}-{day}"
+                body += b'{"create":{"_index":"%s","_id":"%s"}}\n' % (index.encode(), doc_id.encode())
+                body += source
+                body += b"\n"
+                documents.append((index, doc_id, source))
+                positions.append((r_index, s_index, l_index))
+    return out
