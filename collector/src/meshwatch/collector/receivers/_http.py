@@ -231,7 +231,7 @@ class HttpTransport:
         if len(out) > self.max_request_bytes or decompressor.unconsumed_tail:
             raise _TooLarge(f"more than {self.max_request_bytes} bytes once decompressed")
         if not decompressor.eof:
-            raise ValueError("the gzip body is truncated")
+            raise ValueError("Content-Encoding is gzip but the body is not valid gzip: it ends early")
         return out
 
     @staticmethod
