@@ -69,3 +69,116 @@ def jaeger_trace(jaeger: Any, trace_id: bytes | str) -> dict[str, Any] | None:
 def jaeger_span_count(jaeger: Any, trace_id: bytes) -> int:
     trace = jaeger_trace(jaeger, trace_id)
     return len(trace["spans"]) if trace else 0
+
+
+class SpanLoad:
+    """Sends OTLP/gRPC requests (one new trace of ``spans`` spans each) from threads and records the outcome.
+
+    ``acked`` holds the trace ids the collector acknowledged; ``refused`` counts answers by
+    status code. The request bytes are built once; each request swaps in a new trace id.
+    """
+
+    _PLACEHOLDER = b"\xa5" * 16
+
+    def __init__(self, endpoint: str, *, spans: int = 100, threads: int = 2, service: str = "load") -> None:
+        import threading
+
+        self.endpoint = endpoint
+        self.spans = spans
+        self.template = span_request([self._PLACEHOLDER], spans_per_trace=spans, service=service)
+        self.acked: list[bytes] = []
+        self.refused: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._inflight = 0
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def start(self) -> SpanLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def pause(self) -> None:
+        """Stop sending and wait until no request is in flight (so ``acked`` is final until ``resume``)."""
+        import time
+
+        self._running.clear()
+        while self._inflight:
+            time.sleep(0.01)
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _loop(self) -> None:
+        import time
+
+        import grpc
+
+        channel = grpc.insecure_channel(self.endpoint)
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        while not self._stop.is_set():
+            self._running.wait()
+            with self._lock:
+                if not self._running.is_set():
+                    continue
+                self._inflight += 1
+            if self._stop.is_set():
+                with self._lock:
+                    self._inflight -= 1
+                break
+            trace_id = os.urandom(16)
+            try:
+                export(self.template.replace(self._PLACEHOLDER, trace_id), timeout=10)
+            except grpc.RpcError as error:
+                with self._lock:
+                    code = error.code().name
+                    self.refused[code] = self.refused.get(code, 0) + 1
+                    self._inflight -= 1
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                self.acked.append(trace_id)
+                self._inflight -= 1
+        channel.close()
+
+    @property
+    def acked_spans(self) -> int:
+        return len(self.acked) * self.spans
+
+
+def check_all_arrived(jaeger: Any, trace_ids: list[bytes], spans: int, *, timeout: float = 120) -> dict[str, int]:
+    """Wait until every trace has all its spans in Jaeger; return counts of missing and duplicate spans."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    pending = list(trace_ids)
+    seen: dict[bytes, int] = {}
+    while pending and time.monotonic() < deadline:
+        still = []
+        for trace_id in pending:
+            count = jaeger_span_count(jaeger, trace_id)
+            if count >= spans:
+                seen[trace_id] = count
+            else:
+                still.append(trace_id)
+        pending = still
+        if pending:
+            time.sleep(1)
+    for trace_id in pending:
+        seen[trace_id] = jaeger_span_count(jaeger, trace_id)
+    missing = sum(max(0, spans - n) for n in seen.values())
+    duplicates = sum(max(0, n - spans) for n in seen.values())
+    return {
+        "traces": len(trace_ids),
+        "missing_spans": missing,
+        "duplicate_spans": duplicates,
+        "missing_traces": len(pending),
+    }

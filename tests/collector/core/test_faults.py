@@ -1,0 +1,147 @@
+"""Fault tests, counting what the collector acknowledged against what arrived in Jaeger.
+
+* the collector killed with SIGKILL under load and restarted loses nothing it acknowledged;
+* Jaeger stopped for 20 s under load and restarted receives everything afterwards
+  (the 60 s outage is ``bench/collector/outage.py``, with its numbers in docs/benchmarks.md);
+* duplicates (records being sent at the crash, sent again) stay under 1%.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from meshwatch.stack.runner import Server, Stack, wait_http
+from meshwatch.stack.testing import eventually, start_or_fail
+
+from ._helpers import SpanLoad, check_all_arrived, jaeger_exporter
+
+pytestmark = pytest.mark.integration
+
+SPANS = 100  # per request (one trace per request)
+
+
+def _config(jaeger: Server, **queue) -> dict:
+    exporter = jaeger_exporter(
+        jaeger,
+        sending_queue={"fsync": "interval", "num_consumers": 2, **queue},
+        retry_on_failure={"initial_interval": 0.2, "max_interval": 2},
+        batch={"max_items": 1000},
+    )
+    return {
+        "exporters": {"otlp/jaeger": exporter},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/jaeger"]}}},
+    }
+
+
+def test_sigkill_under_load_loses_nothing_acknowledged(collector_factory, jaeger) -> None:
+    collector = collector_factory(_config(jaeger))
+    load = SpanLoad(collector.grpc_endpoint, spans=SPANS).start()
+    eventually(lambda: len(load.acked) >= 150, timeout=60, what="load flowing")
+    collector.kill()  # SIGKILL: no flush, no goodbye
+    killed_at = len(load.acked)
+    time.sleep(1.0)
+    collector.restart()
+    eventually(lambda: len(load.acked) >= killed_at + 150, timeout=60, what="load flowing after the restart")
+    load.stop()
+    result = check_all_arrived(jaeger, load.acked, SPANS)
+    print(f"\nSIGKILL: {result}, refused while down: {load.refused}")
+    assert result["missing_spans"] == 0, result
+    assert result["duplicate_spans"] < 0.01 * load.acked_spans, result
+    assert collector.metric("meshwatch_queue_size_items") == 0
+
+
+class RestartableJaeger:
+    """A Jaeger of this test module's own (the session's is shared), stoppable and restartable on its ports."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.stack = Stack(state_dir)
+        self.server = start_or_fail(self.stack, "jaeger")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        """Run the same binary with the same config file (same ports) again; its memory store starts empty."""
+        server = self.server
+        with open(server.log, "ab") as log:
+            proc = subprocess.Popen(
+                server.argv, stdout=log, stderr=subprocess.STDOUT, cwd=server.workdir, start_new_session=True
+            )
+        self.server = Server(server.name, proc.pid, server.ports, server.urls, server.workdir, server.log, server.argv)
+        self.stack.servers["jaeger"] = self.server
+        wait_http(f"{self.server.url}/api/services", timeout=60, is_alive=self.server.alive, what="jaeger restart")
+
+    def down(self) -> None:
+        self.stack.servers["jaeger"] = self.server
+        self.stack.down()
+
+
+@pytest.fixture(scope="module")
+def own_jaeger():
+    with tempfile.TemporaryDirectory(prefix="meshwatch-own-jaeger-") as state:
+        Path(state).chmod(0o755)
+        jaeger = RestartableJaeger(Path(state))
+        try:
+            yield jaeger
+        finally:
+            jaeger.down()
+
+
+def test_jaeger_outage_under_load_then_everything_arrives(collector_factory, own_jaeger) -> None:
+    collector = collector_factory(_config(own_jaeger.server))
+    load = SpanLoad(collector.grpc_endpoint, spans=SPANS).start()
+    eventually(lambda: len(load.acked) >= 100, timeout=60, what="load flowing")
+    # Quiesce so the count is exact: what was sent before the outage lives in the Jaeger we are
+    # about to stop (its store is in memory), so check it there first.
+    load.pause()
+    before = list(load.acked)
+    eventually(lambda: collector.metric("meshwatch_queue_size_items") == 0, timeout=60, what="queue drained")
+    assert check_all_arrived(own_jaeger.server, before, SPANS, timeout=60)["missing_spans"] == 0
+
+    own_jaeger.stop()
+    load.resume()
+    outage_start = time.monotonic()
+    eventually(lambda: collector.metric("meshwatch_exporter_backend_up") == 0, timeout=30, what="backend_up = 0")
+    eventually(lambda: collector.metric("meshwatch_queue_size_items") > 0, timeout=30, what="queue growing")
+    time.sleep(max(0.0, 20 - (time.monotonic() - outage_start)))  # the outage lasts 20 s
+    queued = collector.metric("meshwatch_queue_size_items")
+    age = collector.metric("meshwatch_queue_oldest_item_age_seconds")
+    own_jaeger.start()
+    time.sleep(3)  # a few seconds of load after the restart too
+    load.stop()
+    during = load.acked[len(before) :]
+    assert queued > 0 and age >= 10, (queued, age)
+    eventually(lambda: collector.metric("meshwatch_queue_size_items") == 0, timeout=120, what="queue drained")
+    result = check_all_arrived(own_jaeger.server, during, SPANS)
+    print(f"\noutage: {result}, queued at the end of the outage: {queued:.0f} spans, oldest {age:.0f}s")
+    assert result["missing_spans"] == 0, result
+    assert result["duplicate_spans"] < 0.01 * len(during) * SPANS, result
+    assert collector.metric("meshwatch_exporter_backend_up") == 1
+    assert collector.metric("meshwatch_exporter_dropped_items_total") == 0
+    assert collector.metric("meshwatch_exporter_failed_items_total") > 0
+
+
+def test_full_queue_during_an_outage_refuses_and_loses_nothing_acknowledged(collector_factory, own_jaeger) -> None:
+    """A queue too small for the outage: the sender is refused (RESOURCE_EXHAUSTED), never silently dropped."""
+    own_jaeger.stop()
+    collector = collector_factory(_config(own_jaeger.server, queue_size=20_000))
+    load = SpanLoad(collector.grpc_endpoint, spans=SPANS).start()
+    eventually(lambda: load.refused.get("RESOURCE_EXHAUSTED", 0) >= 20, timeout=60, what="push-back")
+    own_jaeger.start()
+    eventually(lambda: collector.metric("meshwatch_queue_size_items") < 20_000, timeout=60, what="queue draining")
+    time.sleep(2)
+    load.stop()
+    eventually(lambda: collector.metric("meshwatch_queue_size_items") == 0, timeout=120, what="queue drained")
+    result = check_all_arrived(own_jaeger.server, load.acked, SPANS)
+    accepted = collector.metric("meshwatch_receiver_accepted_items_total")
+    refused = collector.metric("meshwatch_receiver_refused_items_total", reason="queue_full")
+    print(f"\nfull queue: {result}; accepted {accepted:.0f}, refused {refused:.0f}, sender saw {load.refused}")
+    assert result["missing_spans"] == 0, result
+    assert accepted == load.acked_spans  # every acknowledgement was counted...
+    assert refused == load.refused["RESOURCE_EXHAUSTED"] * SPANS  # ...and every refusal, with its reason
+    assert collector.metric("meshwatch_exporter_dropped_items_total") == 0
