@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,18 +67,27 @@ class RunningCollector:
         self.config_path = workdir / "collector.yaml"
         self.log_path = workdir / "collector.log"
         self.process: subprocess.Popen[bytes] | None = None
-        metrics = config["service"]["telemetry"]["metrics"]["address"]
+        metrics = self._resolve(config["service"]["telemetry"]["metrics"]["address"])
         self.metrics_url = f"http://{metrics}/metrics"
         self.health_url = f"http://{metrics}/healthz"
-        self.storage_dir = Path(config["service"]["storage"]["directory"])
+        self.storage_dir = Path(self._resolve(config["service"]["storage"]["directory"]))
         self.grpc_endpoints: dict[str, str] = {}
         self.http_urls: dict[str, str] = {}
         for rid, rcfg in (config.get("receivers") or {}).items():
             protocols = (rcfg or {}).get("protocols") or {}
             if protocols.get("grpc"):
-                self.grpc_endpoints[rid] = protocols["grpc"]["endpoint"]
+                self.grpc_endpoints[rid] = self._resolve(protocols["grpc"]["endpoint"])
             if protocols.get("http"):
-                self.http_urls[rid] = f"http://{protocols['http']['endpoint']}"
+                self.http_urls[rid] = f"http://{self._resolve(protocols['http']['endpoint'])}"
+
+    def _resolve(self, value: str) -> str:
+        """``${VAR:-default}`` / ``${env:VAR}`` as the collector will substitute them with this env."""
+        env = {**os.environ, **self.env}
+
+        def repl(match: re.Match[str]) -> str:
+            return env.get(match.group(1), match.group(2) or "")
+
+        return re.sub(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}", repl, str(value))
 
     # --- where it listens -------------------------------------------------------------------
 
