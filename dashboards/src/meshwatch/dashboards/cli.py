@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--rate-interval", default="1m", help="value of $__rate_interval (default 1m)")
     p_run.add_argument("--dashboard", action="append", default=[], help="only these dashboards (file stems)")
     p_run.add_argument("--json", action="store_true", help="print results as JSON")
+
+    p_png = sub.add_parser("render-png", help="draw each dashboard's panel layout to PNG (needs the png extra)")
+    p_png.add_argument("--out", type=Path, default=build.DASHBOARDS_DIR.parent / "docs" / "img", help="folder")
     return parser
 
 
@@ -151,4 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pushed {len(requests)} objects to {args.url}")
     elif args.command == "run-queries":
         return _run_queries(args)
+    elif args.command == "render-png":
+        try:
+            from .layout_png import render_layout
+
+            for name, model in build.load_committed().items():
+                print(render_layout(model, args.out / f"dashboards-{name}.png"))
+        except ImportError:
+            print(
+                "meshwatch-dashboards: render-png needs matplotlib: pip install 'meshwatch-dashboards[png]'",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
     return EXIT_OK
