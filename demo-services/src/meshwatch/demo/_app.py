@@ -15,13 +15,13 @@ from typing import Any
 
 import httpx
 import redis.exceptions
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 import meshwatch
 
 from .deps import DependencyDown, UpstreamError
-from .faults import FaultState, InjectedFault, admin_router, fault_middleware
+from .faults import FaultState, InjectedFault, admin_router, fault_dependency
 
 __all__ = ["create_app", "init_telemetry"]
 
@@ -63,8 +63,11 @@ def create_app(
         finally:
             await app.state.http.aclose()
 
-    app = FastAPI(title=f"meshwatch demo: {service}", lifespan=_lifespan)
-    app.middleware("http")(fault_middleware(faults, logger))
+    app = FastAPI(
+        title=f"meshwatch demo: {service}",
+        lifespan=_lifespan,
+        dependencies=[Depends(fault_dependency(faults, logger))],
+    )
     app.include_router(admin_router(faults))
 
     @app.get("/healthz", include_in_schema=False)
@@ -105,4 +108,9 @@ def _add_error_handlers(app: FastAPI, service: str, logger: logging.Logger) -> N
     app.add_exception_handler(
         redis.exceptions.ConnectionError, handler(lambda e: 503, lambda e: f"redis unreachable: {e}")
     )
-    app.add_exception_handler(InjectedFault, handler(lambda e: 500, str))
+
+    async def injected(request: Request, exc: Exception) -> JSONResponse:
+        # Already logged where it was injected (once, without a stack trace: it is no bug).
+        return JSONResponse({"error": "injected fault", "service": service, "detail": str(exc)}, status_code=500)
+
+    app.add_exception_handler(InjectedFault, injected)

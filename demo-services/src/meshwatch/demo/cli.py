@@ -20,7 +20,7 @@ from typing import Any
 from meshwatch.stack import Stack, StackError
 
 from .config import DEFAULT_PORTS, SERVICES
-from .platform import Platform, PlatformOptions, find_repo, http_json
+from .platform import Platform, PlatformOptions, find_repo, http_json, rss_by_server
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -104,8 +104,9 @@ def _status(stack: Stack) -> int:
     if not stack.servers:
         print("the demo is not running (start it with: make demo)")
         return EXIT_OK
+    rss = rss_by_server(stack.servers)
     for name, server in stack.servers.items():
-        line = f"{name:14} pid {server.pid:<7} {server.url}"
+        line = f"{name:14} pid {server.pid:<7} {rss[name] / 2**20:6.0f} MiB  {server.url}"
         try:
             if name in SERVICES:
                 line += f"  [{_describe(http_json(f'{server.url}/admin/faults', timeout=3))}]"
@@ -116,6 +117,7 @@ def _status(stack: Stack) -> int:
             line += f"  [not answering: {exc}]"
         print(line)
         print(f"{'':14} log {server.log}")
+    print(f"memory (RSS) of all of it: {sum(rss.values()) / 2**30:.2f} GiB")
     return EXIT_OK
 
 
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        stack = Stack(args.state_dir, fixed_ports=True)
+        stack = Stack(args.state_dir, fixed_ports=not getattr(args, "random_ports", False))
         if args.command == "up":
             return _up(stack, args)
         if args.command == "down":

@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from sqlalchemy import Engine, create_engine, event
+import sqlalchemy
+from sqlalchemy import Engine, event
 
 from .config import Settings
 from .faults import FaultState
@@ -90,7 +91,8 @@ def make_engine(settings: Settings, faults: FaultState) -> Engine:
     options: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         options["connect_args"] = {"check_same_thread": False, "timeout": 5}
-    engine = create_engine(url, **options)
+    # Looked up at call time, after meshwatch.init(): the SQLAlchemy instrumentor wraps it.
+    engine = sqlalchemy.create_engine(url, **options)
 
     @event.listens_for(engine, "engine_connect")
     def _refuse_when_down(connection: Any) -> None:

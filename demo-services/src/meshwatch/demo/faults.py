@@ -3,7 +3,7 @@
 Each demo service holds one :class:`FaultState` in memory and exposes it on a small
 admin endpoint (``GET/PUT/DELETE /admin/faults``), so ``meshwatch-demo fault payments
 --error-rate 0.2`` changes a running service without a restart. Faults act where a
-real failure would: the middleware delays or fails requests (so RED metrics and
+real failure would: a dependency of every route delays or fails requests (so RED metrics and
 error logs show it), and :meth:`FaultState.is_down` makes the service's own
 dependency clients fail to connect (see :mod:`meshwatch.demo.deps`).
 """
@@ -17,11 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
-__all__ = ["Faults", "FaultState", "FaultUpdate", "InjectedFault", "admin_router", "fault_middleware"]
+__all__ = ["Faults", "FaultState", "FaultUpdate", "InjectedFault", "admin_router", "fault_dependency"]
 
 #: Paths the faults never touch: the admin API itself and the health check.
 EXEMPT_PREFIXES = ("/admin", "/healthz")
@@ -105,14 +104,17 @@ class FaultState:
             raise InjectedFault(f"injected fault in {self.service} (error rate {self.faults.error_rate:g})")
 
 
-def fault_middleware(
-    state: FaultState, logger: logging.Logger
-) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """An HTTP middleware that adds the latency and fails ``error_rate`` of the requests with a 500."""
+def fault_dependency(state: FaultState, logger: logging.Logger) -> Callable[[Request], Awaitable[None]]:
+    """A dependency of every route: adds the latency and fails ``error_rate`` of the requests with a 500.
 
-    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    A dependency rather than a middleware so that it runs after routing: the failed
+    request keeps its route in the server span's name and in the RED metrics'
+    ``http_route`` label, as a real failure in the handler would.
+    """
+
+    async def inject_faults(request: Request) -> None:
         if request.url.path.startswith(EXEMPT_PREFIXES) or not state.faults.active:
-            return await call_next(request)
+            return
         await state.delay()
         if state.should_fail():
             # Logged inside the request's server span, so the log line carries its trace id.
@@ -122,13 +124,9 @@ def fault_middleware(
                 request.url.path,
                 extra={"fault.error_rate": state.faults.error_rate},
             )
-            return JSONResponse(
-                {"error": "injected fault", "service": state.service, "error_rate": state.faults.error_rate},
-                status_code=500,
-            )
-        return await call_next(request)
+            raise InjectedFault(f"injected fault in {state.service} (error rate {state.faults.error_rate:g})")
 
-    return middleware
+    return inject_faults
 
 
 def admin_router(state: FaultState) -> APIRouter:

@@ -27,7 +27,16 @@ from meshwatch.stack import Server, Stack, StackError, free_port
 
 from .config import DEFAULT_PORTS, SERVICES, env_name
 
-__all__ = ["PlatformOptions", "Platform", "find_repo", "http_json", "COLLECTOR_PORTS", "DEMO_SERVICES"]
+__all__ = [
+    "PlatformOptions",
+    "Platform",
+    "find_repo",
+    "http_json",
+    "rss_by_server",
+    "COLLECTOR_PORTS",
+    "DEMO_SERVICES",
+    "PROCESSES",
+]
 
 DEMO_SERVICES = SERVICES
 #: The collector's usual ports (telemetry contract): OTLP gRPC/HTTP, self-metrics, Prometheus exporter.
@@ -36,6 +45,29 @@ ONCALL_PORT = 9095
 LOADGEN_PORT = 8089
 #: Propagators per service: payments speaks both formats, fraud (the legacy service) only Jaeger's.
 PROPAGATORS = {"payments": "tracecontext,baggage,jaeger", "fraud": "jaeger"}
+#: What the platform runs with ``run_process`` on top of the stack's backends, in start order.
+PROCESSES = ("collector", "oncall", *DEMO_SERVICES, "loadgen")
+
+
+def rss_by_server(servers: dict[str, Server]) -> dict[str, int]:
+    """Resident memory (bytes) of each server: the sum over every process of its process group.
+
+    The runner starts each server as a session leader, so its group holds all it
+    spawned (Elasticsearch's launcher and JVM, ``meshwatch-run``'s child).
+    """
+    groups = {server.pid: name for name, server in servers.items()}
+    totals = dict.fromkeys(servers, 0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pgrp = int(fields[2])  # after "pid (comm)": state ppid pgrp …
+            if pgrp not in groups:
+                continue
+            rss_pages = int(fields[21])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        totals[groups[pgrp]] += rss_pages * os.sysconf("SC_PAGE_SIZE")
+    return totals
 
 
 def find_repo() -> Path:
@@ -138,7 +170,12 @@ class Platform:
         self._step("alertmanager", lambda: self.stack.start("alertmanager"))
         self._step(
             "prometheus",
-            lambda: self.stack.start("prometheus", scrape_interval=opts.scrape_interval, rule_files=opts.rule_files),
+            lambda: self.stack.start(
+                "prometheus",
+                scrape_interval=opts.scrape_interval,
+                scrape_timeout=opts.scrape_interval,  # Prometheus refuses a timeout longer than the interval
+                rule_files=opts.rule_files,
+            ),
         )
         self._step("redis", lambda: self.stack.start("redis"))
         self._step("nats (JetStream)", lambda: self.stack.start("nats"))
@@ -149,8 +186,8 @@ class Platform:
         return {
             "MESHWATCH_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['otlp_grpc']}",
             "MESHWATCH_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['otlp_http']}",
-            "MESHWATCH_TELEMETRY_ENDPOINT": f"127.0.0.1:{ports['telemetry']}",
-            "MESHWATCH_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prometheus']}",
+            "MESHWATCH_COLLECTOR_METRICS_ADDRESS": f"127.0.0.1:{ports['telemetry']}",
+            "MESHWATCH_PROMETHEUS_EXPORTER_ENDPOINT": f"127.0.0.1:{ports['prometheus']}",
             "MESHWATCH_JAEGER_OTLP_ENDPOINT": jaeger.urls["otlp_grpc"].removeprefix("http://"),
             "MESHWATCH_ELASTICSEARCH_URL": es.url,
             "MESHWATCH_STORAGE_DIR": str(self.stack.state_dir / "collector" / "queue"),
@@ -294,6 +331,21 @@ class Platform:
                 timeout=60,
             ),
         )
+
+    def stop_processes(self) -> list[str]:
+        """Stop what the platform started itself (not the backends, which may be shared)."""
+        stopped = []
+        for name in reversed(PROCESSES):
+            if name in self.stack.servers:
+                self.stack.stop(name)
+                stopped.append(name)
+        if "prometheus" in self.stack.servers:
+            prometheus = self.stack.servers["prometheus"]
+            prometheus.remove_scrape_target("demo-collector-self")
+            (Path(prometheus.workdir) / "targets" / "honor_labels" / "demo-collector-exporter.json").unlink(
+                missing_ok=True
+            )
+        return stopped
 
     # --- readiness of the data --------------------------------------------------------
 

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:  # no telemetry library configured logging: plain lines
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per call repeats the client span
     uvicorn.run(
         module.app,
         host=args.host,

@@ -1,0 +1,230 @@
+"""End to end: the demo platform on the real backends, under load, seen where a user looks.
+
+One platform for the module: the session's Jaeger, Prometheus, Alertmanager,
+Elasticsearch, Redis and NATS (shared with the rest of the suite), plus the
+meshwatch collector with its default config, the on-call webhook, the six services
+and the load generator, all started by ``meshwatch.demo.platform`` as ``make demo``
+does. Then: a checkout's trace crosses the mesh and the broker in Jaeger; every
+service has RED metrics in Prometheus; an injected fault shows as that service's
+error rate and as error logs, in Elasticsearch, carrying the failing trace's id;
+clearing the fault brings the error rate back down.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from meshwatch.demo import cli
+from meshwatch.demo.platform import DEMO_SERVICES, Platform, PlatformOptions, rss_by_server
+from meshwatch.stack import Server, Stack
+from meshwatch.stack.testing import eventually
+
+pytestmark = pytest.mark.e2e
+
+HTTP_SERVICES = ("gateway", "orders", "inventory", "payments", "fraud")
+FAULTY = "payments"
+ERROR_RATE = 0.5
+
+
+def _get(url: str, **params: Any) -> Any:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url}{query}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, body: Any) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _field(doc: dict[str, Any], dotted: str) -> Any:
+    """A field of an Elasticsearch document, whether stored as nested objects or a dotted key."""
+    if dotted in doc:
+        return doc[dotted]
+    value: Any = doc
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def _promql(prometheus: Server, query: str) -> list[dict[str, Any]]:
+    return _get(f"{prometheus.url}/api/v1/query", query=query)["data"]["result"]
+
+
+@pytest.fixture(scope="module")
+def platform(  # noqa: PLR0917 (each backend is its own session fixture)
+    stack: Stack,
+    jaeger: Server,
+    prometheus: Server,
+    alertmanager: Server,
+    elasticsearch: Server,
+    redis_server: Server,
+    nats_server: Server,
+) -> Iterator[Platform]:
+    options = PlatformOptions(
+        rate=10.0,  # about 2.5 checkouts/s reach payments
+        fixed_ports=False,
+        metric_interval_ms=1000,
+        scrape_interval="1s",
+        progress=lambda message: print(f"platform: {message}", flush=True),
+    )
+    running = Platform(stack, options)
+    try:
+        running.up()
+        yield running
+    finally:
+        running.stop_processes()
+
+
+def _trace_services(trace: dict[str, Any]) -> set[str]:
+    return {trace["processes"][span["processID"]]["serviceName"] for span in trace["spans"]}
+
+
+def _span_kind(span: dict[str, Any]) -> str:
+    return next((t["value"] for t in span["tags"] if t["key"] == "span.kind"), "")
+
+
+def test_a_checkout_trace_crosses_the_mesh_and_the_broker(platform: Platform, jaeger: Server) -> None:
+    def full_trace() -> dict[str, Any] | None:
+        traces = _get(
+            f"{jaeger.url}/api/traces", service="gateway", operation="POST /api/checkout", limit=50, lookback="1h"
+        )["data"]
+        complete = [t for t in traces if {"gateway", "orders", "payments", "notifications"} <= _trace_services(t)]
+        return complete[0] if complete else None
+
+    trace = eventually(full_trace, timeout=90, what="a checkout trace reaching notifications")
+    services = _trace_services(trace)
+    assert len(services) >= 4
+    spans = {span["spanID"]: span for span in trace["spans"]}
+    service_of = {sid: trace["processes"][s["processID"]]["serviceName"] for sid, s in spans.items()}
+
+    def parent(span: dict[str, Any]) -> dict[str, Any] | None:
+        refs = [r for r in span.get("references", []) if r["refType"] == "CHILD_OF"]
+        return spans.get(refs[0]["spanID"]) if refs else None
+
+    # The asynchronous hop: a CONSUMER span in notifications whose parent is orders' PRODUCER span.
+    consumers = [s for sid, s in spans.items() if service_of[sid] == "notifications" and _span_kind(s) == "consumer"]
+    assert consumers, "no consumer span in notifications"
+    producer = parent(consumers[0])
+    assert producer is not None and _span_kind(producer) == "producer"
+    assert service_of[producer["spanID"]] == "orders"
+    assert producer["operationName"] == "publish orders.placed"
+    # The Jaeger-format hop: fraud (which only reads uber-trace-id) joined payments' trace.
+    fraud = [s for sid, s in spans.items() if service_of[sid] == "fraud"]
+    assert fraud, f"fraud is missing from the trace: {sorted(services)}"
+    caller = parent(fraud[0])
+    assert caller is not None and service_of[caller["spanID"]] == "payments"
+
+
+def test_every_service_has_red_metrics_in_prometheus(platform: Platform, prometheus: Server) -> None:
+    def http_jobs() -> set[str]:
+        query = "sum by (job) (rate(http_server_request_duration_seconds_count[30s])) > 0"
+        return {r["metric"]["job"] for r in _promql(prometheus, query)}
+
+    eventually(lambda: set(HTTP_SERVICES) <= http_jobs(), timeout=90, what=f"HTTP RED metrics for {HTTP_SERVICES}")
+    durations = _promql(prometheus, 'count by (job) (http_server_request_duration_seconds_bucket{le="0.1"})')
+    assert set(HTTP_SERVICES) <= {r["metric"]["job"] for r in durations}
+
+    # Every service, notifications (which only consumes messages) included, from spans.
+    def span_services() -> set[str]:
+        query = "sum by (service_name) (rate(traces_span_metrics_calls_total[30s])) > 0"
+        return {r["metric"]["service_name"] for r in _promql(prometheus, query)}
+
+    eventually(lambda: set(DEMO_SERVICES) <= span_services(), timeout=90, what="spanmetrics for every service")
+    # The business metric added by hand in orders.
+    placed = _promql(prometheus, 'sum(demo_orders_placed_total{outcome="placed"})')
+    assert placed and float(placed[0]["value"][1]) > 0
+
+
+def _error_ratio(prometheus: Server, window: str) -> float | None:
+    selector = f'job="{FAULTY}"'
+    query = (
+        f'sum(rate(http_server_request_duration_seconds_count{{{selector},http_response_status_code=~"5.."}}[{window}]))'
+        f" / sum(rate(http_server_request_duration_seconds_count{{{selector}}}[{window}]))"
+    )
+    result = _promql(prometheus, f"({query}) or vector(0)")
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_injected_fault_shows_in_error_rate_and_error_logs_then_clears(
+    platform: Platform, prometheus: Server, elasticsearch: Server, jaeger: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = ["--state-dir", str(platform.stack.state_dir)]
+    eventually(lambda: (_error_ratio(prometheus, "15s") or 0) < 0.05, timeout=60, what="payments healthy before")
+
+    assert cli.main([*state, "fault", FAULTY, "--error-rate", str(ERROR_RATE)]) == 0
+    assert f"{FAULTY}: error rate {ERROR_RATE:g}" in capsys.readouterr().out
+    try:
+        ratio = eventually(
+            lambda: (r := _error_ratio(prometheus, "20s")) is not None and 0.3 <= r <= 0.7 and r,
+            timeout=90,
+            what=f"{FAULTY}'s 5xx share in Prometheus near {ERROR_RATE}",
+        )
+        assert 0.3 <= ratio <= 0.7
+
+        # Error logs of the failed requests in Elasticsearch, each carrying its trace's id; that
+        # trace in Jaeger runs gateway → orders → payments with payments' server span failed.
+        def error_logs() -> list[dict[str, Any]]:
+            query = {
+                "size": 20,
+                "sort": [{"@timestamp": "desc"}],
+                "query": {
+                    "bool": {
+                        "filter": [
+                            {"term": {"service.name": FAULTY}},
+                            {"term": {"log.level": "error"}},
+                            {"match_phrase": {"message": "injected fault"}},
+                            {"exists": {"field": "trace.id"}},
+                        ]
+                    }
+                },
+            }
+            return [h["_source"] for h in _post(f"{elasticsearch.url}/meshwatch-logs-*/_search", query)["hits"]["hits"]]
+
+        def logged_failed_trace() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            for log in error_logs():
+                found = _get(f"{jaeger.url}/api/traces/{_field(log, 'trace.id')}").get("data") or []
+                if found and {"gateway", "orders", FAULTY} <= _trace_services(found[0]):
+                    return log, found[0]
+            return None
+
+        log, trace = eventually(logged_failed_trace, timeout=90, what="an error log whose trace is in Jaeger")
+        failed = [
+            span
+            for span in trace["spans"]
+            if trace["processes"][span["processID"]]["serviceName"] == FAULTY
+            and _span_kind(span) == "server"
+            and any(t["key"] == "otel.status_code" and t["value"] == "ERROR" for t in span["tags"])
+        ]
+        assert failed, "payments' server span is not marked as failed"
+        assert failed[0]["operationName"] == "POST /charge"  # the route survives the fault
+        assert _field(log, "span.id") == failed[0]["spanID"]  # the log line was written inside that span
+    finally:
+        assert cli.main([*state, "fault", FAULTY, "--clear"]) == 0
+    assert f"{FAULTY}: no faults" in capsys.readouterr().out
+    eventually(
+        lambda: (r := _error_ratio(prometheus, "10s")) is not None and r < 0.1,
+        timeout=90,
+        what=f"{FAULTY}'s 5xx share back near 0 after --clear",
+    )
+
+
+def test_status_shows_every_process_and_the_memory_it_takes(
+    platform: Platform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--state-dir", str(platform.stack.state_dir), "status"]) == 0
+    out = capsys.readouterr().out
+    for name in (*DEMO_SERVICES, "collector", "loadgen", "oncall"):
+        assert f"\n{name} " in f"\n{out}", f"{name} missing from status:\n{out}"
+    assert "no faults" in out and "req/s" in out and "memory (RSS) of all of it" in out
+    rss = rss_by_server(platform.stack.servers)
+    assert all(rss[name] > 10 * 2**20 for name in DEMO_SERVICES), rss
