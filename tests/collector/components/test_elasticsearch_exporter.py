@@ -299,3 +299,14 @@ def test_unreachable_elasticsearch_is_a_transient_error() -> None:
 def test_secrets_are_not_in_the_config_repr() -> None:
     config = es_exporter.ElasticsearchConfig(user="elastic", password="hunter2", api_key="k-secret")
     assert "hunter2" not in repr(config) and "k-secret" not in str(config.model_dump())
+
+
+@pytest.mark.parametrize(
+    "value", ["héllo", "x" * 300, "", True, False, 0, -5, 2**62, -(2**63), 12.5, [1, "a", {"k": 2.5}], {"k": [True]}]
+)
+def test_attribute_bytes_decode_like_the_message(value) -> None:
+    from meshwatch.collector.exporters._logs_lite import any_bytes_to_python
+    from meshwatch.collector.processors._otlp import any_to_python, python_to_any
+
+    message = python_to_any(value)
+    assert any_bytes_to_python(message.SerializeToString()) == any_to_python(message) == value

@@ -140,6 +140,7 @@ class SpanMetricsConnector:
         self._dims = [d.name for d in config.dimensions]
         self._dim_index = {name: i for i, name in enumerate(self._dims)}
         self._defaults = [d.default for d in config.dimensions]
+        self._hints = [-1] * len(self._dims)
         self._resources: dict[tuple[tuple[str, str], ...], _Resource] = {}
         self._lock = threading.Lock()
         self._flusher = Flusher(f"{self.id} flush", [(config.metrics_flush_interval, self.flush)])
@@ -223,12 +224,35 @@ class SpanMetricsConnector:
                                 found[index] = (span.trace_id, span.span_id, duration, end)
 
     def _dimension_values(self, span: Any, state: _Resource) -> list[str | None]:
+        """Configured dimensions of a span: its attribute, else the resource's, else the default.
+
+        Walking a span's attribute list from Python costs ≈0.5 µs per attribute (each
+        element becomes a wrapper object), so each dimension first looks at the position
+        where it was found last time (spans of one instrumentation share an attribute
+        order) and scans only when that misses.
+        """
         values = list(state.fallback)
-        index = self._dim_index
-        for kv in span.attributes:
-            position = index.get(kv.key)
-            if position is not None:
-                values[position] = any_to_string(kv.value)
+        attributes = span.attributes
+        hints = self._hints
+        for position, name in enumerate(self._dims):
+            hint = hints[position]
+            kv = None
+            if hint >= 0:
+                try:
+                    kv = attributes[hint]
+                except IndexError:
+                    kv = None
+                if kv is not None and kv.key != name:
+                    kv = None
+            if kv is None:
+                for index, candidate in enumerate(attributes):
+                    if candidate.key == name:
+                        kv = candidate
+                        hints[position] = index
+                        break
+                else:
+                    continue
+            values[position] = any_to_string(kv.value)
         return values
 
     # --- flushing ----------------------------------------------------------------------------

@@ -225,8 +225,7 @@ class ElasticsearchSender:
 
     def send(self, batch: Batch) -> SendResult:
         self.ensure_template()
-        request = batch.message
-        encoded = encode_logs(request, self.config.index_prefix, received_ns=int(batch.received_at * 1e9))
+        encoded = encode_logs(batch.raw, self.config.index_prefix, received_ns=int(batch.received_at * 1e9))
         if not encoded.documents:
             return SendResult()
         try:
@@ -258,7 +257,7 @@ class ElasticsearchSender:
             )
         retry = None
         if retry_positions:
-            retry = Batch.from_message(Signal.LOGS, _subset(request, retry_positions))
+            retry = Batch.from_message(Signal.LOGS, _subset(batch.message, retry_positions))
         return SendResult(
             retry=retry,
             rejected=len(letters),
