@@ -14,6 +14,7 @@ with their own labels.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -24,7 +25,9 @@ __all__ = ["Telemetry", "FALLBACK", "registry_of"]
 FALLBACK = CollectorRegistry(auto_describe=True)
 
 _lock = threading.Lock()
-_instruments: dict[tuple[int, str], Any] = {}
+#: registry -> {name: instrument}; weak, so a registry that is gone (a stopped collector in
+#: a test process) takes its instruments along and a new one never inherits them.
+_instruments: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _provided(host: Any) -> Any:
@@ -62,12 +65,11 @@ class Telemetry:
         return cls(registry_of(host), None if isinstance(provided, CollectorRegistry) else provided)
 
     def _get(self, kind: type, name: str, documentation: str, labelnames: tuple[str, ...], **extra: Any) -> Any:
-        key = (id(self.registry), name)
         with _lock:
-            instrument = _instruments.get(key)
+            known = _instruments.setdefault(self.registry, {})
+            instrument = known.get(name)
             if instrument is None:
-                instrument = kind(name, documentation, labelnames, registry=self.registry, **extra)
-                _instruments[key] = instrument
+                instrument = known[name] = kind(name, documentation, labelnames, registry=self.registry, **extra)
             return instrument
 
     def counter(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> Counter:
