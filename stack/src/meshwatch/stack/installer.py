@@ -256,6 +256,8 @@ def install(names: list[str] | None = None, *, force: bool = False) -> list[str]
                 _install_otelcol(comp)
             say(f"installed {comp.name} {comp.version} in {format_duration(time.monotonic() - started)}")
             done.append(name)
+        if any(COMPONENTS[n].kind in ("go", "ocb") for n in done):
+            _clean_go_caches()
         if "elasticsearch" in wanted:
             java_home()  # fail now, not at first start, if there is no JDK
             _ensure_es_user()
@@ -274,6 +276,33 @@ def _logs() -> Path:
 # --- Go --------------------------------------------------------------------------------
 
 
+def _go_env() -> dict[str, str]:
+    """Build in a private Go module and build cache inside ours.
+
+    Jaeger and Prometheus pull in ≈3 GB of modules and leave ≈3.5 GB of build
+    cache; keeping them private lets us delete them once the binaries exist
+    (``MESHWATCH_KEEP_GO_CACHE=1`` keeps them, e.g. to rebuild quickly).
+    """
+    go_dir = cache_dir() / "go"
+    return {
+        **os.environ,
+        "GOFLAGS": "-buildvcs=false",
+        "GOMODCACHE": str(go_dir / "mod"),
+        "GOCACHE": str(go_dir / "build"),
+    }
+
+
+def _clean_go_caches() -> None:
+    go = shutil.which("go")
+    go_dir = cache_dir() / "go"
+    if not go or not go_dir.exists() or os.environ.get("MESHWATCH_KEEP_GO_CACHE") == "1":
+        return
+    say(f"removing the Go build and module caches in {go_dir} (binaries stay; MESHWATCH_KEEP_GO_CACHE=1 keeps them)")
+    subprocess.run([go, "clean", "-cache", "-modcache"], env=_go_env(), capture_output=True)
+    shutil.rmtree(go_dir, ignore_errors=True)
+    shutil.rmtree(cache_dir() / "src", ignore_errors=True)
+
+
 def _install_go(comp: Component) -> None:
     go = shutil.which("go")
     if not go:
@@ -284,7 +313,7 @@ def _install_go(comp: Component) -> None:
     src = cache_dir() / "src" / f"{comp.name}-{comp.version}"
     src.mkdir(parents=True, exist_ok=True)
     log = _logs() / f"{comp.name}-{comp.version}.log"
-    env = {**os.environ, "GOFLAGS": "-buildvcs=false"}
+    env = _go_env()
     if not (src / "go.mod").exists():
         run_with_heartbeat(
             [go, "mod", "init", f"meshwatch.local/{comp.name}-build"],
@@ -341,7 +370,7 @@ def _install_otelcol(comp: Component) -> None:
     src.mkdir(parents=True, exist_ok=True)
     log = _logs() / f"{comp.name}-{comp.version}.log"
     gobin = src / "bin"
-    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "GOBIN": str(gobin)}
+    env = {**_go_env(), "GOBIN": str(gobin)}
     builder = gobin / "builder"
     if not builder.exists():
         run_with_heartbeat(
