@@ -6,7 +6,6 @@ self-telemetry registry. The sink is a real ``Consumer`` that keeps what it gets
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -122,14 +121,9 @@ def scrape_with_honor_labels(prometheus: Any, address: str) -> Path:
     """Have the test Prometheus scrape ``address`` with ``honor_labels: true``, as the
     contract says Prometheus scrapes the collector's exporter (its ``job``/``instance``
     are the services'). Returns the target file; unlink it to stop scraping."""
-    folder = Path(prometheus.workdir) / "targets" / "honor_labels"
-    if not folder.is_dir():
-        raise AssertionError(f"the test Prometheus has no honor_labels scrape job ({folder} missing)")
-    path = folder / f"components-{uuid.uuid4().hex[:8]}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([{"targets": [address], "labels": {}}]))
-    tmp.rename(path)
-    return path
+    name = f"components-{uuid.uuid4().hex[:8]}"
+    prometheus.add_scrape_target(name, address, honor_labels=True)
+    return Path(prometheus.workdir) / "targets" / "honor_labels" / f"{name}.json"
 
 
 def batch_of(signal: Signal, message: Any) -> Batch:

@@ -342,51 +342,8 @@ def eventually_query(prometheus, promql: str) -> list:
     return eventually(lambda: _query(prometheus, promql), timeout=45, what=f"{promql} in Prometheus")
 
 
-@pytest.fixture(scope="module")
-def exemplar_prometheus(stack, tmp_path_factory):
-    """A Prometheus with exemplar storage on (the shared test Prometheus runs without
-    ``--enable-feature=exemplar-storage``), started through the stack runner."""
-    import json
-
-    from meshwatch.stack import binary, free_port
-
-    workdir = tmp_path_factory.mktemp("prometheus-exemplars")
-    (workdir / "targets").mkdir()
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "exemplars",
-                "honor_labels": True,
-                "file_sd_configs": [{"files": [str(workdir / "targets" / "*.json")], "refresh_interval": "1s"}],
-            }
-        ],
-    }
-    (workdir / "prometheus.yml").write_text(json.dumps(config))
-    name = f"prometheus-exemplars-{uuid.uuid4().hex[:6]}"
-    server = stack.run_process(
-        name,
-        [
-            str(binary("prometheus")),
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--enable-feature=exemplar-storage",
-        ],
-        ready_url=f"http://127.0.0.1:{port}/-/ready",
-        urls={"http": f"http://127.0.0.1:{port}"},
-        ports={"http": port},
-    )
-    server.targets = workdir / "targets"  # type: ignore[attr-defined]
-    yield server
-    stack.stop(name)
-
-
 @pytest.mark.integration
-def test_exemplars_reach_prometheus_query_exemplars(exemplar_prometheus, exporter) -> None:
-    import json
-
+def test_exemplars_reach_prometheus_query_exemplars(prometheus, exporter) -> None:
     now = time.time_ns()
     trace_id, span_id = os.urandom(16), os.urandom(8)
     name = f"exm_{uuid.uuid4().hex[:6]}"
@@ -398,19 +355,20 @@ def test_exemplars_reach_prometheus_query_exemplars(exemplar_prometheus, exporte
             ),
         )
     )
-    (exemplar_prometheus.targets / "exporter.json").write_text(
-        json.dumps([{"targets": [f"127.0.0.1:{exporter.port}"], "labels": {}}])
-    )
+    target = scrape_with_honor_labels(prometheus, f"127.0.0.1:{exporter.port}")
 
     def exemplars() -> list:
         response = httpx.get(
-            f"{exemplar_prometheus.url}/api/v1/query_exemplars",
+            f"{prometheus.url}/api/v1/query_exemplars",
             params={"query": f"{name}_dur_seconds_bucket", "start": time.time() - 300, "end": time.time() + 60},
             timeout=10,
         )
         return response.json()["data"]
 
-    found = eventually(exemplars, timeout=45, what="the exemplar in /api/v1/query_exemplars")
+    try:
+        found = eventually(exemplars, timeout=45, what="the exemplar in /api/v1/query_exemplars")
+    finally:
+        target.unlink()
     exemplar = found[0]["exemplars"][0]
     assert exemplar["labels"] == {"trace_id": trace_id.hex(), "span_id": span_id.hex()}
     assert float(exemplar["value"]) == pytest.approx(0.07)

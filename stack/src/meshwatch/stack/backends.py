@@ -158,6 +158,8 @@ def _prometheus(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -
             "--web.enable-lifecycle",
             "--web.enable-otlp-receiver",
             "--web.enable-remote-write-receiver",
+            # Exemplars link histogram samples to traces (dashboards' exemplar → Jaeger link).
+            "--enable-feature=exemplar-storage",
             "--storage.tsdb.retention.time=2d",
             "--log.format=json",
         ],

@@ -137,18 +137,26 @@ class Server:
 
     # --- Prometheus helpers ---------------------------------------------------------
 
-    def add_scrape_target(self, name: str, address: str, labels: dict[str, str] | None = None) -> None:
-        """Have Prometheus scrape ``address`` (host:port); picked up without a reload."""
+    def add_scrape_target(
+        self, name: str, address: str, labels: dict[str, str] | None = None, *, honor_labels: bool = False
+    ) -> None:
+        """Have Prometheus scrape ``address`` (host:port); picked up without a reload.
+
+        ``honor_labels`` is for exporters that carry other jobs' series (the
+        collector's Prometheus exporter): their ``job``/``instance`` labels win.
+        """
         self._require("prometheus")
         target = [{"targets": [address], "labels": labels or {}}]
-        path = Path(self.workdir) / "targets" / f"{name}.json"
+        folder = Path(self.workdir) / "targets" / ("honor_labels" if honor_labels else "")
+        path = folder / f"{name}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(target))
         tmp.rename(path)  # atomic, so Prometheus never reads half a file
 
     def remove_scrape_target(self, name: str) -> None:
         self._require("prometheus")
-        (Path(self.workdir) / "targets" / f"{name}.json").unlink(missing_ok=True)
+        for folder in ("", "honor_labels"):
+            (Path(self.workdir) / "targets" / folder / f"{name}.json").unlink(missing_ok=True)
 
     def set_rule_files(self, files: Iterable[Path]) -> None:
         """Replace Prometheus' rule files and reload it."""
