@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("load", help="run the load generator in the foreground (see: meshwatch-demo load --help)")
     sub.add_parser("serve", help="run one service in the foreground (see: meshwatch-demo serve --help)")
+    sub.add_parser("render", help="draw a trace, the service graph and error rates to PNGs (needs matplotlib)")
     return parser
 
 
@@ -164,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         from .serve import main as serve_main
 
         return serve_main(argv[1:])
+    if argv[:1] == ["render"]:
+        from .render import main as render_main
+
+        return render_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         stack = Stack(args.state_dir, fixed_ports=not getattr(args, "random_ports", False))
