@@ -52,7 +52,9 @@ class HttpTransport:
         bearer_token: str | None,
         paths: dict[Signal, str],
         max_workers: int = 16,
+        on_fatal: Any = None,
     ) -> None:
+        self._on_fatal = on_fatal
         self.ingest = ingest
         self.endpoint = endpoint
         self.max_request_bytes = max_request_bytes
@@ -102,8 +104,14 @@ class HttpTransport:
             loop.call_soon(ready.set)
             try:
                 loop.run_until_complete(self._server.serve(sockets=[sock]))
+            except BaseException as exc:  # the server thread must not die unnoticed
+                if self._on_fatal is not None:
+                    self._on_fatal(exc)
+                raise
             finally:
                 loop.close()
+            if not self._server.should_exit and self._on_fatal is not None:
+                self._on_fatal(RuntimeError(f"the OTLP/HTTP server on {self.endpoint} stopped unexpectedly"))
 
         self._thread = threading.Thread(target=run, name=f"otlp-http {self.endpoint}", daemon=True)
         self._thread.start()

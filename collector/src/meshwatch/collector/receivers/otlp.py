@@ -115,6 +115,7 @@ class OtlpReceiver:
                 bearer_token=token,
                 paths=paths,
                 max_workers=protocols.http.max_workers,
+                on_fatal=lambda exc: host.report_fatal(self.id, exc),
             )
             try:
                 self.http.start()
