@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,20 @@ def test_alertmanager_config_is_the_projects_with_the_compose_webhook() -> None:
         [str(amtool), "check-config", str(REPO / "deploy" / "alertmanager.yml")], capture_output=True
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_grafana_finds_its_dashboards_and_datasources(compose: dict[str, Any]) -> None:
+    """Provisioning in the container points at the mounted JSON and at compose services that exist."""
+    grafana = _services(compose)["grafana"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    for provider_file in (REPO / "dashboards" / "provisioning" / "dashboards").glob("*.y*ml"):
+        for provider in yaml.safe_load(provider_file.read_text())["providers"]:
+            path = provider["options"]["path"]
+            source = next((src for dst, src in mounts.items() if path == dst or path.startswith(f"{dst}/")), None)
+            assert source, f"{provider_file.name}: Grafana reads dashboards from {path}, which nothing mounts"
+            assert list((REPO / source).glob("*.json")), f"no dashboards in {source}"
+    services = _services(compose)
+    for source_file in (REPO / "dashboards" / "provisioning" / "datasources").glob("*.y*ml"):
+        for datasource in yaml.safe_load(source_file.read_text())["datasources"]:
+            url = urllib.parse.urlsplit(datasource["url"])
+            assert url.hostname in services, f"datasource {datasource['name']} points at {url.hostname}"
