@@ -145,3 +145,26 @@ def test_full_queue_during_an_outage_refuses_and_loses_nothing_acknowledged(coll
     assert accepted == load.acked_spans  # every acknowledgement was counted...
     assert refused == load.refused["RESOURCE_EXHAUSTED"] * SPANS  # ...and every refusal, with its reason
     assert collector.metric("meshwatch_exporter_dropped_items_total") == 0
+
+
+def test_sigterm_stops_within_its_budget_and_the_queue_survives_for_the_next_start(collector_factory, jaeger) -> None:
+    """Backend unreachable: a graceful stop does not wait for it; the queued spans are sent after a restart."""
+    from meshwatch.collector.testing import free_port
+
+    config = _config(jaeger)
+    config["exporters"]["otlp/jaeger"]["endpoint"] = f"127.0.0.1:{free_port()}"  # nothing there yet
+    config["service"]["shutdown_timeout"] = "5s"
+    collector = collector_factory(config)
+    load = SpanLoad(collector.grpc_endpoint, spans=SPANS).start()
+    eventually(lambda: len(load.acked) >= 20, timeout=60, what="spans queued")
+    load.stop()
+    assert collector.metric("meshwatch_queue_size_items") == len(load.acked) * SPANS
+    started = time.monotonic()
+    assert collector.stop(timeout=30) == 0  # exit code 0: a clean stop
+    assert time.monotonic() - started < 15
+    assert "stay queued on disk for the next start" in collector.log_path.read_text()
+
+    collector.config["exporters"]["otlp/jaeger"]["endpoint"] = jaeger.urls["otlp_grpc"]  # the backend is back
+    collector.restart()
+    result = check_all_arrived(jaeger, load.acked, SPANS, timeout=60)
+    assert result["missing_spans"] == 0 and result["duplicate_spans"] == 0, result
