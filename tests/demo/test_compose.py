@@ -133,6 +133,7 @@ def test_demo_services_run_on_their_usual_ports_and_find_their_peers(compose: di
     assert "jaeger" in services["payments"]["environment"]["OTEL_PROPAGATORS"].split(",")
 
 
+@pytest.mark.integration  # runs the installed promtool
 def test_prometheus_config_is_valid_and_scrapes_the_collector(tmp_path: Path) -> None:
     config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -151,6 +152,7 @@ def test_prometheus_config_is_valid_and_scrapes_the_collector(tmp_path: Path) ->
     assert b"SUCCESS" in result.stdout + result.stderr
 
 
+@pytest.mark.integration  # runs the installed amtool
 def test_alertmanager_config_is_the_projects_with_the_compose_webhook() -> None:
     def body(path: Path) -> str:
         return "\n".join(line for line in path.read_text().splitlines() if not line.startswith("#"))
