@@ -136,6 +136,8 @@ def _up(stack: Stack, args: argparse.Namespace) -> int:
     for what, url in urls.items():
         print(f"  {what:<{width}}  {url}")
     gateway = stack.servers["gateway"].url
+    demo = ".venv/bin/meshwatch-demo" + (f" --state-dir {args.state_dir}" if args.state_dir else "")
+    stop = f"{demo} down" if args.state_dir else "make demo-down"
     print(
         f"""
 Try it:
@@ -143,13 +145,13 @@ Try it:
   curl -s -X POST {gateway}/api/checkout -H 'content-type: application/json' \\
        -d '{{"sku": "SKU-1003", "quantity": 1, "card": "4242424242424242"}}'
 Inject a fault (no restart), watch it in Prometheus and Alertmanager, then clear it:
-  .venv/bin/meshwatch-demo fault payments --error-rate 0.2
-  .venv/bin/meshwatch-demo fault inventory --latency-ms 300
-  .venv/bin/meshwatch-demo fault inventory --down redis
-  .venv/bin/meshwatch-demo fault payments --clear
-  .venv/bin/meshwatch-demo status
+  {demo} fault payments --error-rate 0.2
+  {demo} fault inventory --latency-ms 300
+  {demo} fault inventory --down redis
+  {demo} fault payments --clear
+  {demo} status
 Stop everything:
-  make demo-down"""
+  {stop}"""
     )
     return EXIT_OK
 
