@@ -83,6 +83,11 @@ def platform(  # noqa: PLR0917 (each backend is its own session fixture)
         yield running
     finally:
         running.stop_processes()
+        # Leave the shared Prometheus and Alertmanager as the session started them.
+        prometheus.set_rule_files([])
+        alertmanager.set_alertmanager_config(
+            {"route": {"receiver": "null", "group_by": ["alertname"]}, "receivers": [{"name": "null"}]}
+        )
 
 
 def _trace_services(trace: dict[str, Any]) -> set[str]:

@@ -225,12 +225,9 @@ class Platform:
     def scrape_collector(self, collector: Server) -> None:
         """Prometheus scrapes the exporter with honor_labels (services' job/instance) and the self-metrics."""
         prometheus = self.server("prometheus")
-        target = [{"targets": [f"127.0.0.1:{collector.ports['prometheus']}"], "labels": {}}]
-        folder = Path(prometheus.workdir) / "targets" / "honor_labels"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "demo-collector-exporter.tmp"
-        tmp.write_text(json.dumps(target))
-        tmp.rename(folder / "demo-collector-exporter.json")  # atomic: Prometheus never reads half a file
+        prometheus.add_scrape_target(
+            "demo-collector-exporter", f"127.0.0.1:{collector.ports['prometheus']}", honor_labels=True
+        )
         prometheus.add_scrape_target(
             "demo-collector-self", f"127.0.0.1:{collector.ports['telemetry']}", {"job": "meshwatch-collector"}
         )
@@ -342,9 +339,7 @@ class Platform:
         if "prometheus" in self.stack.servers:
             prometheus = self.stack.servers["prometheus"]
             prometheus.remove_scrape_target("demo-collector-self")
-            (Path(prometheus.workdir) / "targets" / "honor_labels" / "demo-collector-exporter.json").unlink(
-                missing_ok=True
-            )
+            prometheus.remove_scrape_target("demo-collector-exporter")
         return stopped
 
     # --- readiness of the data --------------------------------------------------------
