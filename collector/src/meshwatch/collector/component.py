@@ -21,6 +21,7 @@ __all__ = [
     "Kind",
     "ComponentId",
     "Refused",
+    "PartiallyAccepted",
     "Consumer",
     "Component",
     "Factory",
@@ -67,6 +68,20 @@ class Refused(Exception):
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class PartiallyAccepted(Exception):
+    """The batch was taken, but ``rejected`` of its items were refused for good.
+
+    Raised after the accepted part is safely taken (e.g. one of several pipelines
+    refused bad data while the others queued it). The receiver answers success with
+    an OTLP ``partial_success`` carrying ``rejected`` and the message.
+    """
+
+    def __init__(self, rejected: int, message: str, reason: str = "rejected") -> None:
+        super().__init__(message)
+        self.rejected = rejected
+        self.reason = reason
 
 
 @runtime_checkable

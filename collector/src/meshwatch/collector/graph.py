@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batch import Batch
-from .component import Component, ComponentId, Consumer, CreateSettings, Host, Kind, Refused
+from .component import Component, ComponentId, Consumer, CreateSettings, Host, Kind, PartiallyAccepted, Refused
 from .config import Config, Pipeline
 from .signals import Signal
 
@@ -42,9 +42,10 @@ class FanOut:
 
     Consumers that do not change data share the batch; each one that does gets its
     own copy (a lazy one: the bytes, decoded again only if it reads them). All
-    consumers are offered the batch even if one refuses; if any refused, the first
-    refusal is raised (retryable only if all refusals were), so the sender retries
-    and no consumer silently misses data (the ones that took it may see it twice).
+    consumers are offered the batch even if one refuses; if any refused retryably, the
+    first refusal is raised, so the sender retries and no consumer silently misses data
+    (the ones that took it may see it twice). If the only refusals are for good and some
+    consumer took the batch, ``PartiallyAccepted`` tells the sender what was refused.
     """
 
     def __init__(self, consumers: list[Consumer], mutating: list[bool] | None = None) -> None:
@@ -59,6 +60,7 @@ class FanOut:
             return
         raw = batch.raw if any(self._copy) else b""
         refusals: list[Refused] = []
+        accepted = 0
         # Sharing consumers first: they see the batch before anyone could change it.
         order = sorted(range(len(self.consumers)), key=lambda i: self._copy[i])
         for index in order:
@@ -68,8 +70,14 @@ class FanOut:
                 target.context.update(batch.context)
             try:
                 self.consumers[index].consume(target)
+                accepted += 1
             except Refused as refused:
                 refusals.append(refused)
+            except PartiallyAccepted:
+                accepted += 1  # its own refusal is reported by the fan-out below only if others refused too
+        if refusals and accepted and not any(r.retryable for r in refusals):
+            # Some pipelines took the batch; retrying would duplicate it there. Say what was refused.
+            raise PartiallyAccepted(batch.items, str(refusals[0]), refusals[0].reason)
         if refusals:
             first = refusals[0]
             if not all(r.retryable for r in refusals) and first.retryable:

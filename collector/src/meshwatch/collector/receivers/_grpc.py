@@ -21,7 +21,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
 from ..signals import Signal
-from ._ingest import Ingest, Outcome
+from ._ingest import Ingest, Outcome, response_message
 
 __all__ = ["GrpcTransport", "SERVICES"]
 
@@ -102,7 +102,7 @@ class GrpcTransport:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, outcome.message)
             outcome = self.ingest.protobuf("grpc", signal, request, context.peer())
             if outcome.ok:
-                return b""
+                return response_message(signal, outcome).SerializeToString() if outcome.rejected else b""
             self._abort(context, outcome)
             return b""  # not reached: abort raises
 

@@ -27,7 +27,7 @@ from google.rpc import status_pb2
 
 from ..batch import Batch
 from ..signals import Signal
-from ._ingest import Ingest, Outcome
+from ._ingest import Ingest, Outcome, response_message
 from ._otlp_json import parse_json_request, response_json
 
 __all__ = ["HttpTransport"]
@@ -188,21 +188,23 @@ class HttpTransport:
             return
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(self._pool, self._consume, signal, body, as_json, scope.get("client"))
-        if outcome.ok:
-            await self._send(send, 200, _JSON if as_json else _PROTOBUF, b"{}" if as_json else b"")
+        await self._reply(send, signal, outcome, as_json)
+
+    async def _reply(self, send: Any, signal: Signal, outcome: Outcome, as_json: bool) -> None:
+        """Success (with ``partial_success`` if items were rejected), 400, or 429/503 with Retry-After."""
+        ctype = _JSON if as_json else _PROTOBUF
+        if outcome.ok and outcome.rejected:
+            response = response_message(signal, outcome)
+            await self._send(send, 200, ctype, response_json(response) if as_json else response.SerializeToString())
+        elif outcome.ok:
+            await self._send(send, 200, ctype, b"{}" if as_json else b"")
         elif not outcome.retryable:
             await self._answer(send, 400, as_json, 3, outcome.message)
         else:
             status = 503 if outcome.reason in ("shutting_down", "backend_unavailable", "internal_error") else 429
             retry_after = str(max(1, math.ceil(outcome.retry_after))).encode()
-            await self._answer(
-                send,
-                status,
-                as_json,
-                8 if status == 429 else 14,
-                outcome.message,
-                extra=[(b"retry-after", retry_after)],
-            )
+            code = 8 if status == 429 else 14  # RESOURCE_EXHAUSTED / UNAVAILABLE
+            await self._answer(send, status, as_json, code, outcome.message, extra=[(b"retry-after", retry_after)])
 
     def _consume(self, signal: Signal, body: bytes, as_json: bool, client: Any) -> Outcome:
         peer = f"{client[0]}:{client[1]}" if client else ""

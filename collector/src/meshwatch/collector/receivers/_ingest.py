@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from ..batch import Batch
-from ..component import Consumer, Refused
+from ..component import Consumer, PartiallyAccepted, Refused
 from ..signals import ITEM_NAMES, Signal
 from ..telemetry import Telemetry
 
@@ -40,6 +40,8 @@ class Outcome:
     message: str = ""
     retryable: bool = False
     retry_after: float = 1.0
+    #: On success: items refused for good by part of the pipeline (OTLP ``partial_success``).
+    rejected: int = 0
 
 
 class Ingest:
@@ -86,6 +88,12 @@ class Ingest:
         except Refused as refused:
             self.telemetry.refused(self.receiver, transport, signal.value, refused.reason, items)
             return Outcome(False, items, refused.reason, str(refused), refused.retryable, refused.retry_after)
+        except PartiallyAccepted as partial:
+            rejected = min(partial.rejected, items)
+            self.telemetry.refused(self.receiver, transport, signal.value, partial.reason, rejected)
+            if items - rejected:
+                self.telemetry.accepted(self.receiver, transport, signal.value, items - rejected)
+            return Outcome(True, items, partial.reason, str(partial), rejected=rejected)
         except Exception as exc:  # a bug downstream must not take the receiver down; the sender retries
             log.exception("%s: pipeline error on %d %s", self.receiver, items, ITEM_NAMES[signal])
             self.telemetry.refused(self.receiver, transport, signal.value, "internal_error", items)
@@ -94,5 +102,19 @@ class Ingest:
         return Outcome(True, items)
 
 
-def describe(outcome: Outcome, signal: Signal) -> Any:
-    return f"{outcome.items} {ITEM_NAMES[signal]}: {outcome.message}"
+def response_message(signal: Signal, outcome: Outcome) -> Any:
+    """The signal's Export*ServiceResponse, with ``partial_success`` when items were rejected."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    types = {
+        Signal.TRACES: ExportTraceServiceResponse,
+        Signal.METRICS: ExportMetricsServiceResponse,
+        Signal.LOGS: ExportLogsServiceResponse,
+    }
+    response = types[signal]()
+    if outcome.rejected:
+        setattr(response.partial_success, PARTIAL_FIELDS[signal], outcome.rejected)
+        response.partial_success.error_message = outcome.message
+    return response
