@@ -164,3 +164,22 @@ def test_big_realistic_batches_arrive_complete(collector_factory, jaeger) -> Non
         assert len(trace["spans"]) == 64
         tags = {t["key"]: t["value"] for t in trace["spans"][0]["tags"]}
         assert sum(k.startswith("attr.") for k in tags) == 10
+
+
+def test_otlphttp_exporter_delivers_to_jaeger(collector_factory, jaeger) -> None:
+    """The same path with the otlphttp exporter (protobuf over HTTP) to Jaeger's OTLP/HTTP port."""
+    import grpc
+
+    config = traces_config(jaeger)
+    config["exporters"] = {"otlphttp/jaeger": {"endpoint": jaeger.urls["otlp_http"]}}
+    config["service"]["pipelines"]["traces"]["exporters"] = ["otlphttp/jaeger"]
+    collector = collector_factory(config)
+    trace_ids = random_trace_ids(4)
+    with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+        channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")(
+            span_request(trace_ids, spans_per_trace=5), timeout=30
+        )
+    for trace_id in trace_ids:
+        trace = eventually(lambda t=trace_id: jaeger_trace(jaeger, t), timeout=30, what="trace via otlphttp")
+        assert len(trace["spans"]) == 5
+    eventually(lambda: collector.metric("meshwatch_exporter_sent_items_total", exporter="otlphttp/jaeger") == 20)
