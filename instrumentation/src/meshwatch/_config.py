@@ -125,6 +125,9 @@ PARAMS: dict[str, ConfigParam] = {
     "headers": ConfigParam(
         ("OTEL_EXPORTER_OTLP_HEADERS",), {}, _mapping, doc="headers on every export (never logged)", secret=True
     ),
+    "certificate": ConfigParam(
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE",), None, doc="CA file to verify the collector's TLS certificate"
+    ),
     "insecure": ConfigParam(("OTEL_EXPORTER_OTLP_INSECURE",), None, _bool, doc="plain-text gRPC; default: from URL"),
     "compression": ConfigParam(("OTEL_EXPORTER_OTLP_COMPRESSION",), "none", doc="none or gzip"),
     "export_timeout": ConfigParam(
@@ -154,6 +157,12 @@ PARAMS: dict[str, ConfigParam] = {
     ),
     "excluded_urls": ConfigParam(
         ("OTEL_PYTHON_EXCLUDED_URLS",), (), _list, doc="URL regexes the server instrumentors do not trace"
+    ),
+    "fastapi_native": ConfigParam(
+        ("MESHWATCH_FASTAPI_NATIVE",),
+        True,
+        _bool,
+        doc="use FastAPI's own OpenTelemetry support where FastAPI has it (cheaper), else the contrib instrumentor",
     ),
     "asgi_internal_spans": ConfigParam(
         ("MESHWATCH_ASGI_INTERNAL_SPANS",), False, _bool, doc="one span per ASGI send/receive message (costly)"
@@ -217,6 +226,7 @@ class Settings:
     metrics_protocol: str | None = None
     logs_protocol: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    certificate: str | None = None
     insecure: bool | None = None
     compression: str = "none"
     export_timeout: float = 10.0
@@ -229,6 +239,7 @@ class Settings:
     instrumentations: tuple[str, ...] = ("all",)
     disabled_instrumentations: tuple[str, ...] = ()
     excluded_urls: tuple[str, ...] = ()
+    fastapi_native: bool = True
     asgi_internal_spans: bool = False
     log_stdout: bool = True
     log_level: str | None = None

@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     MetricsData,
     PeriodicExportingMetricReader,
+    ResourceMetrics,
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
@@ -30,6 +31,7 @@ from opentelemetry.sdk.resources import Resource
 from ._config import Settings
 from ._dropped import TALLY
 from ._exporters import metric_exporter_factory
+from ._red import RedMetrics
 
 __all__ = ["HTTP_DURATION_BUCKETS", "FanOutMetricExporter", "build_meter_provider"]
 
@@ -45,6 +47,20 @@ def _views() -> list[View]:
         View(instrument_name="http.server.request.duration", aggregation=buckets),
         View(instrument_name="http.client.request.duration", aggregation=buckets),
     ]
+
+
+def with_red(data: MetricsData | None, red: RedMetrics | None, resource: Resource) -> MetricsData | None:
+    """The SDK's collection plus meshwatch's span-derived HTTP metrics, under the same resource."""
+    scope = red.scope_metrics() if red is not None else None
+    if scope is None:
+        return data
+    resource_metrics = list(data.resource_metrics) if data is not None else []
+    if resource_metrics:
+        first = resource_metrics[0]
+        resource_metrics[0] = ResourceMetrics(first.resource, [*first.scope_metrics, scope], first.schema_url)
+    else:
+        resource_metrics.append(ResourceMetrics(resource, [scope], ""))
+    return MetricsData(resource_metrics)
 
 
 def _count_points(metrics_data: MetricsData) -> int:
@@ -63,9 +79,16 @@ class FanOutMetricExporter(MetricExporter):
     channel must not be used there). A failed export counts its points as dropped.
     """
 
-    def __init__(self, factories: Iterable[Callable[[], MetricExporter]]) -> None:
+    def __init__(
+        self,
+        factories: Iterable[Callable[[], MetricExporter]],
+        red: RedMetrics | None = None,
+        resource: Callable[[], Resource] | None = None,
+    ) -> None:
         super().__init__()
         self._factories = list(factories)
+        self.red = red
+        self._resource = resource or Resource.get_empty
         self._exporters: list[MetricExporter] | None = None
         self._pid = os.getpid()
         self.listeners: list[Callable[[MetricsData], None]] = []
@@ -95,6 +118,7 @@ class FanOutMetricExporter(MetricExporter):
             return self._exporters
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        metrics_data = with_red(metrics_data, self.red, self._resource()) or metrics_data
         for listener in list(self.listeners):
             try:
                 listener(metrics_data)
@@ -148,7 +172,12 @@ def _dropped_callback(_: CallbackOptions) -> Iterable[Observation]:
 
 
 def build_meter_provider(
-    settings: Settings, resource: Resource, *, capture: bool = False, prometheus: Any = None
+    settings: Settings,
+    resource: Resource,
+    *,
+    red: RedMetrics | None = None,
+    capture: bool = False,
+    prometheus: Any = None,
 ) -> tuple[MeterProvider, FanOutMetricExporter | None, PeriodicExportingMetricReader | None]:
     """The provider, its push fan-out (if any) and its periodic reader (to force a collection)."""
     factories = metric_factories(settings)
@@ -156,7 +185,7 @@ def build_meter_provider(
     fan_out: FanOutMetricExporter | None = None
     periodic: PeriodicExportingMetricReader | None = None
     if factories or capture:
-        fan_out = FanOutMetricExporter(factories)
+        fan_out = FanOutMetricExporter(factories, red, lambda: provider._sdk_config.resource)
         interval_ms = settings.metric_export_interval * 1000 if factories else 24 * 3600 * 1000
         periodic = PeriodicExportingMetricReader(
             fan_out,
@@ -165,6 +194,8 @@ def build_meter_provider(
         )
         readers.append(periodic)
     if prometheus is not None:
+        prometheus.reader.red = red
+        prometheus.reader.resource = lambda: provider._sdk_config.resource
         readers.append(prometheus.reader)
     exemplars = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "trace_based").strip().lower()
     exemplar_filter = AlwaysOffExemplarFilter() if exemplars == "always_off" else TraceBasedExemplarFilter()

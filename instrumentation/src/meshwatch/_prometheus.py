@@ -79,13 +79,20 @@ def _label_value(value: Any) -> str:
 class _PullReader(MetricReader):
     """A MetricReader that never pushes: ``collect()`` runs on each scrape."""
 
+    red: Any = None
+    resource: Any = None
+
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._latest = metrics_data
 
     def collect_now(self) -> MetricsData | None:
+        from ._metrics import with_red
+
         self._latest: MetricsData | None = None
         self.collect()
-        return self._latest
+        if self.red is None:
+            return self._latest
+        return with_red(self._latest, self.red, self.resource() if self.resource else Resource.get_empty())
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         return None

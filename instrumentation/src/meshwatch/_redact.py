@@ -33,6 +33,7 @@ class Redactor:
         self.enabled = enabled and bool(self.patterns)
         self._regex = re.compile("|".join(f"(?:{p})" for p in self.patterns), re.IGNORECASE) if self.enabled else None
         self._verdicts: dict[str, bool] = {}
+        self._kinds: dict[str, int] = {}
 
     def is_sensitive(self, key: str) -> bool:
         verdict = self._verdicts.get(key)
@@ -42,12 +43,28 @@ class Redactor:
                 self._verdicts[key] = verdict
         return verdict
 
+    def _kind(self, key: str) -> int:
+        """0: leave the value alone; 1: sensitive key; 2: URL or mapping to look into. Cached per key."""
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = 1 if self.is_sensitive(key) else 2 if key in _URL_KEYS else 0
+            if len(self._kinds) < _MAX_CACHE:
+                self._kinds[key] = kind
+        return kind
+
     def mapping(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
         """The same mapping if nothing is sensitive (no copy), else a redacted copy."""
         if not self.enabled or not values:
             return values
+        kinds = self._kinds
         changed: dict[str, Any] | None = None
-        for key, value in values.items():
+        # BoundedAttributes iterates in Python (Mapping mixins); its own dict iterates in C.
+        for key, value in getattr(values, "_dict", values).items():
+            kind = kinds.get(key)
+            if kind is None:
+                kind = self._kind(key)
+            if kind == 0 and type(value) is not dict:  # exact type check: an ABC isinstance costs more
+                continue
             new = self.value(key, value)
             if new is not value:
                 if changed is None:

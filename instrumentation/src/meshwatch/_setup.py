@@ -32,7 +32,8 @@ from ._dropped import TALLY
 from ._exporters import exporter_factory
 from ._instrumentors import InstrumentationReport, instrument_all, instrument_app
 from ._logs import MeshwatchHandler, configure_structlog, install_handler, remove_handlers
-from ._metrics import FanOutMetricExporter, build_meter_provider, metric_factories
+from ._metrics import HTTP_DURATION_BUCKETS, FanOutMetricExporter, build_meter_provider, metric_factories
+from ._red import RedMetrics
 from ._redact import Redactor
 from ._resource import build_resource
 from ._traces import MeshwatchSpanProcessor, SwitchableSampler, build_propagator, build_sampler, redact_spans
@@ -185,7 +186,7 @@ def _install_providers(st: _State, *, capture_metrics: bool) -> None:
 
         prometheus = PrometheusEndpoint(settings.prometheus_host, settings.prometheus_port)
     provider, fan_out, periodic = build_meter_provider(
-        settings, st.resource, capture=capture_metrics, prometheus=prometheus
+        settings, st.resource, red=st.span_processor.red, capture=capture_metrics, prometheus=prometheus
     )
     st.meter_provider, st.metric_fan_out, st.periodic_reader = provider, fan_out, periodic
     set_meter_provider(provider)
@@ -242,7 +243,7 @@ def init(*, app: Any = None, _capture_metrics: bool = False, **options: Any) -> 
                 resource=resource,
                 redactor=redactor,
                 sampler=SwitchableSampler(sampler),
-                span_processor=MeshwatchSpanProcessor(),
+                span_processor=MeshwatchSpanProcessor(RedMetrics(HTTP_DURATION_BUCKETS)),
             )
             st.span_batcher = _span_batcher(settings, redactor)
             st.span_processor.set_batcher(st.span_batcher)

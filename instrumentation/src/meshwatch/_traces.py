@@ -23,6 +23,7 @@ from opentelemetry.util.types import Attributes
 
 from ._batch import BoundedBatcher
 from ._config import ConfigError
+from ._red import RedMetrics
 from ._redact import Redactor
 
 __all__ = ["MeshwatchSpanProcessor", "SwitchableSampler", "build_propagator", "build_sampler", "redact_spans"]
@@ -86,6 +87,10 @@ def build_sampler(name: str, rate: float) -> sdk_sampling.Sampler:
     return sdk_sampling.ParentBased(root)
 
 
+_DROP = sdk_sampling.Decision.DROP
+_RECORD_ONLY = sdk_sampling.Decision.RECORD_ONLY
+
+
 class SwitchableSampler(sdk_sampling.Sampler):
     """Tracers keep the sampler they were created with; this lets a second ``init()`` change it."""
 
@@ -102,34 +107,66 @@ class SwitchableSampler(sdk_sampling.Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> sdk_sampling.SamplingResult:
-        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        result = self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        if result.decision is _DROP:
+            # Not exported, but still recorded: RED metrics count every request, sampled or not.
+            return sdk_sampling.SamplingResult(_RECORD_ONLY, result.attributes, result.trace_state)
+        return result
 
     def get_description(self) -> str:
         return f"meshwatch({self.inner.get_description()})"
 
 
 class MeshwatchSpanProcessor(SpanProcessor):
-    """Forwards ended spans to the batcher and listeners; supports ``add_span_processor``."""
+    """Feeds RED metrics, then queues sampled spans for export and hands them to listeners.
 
-    def __init__(self) -> None:
+    Supports ``TracerProvider.add_span_processor`` (those processors see every
+    recording span, sampled or not, as the SDK's own multi-processor does).
+    """
+
+    def __init__(self, red: RedMetrics | None = None) -> None:
+        self.red = red
         self.batcher: BoundedBatcher[ReadableSpan] | None = None
         self.listeners: list[Callable[[ReadableSpan], None]] = []
         self._processors: list[SpanProcessor] = []
         self._rebind()
 
     def _rebind(self) -> None:
-        # on_end is the hot path: precompute the one call it makes in the common case.
-        targets: list[Callable[[ReadableSpan], None]] = []
+        # on_start/on_end are the hot path: build them once from what is attached.
+        sampled_targets: list[Callable[[ReadableSpan], None]] = []
         if self.batcher is not None:
-            targets.append(self.batcher.add)
-        targets.extend(self.listeners)
-        targets.extend(p.on_end for p in self._processors)
-        if not targets:
-            self.on_end = _ignore  # type: ignore[method-assign]
-        elif len(targets) == 1:
-            self.on_end = targets[0]  # type: ignore[method-assign]
+            sampled_targets.append(self.batcher.add)
+        sampled_targets.extend(self.listeners)
+        red_end = self.red.on_end if self.red is not None else None
+        others = [p.on_end for p in self._processors]
+        single = sampled_targets[0] if len(sampled_targets) == 1 else None
+
+        def on_end(span: ReadableSpan) -> None:
+            if red_end is not None:
+                red_end(span)
+            if span._context.trace_flags & 1:
+                if single is not None:
+                    single(span)
+                else:
+                    for target in sampled_targets:
+                        target(span)
+            for other in others:
+                other(span)
+
+        self.on_end = on_end  # type: ignore[method-assign]
+        red_start = self.red.on_start if self.red is not None else None
+        starts = [p.on_start for p in self._processors]
+        if not starts and red_start is not None:
+            self.on_start = _red_only_start(red_start)  # type: ignore[method-assign]
         else:
-            self.on_end = _fan_out(targets)  # type: ignore[method-assign]
+
+            def on_start(span: Any, parent_context: Context | None = None) -> None:
+                if red_start is not None:
+                    red_start(span)
+                for start in starts:
+                    start(span, parent_context=parent_context)
+
+            self.on_start = on_start  # type: ignore[method-assign]
 
     def set_batcher(self, batcher: BoundedBatcher[ReadableSpan] | None) -> BoundedBatcher[ReadableSpan] | None:
         old, self.batcher = self.batcher, batcher
@@ -150,9 +187,8 @@ class MeshwatchSpanProcessor(SpanProcessor):
         self._processors.append(span_processor)
         self._rebind()
 
-    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
-        for processor in self._processors:
-            processor.on_start(span, parent_context=parent_context)
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:  # replaced by _rebind
+        raise NotImplementedError
 
     def _on_ending(self, span: Any) -> None:
         for processor in self._processors:
@@ -174,16 +210,11 @@ class MeshwatchSpanProcessor(SpanProcessor):
         return ok
 
 
-def _ignore(span: ReadableSpan) -> None:
-    return None
+def _red_only_start(red_start: Callable[[Any], None]) -> Callable[..., None]:
+    def on_start(span: Any, parent_context: Context | None = None) -> None:
+        red_start(span)
 
-
-def _fan_out(targets: list[Callable[[ReadableSpan], None]]) -> Callable[[ReadableSpan], None]:
-    def on_end(span: ReadableSpan) -> None:
-        for target in targets:
-            target(span)
-
-    return on_end
+    return on_start
 
 
 def redact_spans(redactor: Redactor) -> Callable[[list[ReadableSpan]], list[ReadableSpan]]:

@@ -1,0 +1,346 @@
+"""OTLP protobuf encoding of spans and log records, written straight to bytes.
+
+Why not the exporter packages' encoder: it builds one Python protobuf object per
+span, attribute, value and event, then serialises them; profiling a FastAPI
+service put that at ~90 µs of CPU per span, more than the request itself.
+Here each field is written in wire format directly, and the encoded form of an
+attribute ``(key, value)`` pair is cached: services repeat the same few pairs
+(``http.request.method=GET``, ``http.route=/orders/{id}``) on every span, so
+most attributes cost one dict lookup. Resources and scopes are encoded once.
+The output parses to exactly what the official encoder produces (a unit test
+compares them message by message).
+
+Wire format reference: https://protobuf.dev/programming-guides/encoding/
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["encode_logs", "encode_spans"]
+
+_pack_fixed64 = struct.Struct("<Q").pack
+_pack_fixed32 = struct.Struct("<I").pack
+_pack_double = struct.Struct("<d").pack
+_SMALL = [bytes((i,)) for i in range(128)]
+_CACHE_LIMIT = 16384
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value] if value >= 0 else _varint(value + (1 << 64))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    n = len(payload)
+    return tag + (_SMALL[n] if n < 0x80 else _varint(n)) + payload
+
+
+def _string(tag: bytes, value: str) -> bytes:
+    return _field(tag, value.encode("utf-8", "surrogatepass"))
+
+
+# --- AnyValue / KeyValue (common.proto) -------------------------------------------------
+
+
+def _any_value(value: Any) -> bytes:
+    """AnyValue message body. None is the empty AnyValue."""
+    if value is None:
+        return b""
+    if value is True or value is False:
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, str):
+        return _string(b"\x0a", value)
+    if isinstance(value, int):
+        if -(1 << 63) <= value < (1 << 63):
+            return b"\x18" + _varint(value)
+        return _string(b"\x0a", str(value))  # beyond int64: keep the digits rather than drop the value
+    if isinstance(value, float):
+        return b"\x21" + _pack_double(value)
+    if isinstance(value, bytes):
+        return _field(b"\x3a", value)
+    if isinstance(value, Sequence):  # ArrayValue { repeated AnyValue values = 1 }
+        return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(v)) for v in value))
+    if isinstance(value, Mapping):  # KeyValueList { repeated KeyValue values = 1 }
+        return _field(b"\x32", b"".join(_field(b"\x0a", _key_value(str(k), v)) for k, v in value.items()))
+    raise TypeError(f"cannot encode a {type(value).__name__} as an OTLP value")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    """KeyValue message body: key = 1, value = 2."""
+    return _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
+
+
+_KV_CACHE: dict[tuple[str, type, Any], bytes] = {}
+
+
+def _cached_key_value(key: str, value: Any) -> bytes:
+    kind = type(value)
+    if kind is list or kind is dict:
+        return _key_value(key, value)  # unhashable; rare in attributes
+    cache_key = (key, kind, value)
+    try:
+        encoded = _KV_CACHE.get(cache_key)
+    except TypeError:  # a tuple holding something unhashable
+        return _key_value(key, value)
+    if encoded is None:
+        encoded = _key_value(key, value)
+        if len(_KV_CACHE) >= _CACHE_LIMIT:
+            _KV_CACHE.clear()  # unbounded distinct values (ids in URLs): start over rather than grow
+        _KV_CACHE[cache_key] = encoded
+    return encoded
+
+
+def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+    if not attributes:
+        return b""
+    parts = []
+    for key, value in getattr(attributes, "_dict", attributes).items():  # BoundedAttributes: its dict, in C
+        encoded = _cached_key_value(key, value)
+        n = len(encoded)
+        parts.append(tag + (_SMALL[n] if n < 0x80 else _varint(n)) + encoded)
+    return b"".join(parts)
+
+
+# --- Resource and InstrumentationScope, encoded once per object ------------------------
+
+_RESOURCE_CACHE: dict[int, tuple[Any, bytes]] = {}
+_SCOPE_CACHE: dict[int, tuple[Any, bytes]] = {}
+
+
+def _resource(resource: Any) -> bytes:
+    """Resource message body (attributes = 1); cached by identity (resources are immutable)."""
+    hit = _RESOURCE_CACHE.get(id(resource))
+    if hit is not None and hit[0] is resource:
+        return hit[1]
+    encoded = _attributes(b"\x0a", resource.attributes) if resource is not None else b""
+    if len(_RESOURCE_CACHE) > 64:
+        _RESOURCE_CACHE.clear()
+    _RESOURCE_CACHE[id(resource)] = (resource, encoded)
+    return encoded
+
+
+def _scope(scope: Any) -> bytes:
+    """InstrumentationScope body: name = 1, version = 2, attributes = 3."""
+    hit = _SCOPE_CACHE.get(id(scope))
+    if hit is not None and hit[0] is scope:
+        return hit[1]
+    encoded = b""
+    if scope is not None:
+        if scope.name:
+            encoded += _string(b"\x0a", scope.name)
+        if scope.version:
+            encoded += _string(b"\x12", scope.version)
+        encoded += _attributes(b"\x1a", scope.attributes)
+    if len(_SCOPE_CACHE) > 4096:
+        _SCOPE_CACHE.clear()
+    _SCOPE_CACHE[id(scope)] = (scope, encoded)
+    return encoded
+
+
+def _group(items: Sequence[Any], encode_one: Any, scope_of: Any, resource_of: Any) -> list[tuple[Any, list[Any]]]:
+    """[(resource, [(scope, [encoded item, …]), …]), …] in first-seen order."""
+    by_resource: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    for item in items:
+        resource = resource_of(item)
+        scope = scope_of(item)
+        entry = by_resource.get(id(resource))
+        if entry is None:
+            entry = by_resource[id(resource)] = (resource, {})
+        scopes = entry[1]
+        bucket = scopes.get(id(scope))
+        if bucket is None:
+            bucket = scopes[id(scope)] = (scope, [])
+        bucket[1].append(encode_one(item))
+    return [(resource, list(scopes.values())) for resource, scopes in by_resource.values()]
+
+
+def _envelope(groups: list[tuple[Any, list[Any]]], items_tag: bytes) -> bytes:
+    """Export*ServiceRequest { repeated Resource* = 1 { resource = 1; repeated Scope* = 2 { scope = 1;
+    repeated item = 2; schema_url = 3 }; schema_url = 3 } }"""
+    out = []
+    for resource, scopes in groups:
+        body = [_field(b"\x0a", _resource(resource))]
+        for scope, encoded_items in scopes:
+            scope_body = _field(b"\x0a", _scope(scope)) + b"".join(_field(items_tag, e) for e in encoded_items)
+            schema = getattr(scope, "schema_url", None)
+            if schema:
+                scope_body += _string(b"\x1a", schema)
+            body.append(_field(b"\x12", scope_body))
+        schema = getattr(resource, "schema_url", None)
+        if schema:
+            body.append(_string(b"\x1a", schema))
+        out.append(_field(b"\x0a", b"".join(body)))
+    return b"".join(out)
+
+
+# --- spans (trace.proto) --------------------------------------------------------------
+
+_NAME_CACHE: dict[str, bytes] = {}
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
+_FLAGS_LOCAL = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
+_FLAGS_REMOTE = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+
+
+def _span_name(name: str) -> bytes:
+    encoded = _NAME_CACHE.get(name)
+    if encoded is None:
+        encoded = _string(b"\x2a", name)
+        if len(_NAME_CACHE) >= _CACHE_LIMIT:
+            _NAME_CACHE.clear()
+        _NAME_CACHE[name] = encoded
+    return encoded
+
+
+def _trace_state(state: Any) -> str:
+    return ",".join(f"{k}={v}" for k, v in state.items())
+
+
+def _status(status: Any) -> bytes:
+    """Status { message = 2; code = 3 } (always present, as the official encoder writes it)."""
+    if status is None:
+        return b""
+    body = b""
+    if status.description:
+        body += _string(b"\x12", status.description)
+    code = status.status_code.value
+    if code:
+        body += b"\x18" + _SMALL[code]
+    return _field(b"\x7a", body)
+
+
+def _event(event: Any) -> bytes:
+    body = b"\x09" + _pack_fixed64(event.timestamp) + _string(b"\x12", event.name)
+    body += _attributes(b"\x1a", event.attributes)
+    dropped = getattr(event, "dropped_attributes", 0)
+    if dropped:
+        body += b"\x20" + _varint(dropped)
+    return body
+
+
+def _link(link: Any) -> bytes:
+    context = link.context
+    body = b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")
+    body += _attributes(b"\x22", link.attributes)
+    dropped = getattr(link, "dropped_attributes", 0)
+    if dropped:
+        body += b"\x28" + _varint(dropped)
+    flags = _HAS_IS_REMOTE | (_IS_REMOTE if context.is_remote else 0)
+    return body + b"\x35" + _pack_fixed32(flags)
+
+
+def _span(span: Any) -> bytes:
+    """Span message body; field numbers as in opentelemetry/proto/trace/v1/trace.proto."""
+    context = span._context
+    parts = [
+        b"\x0a\x10",
+        context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
+        context.span_id.to_bytes(8, "big"),
+    ]
+    if context.trace_state:
+        parts.append(_string(b"\x1a", _trace_state(context.trace_state)))
+    parent = span._parent
+    if parent is not None:
+        parts.append(b"\x22\x08")
+        parts.append(parent.span_id.to_bytes(8, "big"))
+    parts.append(_span_name(span._name))
+    kind = span._kind.value + 1  # OTLP's SpanKind starts at UNSPECIFIED = 0
+    parts.append(b"\x30" + _SMALL[kind])
+    parts.append(b"\x39" + _pack_fixed64(span._start_time))
+    parts.append(b"\x41" + _pack_fixed64(span._end_time))
+    attributes = span._attributes
+    if attributes:
+        parts.append(_attributes(b"\x4a", attributes))
+        dropped = getattr(attributes, "dropped", 0)
+        if dropped:
+            parts.append(b"\x50" + _varint(dropped))
+    events = span._events
+    if events:
+        parts.extend(_field(b"\x5a", _event(e)) for e in events)
+        dropped = getattr(events, "dropped", 0)
+        if dropped:
+            parts.append(b"\x60" + _varint(dropped))
+    links = span._links
+    if links:
+        parts.extend(_field(b"\x6a", _link(link)) for link in links)
+        dropped = getattr(links, "dropped", 0)
+        if dropped:
+            parts.append(b"\x70" + _varint(dropped))
+    parts.append(_status(span._status))
+    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+    return b"".join(parts)
+
+
+def _span_scope(span: Any) -> Any:
+    return span._instrumentation_scope
+
+
+def _span_resource(span: Any) -> Any:
+    return span._resource
+
+
+def encode_spans(spans: Sequence[Any]) -> bytes:
+    """A serialised ``ExportTraceServiceRequest`` for SDK ``ReadableSpan``s."""
+    return _envelope(_group(spans, _span, _span_scope, _span_resource), b"\x12")
+
+
+# --- log records (logs.proto) ---------------------------------------------------------
+
+
+def _log(readable: Any) -> bytes:
+    """LogRecord message body; field numbers as in opentelemetry/proto/logs/v1/logs.proto."""
+    record = readable.log_record
+    parts = []
+    if record.timestamp:
+        parts.append(b"\x09" + _pack_fixed64(record.timestamp))
+    severity = record.severity_number
+    if severity is not None and severity.value:
+        parts.append(b"\x10" + _SMALL[severity.value])
+    if record.severity_text:
+        parts.append(_string(b"\x1a", record.severity_text))
+    body = record.body
+    if body is not None:
+        parts.append(_field(b"\x2a", _any_value(body)))
+    attributes = record.attributes
+    if attributes:
+        parts.append(_attributes(b"\x32", attributes))
+        dropped = getattr(attributes, "dropped", 0)
+        if dropped:
+            parts.append(b"\x38" + _varint(dropped))
+    flags = int(record.trace_flags) if record.trace_flags is not None else 0
+    if flags:
+        parts.append(b"\x45" + _pack_fixed32(flags))
+    if record.trace_id:
+        parts.append(b"\x4a\x10" + record.trace_id.to_bytes(16, "big"))
+    if record.span_id:
+        parts.append(b"\x52\x08" + record.span_id.to_bytes(8, "big"))
+    if record.observed_timestamp:
+        parts.append(b"\x59" + _pack_fixed64(record.observed_timestamp))
+    event_name = getattr(record, "event_name", None)
+    if event_name:
+        parts.append(_string(b"\x62", event_name))
+    return b"".join(parts)
+
+
+def _log_scope(readable: Any) -> Any:
+    return readable.instrumentation_scope
+
+
+def _log_resource(readable: Any) -> Any:
+    return readable.resource
+
+
+def encode_logs(records: Sequence[Any]) -> bytes:
+    """A serialised ``ExportLogsServiceRequest`` for SDK ``ReadableLogRecord``s."""
+    return _envelope(_group(records, _log, _log_scope, _log_resource), b"\x12")
