@@ -173,6 +173,10 @@ class MeshwatchHandler(logging.Handler):
 
     def filter(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         if record.name.startswith("opentelemetry"):
+            if record.name.startswith("opentelemetry.exporter") and record.levelno > logging.WARNING:
+                # A failed export is not an application error: the items are counted as dropped
+                # (meshwatch.sdk.dropped) and summarised in meshwatch's own warning.
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
             # The SDK and exporters log per failed batch; one line per minute per message is plenty,
             # and meshwatch's own drop report says what was lost.
             key = (record.name, record.msg)

@@ -166,8 +166,20 @@ def metric_factories(settings: Settings) -> list[Callable[[], MetricExporter]]:
     return [metric_exporter_factory(settings, kind) for kind in kinds]
 
 
+#: Always reported, at 0 until something is dropped, so an alert on the series has one to watch.
+_BASELINE = (
+    ("traces", "queue_full"),
+    ("traces", "export_failed"),
+    ("logs", "queue_full"),
+    ("logs", "export_failed"),
+    ("metrics", "export_failed"),
+)
+
+
 def _dropped_callback(_: CallbackOptions) -> Iterable[Observation]:
-    for (signal, reason), count in TALLY.snapshot().items():
+    counts = dict.fromkeys(_BASELINE, 0)
+    counts.update(TALLY.snapshot())
+    for (signal, reason), count in counts.items():
         yield Observation(count, {"signal": signal, "reason": reason})
 
 

@@ -149,7 +149,9 @@ def _scope(scope: Any) -> bytes:
 
 def _group(items: Sequence[Any], encode_one: Any, scope_of: Any, resource_of: Any) -> list[tuple[Any, list[Any]]]:
     """[(resource, [(scope, [encoded item, …]), …]), …] in first-seen order."""
-    by_resource: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    # Resources by identity (hashing one serialises its attributes); scopes by value, as the
+    # official encoder does, so two equal scope objects share one ScopeSpans/ScopeLogs.
+    by_resource: dict[int, tuple[Any, dict[Any, tuple[Any, list[bytes]]]]] = {}
     for item in items:
         resource = resource_of(item)
         scope = scope_of(item)
@@ -157,9 +159,9 @@ def _group(items: Sequence[Any], encode_one: Any, scope_of: Any, resource_of: An
         if entry is None:
             entry = by_resource[id(resource)] = (resource, {})
         scopes = entry[1]
-        bucket = scopes.get(id(scope))
+        bucket = scopes.get(scope)
         if bucket is None:
-            bucket = scopes[id(scope)] = (scope, [])
+            bucket = scopes[scope] = (scope, [])
         bucket[1].append(encode_one(item))
     return [(resource, list(scopes.values())) for resource, scopes in by_resource.values()]
 

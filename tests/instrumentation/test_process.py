@@ -1,0 +1,165 @@
+"""Process-level behaviour, each in a fresh Python process: init() twice, structlog, fork, exit flush."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshwatch.stack.testing import eventually
+
+from ._helpers import base_env, jaeger_trace, process_tags
+
+
+def run_script(code: str, tmp_path: Path, **env: str) -> tuple[list[dict[str, Any]], str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    result = subprocess.run(
+        [sys.executable, str(script)], env=base_env(**env), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    return lines, result.stderr
+
+
+def test_init_twice_adds_no_duplicate_handler(tmp_path: Path) -> None:
+    lines, _ = run_script(
+        """
+        import logging, meshwatch
+        from meshwatch._logs import MeshwatchHandler
+        meshwatch.init(service_name="twice", traces_exporter="none", metrics_exporter="none", logs_exporter="none")
+        meshwatch.init(service_name="twice-again", traces_exporter="none", metrics_exporter="none",
+                       logs_exporter="none")
+        logging.getLogger("app").info("said once")
+        handlers = [h for h in logging.getLogger().handlers if isinstance(h, MeshwatchHandler)]
+        print(f'{{"handlers": {len(handlers)}}}')
+        """,
+        tmp_path,
+    )
+    said = [x for x in lines if x.get("message") == "said once"]
+    assert len(said) == 1
+    assert said[0]["service"] == "twice-again"  # the second init's settings apply
+    assert [x["handlers"] for x in lines if "handlers" in x] == [1]
+
+
+def test_structlog_lines_are_json_with_trace_and_redaction(tmp_path: Path) -> None:
+    lines, _ = run_script(
+        """
+        import meshwatch, structlog
+        from opentelemetry import trace
+        meshwatch.init(service_name="sl", traces_exporter="none", metrics_exporter="none", logs_exporter="none")
+        with trace.get_tracer("t").start_as_current_span("work") as span:
+            structlog.get_logger("checkout").info("paid", order=7, password="hunter2")
+            print('{"span": "%032x"}' % span.get_span_context().trace_id)
+        """,
+        tmp_path,
+    )
+    paid = next(x for x in lines if x.get("message") == "paid")
+    trace_id = next(x["span"] for x in lines if "span" in x)
+    assert paid["logger"] == "checkout"
+    assert paid["order"] == 7
+    assert paid["password"] == "[REDACTED]"
+    assert paid["trace_id"] == trace_id
+    assert paid["level"] == "INFO"
+
+
+def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
+    script = tmp_path / "bad.py"
+    script.write_text("import meshwatch\nmeshwatch.init()\n")
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env=base_env(OTEL_TRACES_SAMPLER_ARG="lots"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "OTEL_TRACES_SAMPLER_ARG='lots'" in result.stderr
+
+
+def test_missing_instrumented_library_never_breaks_init(tmp_path: Path) -> None:
+    lines, _ = run_script(
+        """
+        import builtins, meshwatch
+        real_import = builtins.__import__
+        def refuse(name, *args, **kwargs):
+            if name.startswith("opentelemetry.instrumentation.redis"):
+                raise ImportError("pretend the redis instrumentor is broken")
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = refuse
+        status = meshwatch.init(service_name="partial", traces_exporter="none", metrics_exporter="none",
+                                logs_exporter="none", disabled_instrumentations="grpc,sqlalchemy")
+        print('{"instrumented": %s, "skipped": %s}' % (
+            __import__("json").dumps(status.instrumented), __import__("json").dumps(sorted(status.skipped))))
+        """,
+        tmp_path,
+    )
+    report = next(x for x in lines if "instrumented" in x)
+    assert "requests" in report["instrumented"]
+    assert "redis" not in report["instrumented"]
+    assert {"grpc_client", "grpc_server", "sqlalchemy"} <= set(report["skipped"])
+
+
+@pytest.mark.integration
+def test_forked_child_reinitialises(jaeger: Any, tmp_path: Path) -> None:
+    service = f"fork-{uuid.uuid4().hex[:6]}"
+    lines, _ = run_script(
+        f"""
+        import json, os, meshwatch
+        from opentelemetry import trace
+        meshwatch.init(service_name="{service}", endpoint="{jaeger.urls["otlp_grpc"]}", metrics_exporter="none",
+                       logs_exporter="none", schedule_delay=0.1)
+        tracer = trace.get_tracer("forktest")
+        with tracer.start_as_current_span("before-fork"):
+            pass
+        pid = os.fork()
+        who = "child" if pid == 0 else "parent"
+        with tracer.start_as_current_span(f"in-{{who}}") as span:
+            print(json.dumps({{"who": who, "pid": os.getpid(), "trace": "%032x" % span.get_span_context().trace_id}}),
+                  flush=True)
+        meshwatch.shutdown()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        """,
+        tmp_path,
+    )
+    found = {x["who"]: x for x in lines if "who" in x}
+    assert set(found) == {"child", "parent"}, lines
+    identities = {}
+    for who, info in found.items():
+        trace = eventually(lambda t=info["trace"]: jaeger_trace(jaeger, t), timeout=30, what=f"{who}'s span")
+        span = trace["spans"][0]
+        assert span["operationName"] == f"in-{who}"
+        tags = process_tags(trace, span)
+        assert tags["service.name"] == service
+        assert tags["process.pid"] == info["pid"]  # the child exported with its own identity
+        identities[who] = tags["service.instance.id"]
+    assert identities["child"] != identities["parent"]
+
+
+def test_shutdown_flushes_at_exit_within_its_timeout(tmp_path: Path) -> None:
+    """A short script exits promptly even with the collector unreachable (bounded flush at exit)."""
+    import time
+
+    started = time.monotonic()
+    lines, _ = run_script(
+        """
+        import logging, meshwatch
+        from opentelemetry import trace
+        meshwatch.init(service_name="exit", endpoint="http://127.0.0.1:9", shutdown_timeout=3)
+        with trace.get_tracer("t").start_as_current_span("short job"):
+            logging.getLogger("job").info("done")
+        """,
+        tmp_path,
+    )
+    assert time.monotonic() - started < 25
+    assert [x["message"] for x in lines if x.get("logger") == "job"] == ["done"]
+    report = [x for x in lines if x.get("message", "").startswith("meshwatch dropped telemetry")]
+    assert report, "the exit flush reports what it could not deliver"
