@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DISTS := instrumentation collector stack demo-services dashboards alerts
 # What pip installs: the distributions, editable, with the extras the tests exercise.
-DIST_SPECS := ./instrumentation ./collector ./stack ./demo-services ./dashboards ./alerts
+DIST_SPECS := ./instrumentation[all] ./collector ./stack ./demo-services ./dashboards ./alerts
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help

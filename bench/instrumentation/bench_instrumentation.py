@@ -140,9 +140,14 @@ def service_env(variant: str, otlp_grpc: str, downstream: str) -> dict[str, str]
             OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
             OTEL_EXPORTER_OTLP_ENDPOINT=otlp_grpc,
             OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            OTEL_METRIC_EXPORT_INTERVAL="5000",
         )
     elif variant.startswith("meshwatch"):
-        env.update(OTEL_SERVICE_NAME="bench-meshwatch", OTEL_EXPORTER_OTLP_ENDPOINT=otlp_grpc)
+        env.update(
+            OTEL_SERVICE_NAME="bench-meshwatch",
+            OTEL_EXPORTER_OTLP_ENDPOINT=otlp_grpc,
+            OTEL_METRIC_EXPORT_INTERVAL="5000",
+        )
     return env
 
 

@@ -360,9 +360,13 @@ def settings_table() -> str:
             default = ",".join(default) if default else ""
         elif isinstance(default, dict):
             default = ""
+        if isinstance(default, bool):
+            default = "true" if default else "false"
+        elif isinstance(default, float) and default.is_integer():
+            default = int(default)
         if default is None or default == "":
             shown = "—"
-        elif param.env_scale != 1.0:
+        elif param.parse is _float and name != "sample_rate":
             shown = f"`{default}` s"
         else:
             shown = f"`{default}`"
