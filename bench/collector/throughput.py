@@ -34,6 +34,7 @@ from meshwatch.stack import binary
 from meshwatch.stack.runner import Stack
 
 FSYNC = ["interval"]
+LINGER = [0.0]
 
 
 def go_collector(workdir: Path, jaeger_otlp: str, *, spanmetrics: bool) -> tuple[object, str]:
@@ -67,6 +68,7 @@ def meshwatch_collector(workdir: Path, jaeger_otlp: str, *, spanmetrics: bool) -
         "endpoint": jaeger_otlp,
         "tls": {"insecure": True},
         "sending_queue": {"fsync": FSYNC[0], "num_consumers": 2},
+        "batch": {"linger": LINGER[0]},
     }
     config: dict = {
         "receivers": {"otlp": {"protocols": {"grpc": {}}}},
@@ -133,9 +135,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--only", choices=["otlp", "spanmetrics"], default=None)
     parser.add_argument("--rate", type=float, default=0, help="spans/s in total (default: as fast as accepted)")
+    parser.add_argument("--linger", type=float, default=0.0, help="meshwatch exporters' batch.linger (seconds)")
     parser.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
     args = parser.parse_args()
     FSYNC[0] = args.fsync
+    LINGER[0] = args.linger
     with tempfile.TemporaryDirectory(prefix="meshwatch-bench-") as tmp:
         state = Path(tmp) / "stack"
         state.mkdir()

@@ -104,7 +104,7 @@ def test_batches_are_merged_delivered_and_counted(tmp_path: Path) -> None:
     assert len(merged.resource_spans) > 1
     labels = {"exporter": "test/x", "signal": "traces"}
     assert _value(host, "meshwatch_exporter_queued_items_total", **labels) == 200
-    assert _value(host, "meshwatch_exporter_sent_items_total", **labels) == 200
+    eventually(lambda: _value(host, "meshwatch_exporter_sent_items_total", **labels) == 200, timeout=5)
     eventually(lambda: _value(host, "meshwatch_queue_size_items", **labels) == 0, timeout=5, what="queue empty")
     exporter.shutdown(5)
 
@@ -120,7 +120,7 @@ def test_transient_errors_are_retried_with_the_backends_retry_after(tmp_path: Pa
     assert time.monotonic() - start >= 0.3  # the hint was honoured
     labels = {"exporter": "test/x", "signal": "traces"}
     assert _value(host, "meshwatch_exporter_failed_items_total", reason="unavailable", **labels) == 10
-    assert _value(host, "meshwatch_exporter_backend_up", **labels) == 1
+    eventually(lambda: _value(host, "meshwatch_exporter_backend_up", **labels) == 1, timeout=5)
     exporter.shutdown(5)
 
 
@@ -199,3 +199,14 @@ def test_shutdown_refuses_new_data(tmp_path: Path) -> None:
     with pytest.raises(Refused) as refused:
         exporter.consume(Batch.from_bytes(Signal.TRACES, _request(1, 1)))
     assert refused.value.reason == "shutting_down"
+
+
+def test_linger_merges_requests_that_arrive_close_together(tmp_path: Path) -> None:
+    sender = ScriptedSender()
+    exporter, _ = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1}, batch={"linger": 0.3})
+    for tag in range(5):
+        exporter.consume(Batch.from_bytes(Signal.TRACES, _request(10, tag)))
+        time.sleep(0.02)
+    eventually(lambda: sender.spans() == 50, timeout=10, what="all spans sent")
+    assert sender.calls <= 2  # one send (two if the first record was picked up before the rest arrived)
+    exporter.shutdown(5)

@@ -192,12 +192,32 @@ class QueuedExporter:
                 if self._draining.is_set():
                     return
                 continue
+            if limits.linger and not self._draining.is_set():
+                records = self._linger(records, limits.max_items, limits.max_bytes, limits.linger)
             try:
                 if not self._deliver(records) and self._draining.is_set():
                     return  # the backend is failing and we are stopping: the rest stays queued
             except Exception:  # a bug in a sender must not kill the worker; the records stay queued
                 log.exception("%s: unexpected error while exporting; the batch stays queued", self.id)
                 self._stop.wait(1.0)
+
+    def _linger(self, records: list[Record], max_items: int, max_bytes: int, linger: float) -> list[Record]:
+        """Top up a small batch with records that arrive within ``linger`` seconds."""
+        assert self._queue is not None
+        deadline = time.monotonic() + linger
+        items = sum(r.items for r in records)
+        size = sum(r.length for r in records)
+        while items < max_items and size < max_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = self._queue.get(max_items - items, max_bytes - size, timeout=left, at_least_one=False)
+            if not more:
+                break
+            records.extend(more)
+            items += sum(r.items for r in more)
+            size += sum(r.length for r in more)
+        return records
 
     def _deliver(self, records: list[Record]) -> bool:
         """Send ``records`` until settled (True) or until told to stop (False: they stay queued)."""
@@ -284,14 +304,14 @@ class QueuedExporter:
         if sent > 0:
             self._telemetry.exporter_sent.labels(*self._labels).inc(sent)
         if result.rejected:
-            self._count_dropped("rejected", result.rejected)
             reason = result.rejected_reason or "rejected"
             log.error("%s: backend refused %d %s for good (%s)", self.id, result.rejected, self.signal, reason)
             assert self._dead is not None
+            # Written before counted: a dropped{reason="rejected"} item is always in the file already.
             self._dead.write([self._letter(reason, **letter) for letter in result.dead_letters])
+            self._count_dropped("rejected", result.rejected)
 
     def _reject_whole(self, batch: Batch, reason: str, message: str) -> None:
-        self._count_dropped("rejected", batch.items)
         log.error(
             "%s: backend refused a batch of %d %s for good (%s: %s)", self.id, batch.items, self.signal, reason, message
         )
@@ -307,6 +327,7 @@ class QueuedExporter:
                 )
             ]
         )
+        self._count_dropped("rejected", batch.items)
 
     def _letter(self, reason: str, **fields: Any) -> dict[str, Any]:
         return {

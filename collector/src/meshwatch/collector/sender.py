@@ -129,6 +129,9 @@ class BatchingSettings(_Strict):
 
     max_items: int = Field(8192, ge=1)
     max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: When fewer than ``max_items`` are waiting, wait up to this long for more before
+    #: sending (fewer, bigger sends; the data is already durable, so nobody waits on it).
+    linger: Duration = Field(0.0, ge=0, le=10)
 
 
 class ExporterSettings(_Strict):

@@ -317,7 +317,7 @@ class DiskQueue:
 
     # --- reading --------------------------------------------------------------------------
 
-    def get(self, max_items: int, max_bytes: int, timeout: float) -> list[Record]:
+    def get(self, max_items: int, max_bytes: int, timeout: float, *, at_least_one: bool = True) -> list[Record]:
         """Hand out the next records (at least one, up to the limits); ``[]`` after ``timeout``."""
         with self._lock:
             if not self._pending and not self._closed:
@@ -329,7 +329,9 @@ class DiskQueue:
             size = 0
             while self._pending:
                 record = self._pending[0]
-                if taken and (items + record.items > max_items or size + record.length > max_bytes):
+                if (taken or not at_least_one) and (
+                    items + record.items > max_items or size + record.length > max_bytes
+                ):
                     break
                 self._pending.popleft()
                 self._outstanding.append(record)

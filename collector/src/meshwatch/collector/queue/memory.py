@@ -47,7 +47,7 @@ class MemoryQueue:
             self._bytes += size
             self._readable.notify()
 
-    def get(self, max_items: int, max_bytes: int, timeout: float) -> list[Record]:
+    def get(self, max_items: int, max_bytes: int, timeout: float, *, at_least_one: bool = True) -> list[Record]:
         with self._lock:
             if not self._pending and not self._closed:
                 self._readable.wait(timeout)
@@ -57,7 +57,9 @@ class MemoryQueue:
             items = size = 0
             while self._pending:
                 record = self._pending[0]
-                if taken and (items + record.items > max_items or size + record.length > max_bytes):
+                if (taken or not at_least_one) and (
+                    items + record.items > max_items or size + record.length > max_bytes
+                ):
                     break
                 self._pending.popleft()
                 self._oldest[record.offset] = record.enqueued_at
