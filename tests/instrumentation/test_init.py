@@ -6,6 +6,7 @@ Prometheus; spans in the real Jaeger; JSON log lines on stdout.
 
 from __future__ import annotations
 
+import re
 import urllib.request
 import uuid
 from pathlib import Path
@@ -74,7 +75,9 @@ def test_init_in_process(framework: str, route: str, jaeger: Any, prometheus: An
         )
         text = urllib.request.urlopen(request, timeout=10).read().decode()
         bucket_lines = [x for x in text.splitlines() if x.startswith("http_server_request_duration_seconds_bucket")]
-        assert any('# {trace_id="' in x for x in bucket_lines), "\n".join(bucket_lines[:5])
+        exemplars = [x.split(" # ", 1)[1] for x in bucket_lines if " # {" in x]
+        assert exemplars, "\n".join(bucket_lines[:5])
+        assert all(re.search(r'trace_id="[0-9a-f]{32}"', e) and 'span_id="' in e for e in exemplars)
         assert "target_info{" in text and f'service_name="{service_name}"' in text
     finally:
         prometheus.remove_scrape_target(service_name)

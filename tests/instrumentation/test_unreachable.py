@@ -98,7 +98,7 @@ def test_nothing_blocks_or_breaks_when_the_collector_is_down(tmp_path: Path) -> 
         started = time.monotonic()
         code = service.stop(timeout=30)
         stopped_in = time.monotonic() - started
-    assert code == 0, service.log.read_text()[-2000:]
+    assert code in (0, -15), service.log.read_text()[-2000:]  # uvicorn re-raises SIGTERM after a clean stop
     assert stopped_in < 15, f"shutdown took {stopped_in:.1f}s with the collector down"
     final = [json.loads(x) for x in service.log.read_text().splitlines() if x.startswith("{")]
     assert not [ln for ln in final if ln.get("level") == "ERROR"], "no errors, only counted drops"

@@ -12,4 +12,4 @@ app = Flask(__name__)
 @app.get("/stock/<int:item>")
 def stock(item: int) -> dict:
     log.info("stock checked", extra={"item": item})
-    return {"item": item, "pid": os.getpid(), "headers": sorted(k.lower() for k in request.headers)}
+    return {"item": item, "pid": os.getpid(), "headers": sorted(k.lower() for k, _ in request.headers)}
