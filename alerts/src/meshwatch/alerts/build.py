@@ -6,7 +6,7 @@ writes it, ``--check`` and the tests compare against it, and nothing else format
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,17 @@ from .rules import Alert, Params, RuleGroup, meta_groups, pipeline_groups, red_g
 from .slo import slo_groups
 from .spec import SLOSpec, load_spec
 
-__all__ = ["ALERTS_DIR", "Outputs", "all_groups", "default_spec_path", "render_all", "rule_files", "write", "stale"]
+__all__ = [
+    "ALERTS_DIR",
+    "Outputs",
+    "all_groups",
+    "default_spec_path",
+    "effective_params",
+    "render_all",
+    "rule_files",
+    "write",
+    "stale",
+]
 
 #: The alerts/ folder of a source checkout (this file is alerts/src/meshwatch/alerts/build.py).
 ALERTS_DIR = Path(__file__).resolve().parents[3]
@@ -36,6 +46,14 @@ class Outputs:
     files: dict[str, str]
 
 
+def effective_params(spec: SLOSpec, params: Params | None = None) -> Params:
+    """``params`` with the spec's ``runbook_base_url`` filled in where the caller set none."""
+    params = params or Params()
+    if params.runbook_base_url is None and spec.runbook_base_url is not None:
+        params = replace(params, runbook_base_url=spec.runbook_base_url)
+    return params
+
+
 def all_groups(spec: SLOSpec, params: Params) -> dict[str, list[RuleGroup]]:
     """Rule groups by rule-file name."""
     return {
@@ -47,7 +65,7 @@ def all_groups(spec: SLOSpec, params: Params) -> dict[str, list[RuleGroup]]:
 
 
 def all_alerts(spec: SLOSpec, params: Params | None = None) -> list[Alert]:
-    params = params or Params()
+    params = effective_params(spec, params)
     return [r for groups in all_groups(spec, params).values() for g in groups for r in g.rules if isinstance(r, Alert)]
 
 
@@ -60,6 +78,7 @@ _WHAT = {
 
 
 def render_rules(spec: SLOSpec, params: Params, source: str = "alerts/slos.yaml") -> dict[str, str]:
+    params = effective_params(spec, params)
     out = {}
     for name, groups in all_groups(spec, params).items():
         data: dict[str, Any] = {"groups": [g.render(params) for g in groups]}

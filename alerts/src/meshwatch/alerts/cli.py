@@ -11,7 +11,7 @@ from pathlib import Path
 from . import build
 from .alertmanager import DEFAULT_URLS, Receivers
 from .rules import Params
-from .spec import SpecError, load_spec
+from .spec import SpecError, check_runbook_base_url, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -26,7 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     p_build.add_argument("--spec", type=Path, default=None, help="SLO spec (default alerts/slos.yaml)")
     p_build.add_argument("--out", type=Path, default=build.ALERTS_DIR, help="folder to write to (default alerts/)")
     p_build.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed file is stale")
-    p_build.add_argument("--runbook-base", default=Params.runbook_base, help="prefix of every runbook_url")
+    p_build.add_argument(
+        "--runbook-base-url",
+        "--runbook-base",
+        metavar="URL",
+        default=None,
+        help="prefix of every runbook_url, ending in '/', e.g. https://wiki.example.com/runbooks/ "
+        "(default: the spec's runbook_base_url, else docs/runbooks/); <AlertName>.md is appended",
+    )
     p_build.add_argument("--for", dest="for_override", default=None, help="replace every alert's `for` (tests only)")
     p_build.add_argument("--red-window", default=Params.red_window, help="rate window of the RED rules (default 5m)")
 
@@ -62,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "build":
-            params = Params(red_window=args.red_window, for_override=args.for_override, runbook_base=args.runbook_base)
+            if args.runbook_base_url is not None:
+                try:
+                    check_runbook_base_url(args.runbook_base_url)
+                except ValueError as exc:
+                    raise SpecError(f"--runbook-base-url: {exc}") from None
+            params = Params(
+                red_window=args.red_window, for_override=args.for_override, runbook_base_url=args.runbook_base_url
+            )
             outputs = build.render_all(args.spec, params)
             if args.check:
                 stale = build.stale(outputs, args.out)
@@ -94,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                     return EXIT_FAILED
         elif args.command == "list":
             spec = load_spec(build.default_spec_path())
-            for alert in build.all_alerts(spec):
-                print(f"{alert.alert:34} {alert.severity:9} for {alert.for_ or '-':4} docs/runbooks/{alert.alert}.md")
+            params = build.effective_params(spec)
+            for alert in build.all_alerts(spec, params):
+                runbook = params.runbook_url(alert.runbook or alert.alert)
+                print(f"{alert.alert:34} {alert.severity:9} for {alert.for_ or '-':4} {runbook}")
     except SpecError as exc:
         print(f"meshwatch-alerts: {exc}", file=sys.stderr)
         return EXIT_USAGE

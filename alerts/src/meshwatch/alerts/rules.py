@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DEFAULT_RUNBOOK_BASE_URL",
     "Alert",
     "Params",
     "Record",
@@ -28,20 +29,30 @@ __all__ = [
 ]
 
 
+#: Where ``runbook_url`` points by default: the runbooks' folder, relative to the repository root.
+#: A path nobody can click from a pager, so deployments set their own (``runbook_base_url``).
+DEFAULT_RUNBOOK_BASE_URL = "docs/runbooks/"
+
+
 @dataclass(frozen=True)
 class Params:
     """Knobs of the generated rules; the defaults are the production values.
 
     ``for_override`` replaces every alert's ``for`` and ``red_window`` the RED rate window,
     so a live test can see an alert fire and resolve in seconds rather than minutes.
+    ``runbook_base_url`` is the prefix of every ``runbook_url`` (``<prefix><AlertName>.md``):
+    None takes the SLO spec's ``runbook_base_url``, else the repository-relative default.
     """
 
     red_window: str = "5m"
     for_override: str | None = None
-    runbook_base: str = "docs/runbooks/"
+    runbook_base_url: str | None = None
 
     def for_(self, production: str) -> str:
         return self.for_override if self.for_override is not None else production
+
+    def runbook_url(self, name: str) -> str:
+        return f"{self.runbook_base_url or DEFAULT_RUNBOOK_BASE_URL}{name}.md"
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ class Alert:
         out["annotations"] = {
             "summary": self.summary,
             "description": self.description,
-            "runbook_url": f"{params.runbook_base}{self.runbook or self.alert}.md",
+            "runbook_url": params.runbook_url(self.runbook or self.alert),
         }
         return out
 

@@ -60,7 +60,9 @@ def _le_matcher(threshold: float) -> str:
 def sli_error_ratio(slo: ServiceSLO, sli: str, window: str) -> str:
     """PromQL of the share of bad requests of ``slo.service`` over ``window``."""
     job = f'job=~"(.*/)?{slo.service}"'
-    total = f"sum(rate({HTTP_COUNT}{{{job}}}[{window}]))"
+    # `> 0`: no requests in the window is no SLI sample, not 0/0 = NaN; one NaN would turn the
+    # period's avg_over_time (the SLI and budget of the whole 30 days) into NaN until it ages out.
+    total = f"(sum(rate({HTTP_COUNT}{{{job}}}[{window}])) > 0)"
     if sli == "availability":
         bad = f'sum(rate({HTTP_COUNT}{{{job}, http_response_status_code=~"5.."}}[{window}]))'
         return f"({bad} or vector(0))\n/\n{total}"

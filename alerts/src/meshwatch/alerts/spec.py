@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["HTTP_DURATION_BUCKETS", "SpecError", "SLOSpec", "ServiceSLO", "load_spec"]
+__all__ = ["HTTP_DURATION_BUCKETS", "SpecError", "SLOSpec", "ServiceSLO", "check_runbook_base_url", "load_spec"]
 
 #: The HTTP server duration bucket bounds of docs/telemetry-contract.md; a latency SLI's
 #: threshold must be one of them, because the SLI is read from the `le` bucket.
@@ -23,6 +24,26 @@ _DURATION = re.compile(r"^[1-9][0-9]*[mhdw]$")
 _SERVICE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 Percent = Annotated[float, Field(gt=0, lt=100)]
+
+#: Characters a runbook base URL may not hold: whitespace and what would break out of YAML, HTML
+#: attributes or Prometheus' annotation templates (``{{ }}`` is expanded in every annotation).
+_URL_UNSAFE = re.compile(r"[\s\"'<>{}\\]")
+
+
+def check_runbook_base_url(value: str) -> str:
+    """``value`` if it is a usable prefix of runbook URLs, else ValueError saying why.
+
+    Either a path (``docs/runbooks/``, relative to wherever the reader opens it) or an http(s)
+    URL; it must end with ``/`` because ``<AlertName>.md`` is appended to it as is.
+    """
+    if not value or _URL_UNSAFE.search(value):
+        raise ValueError(f"{value!r} is empty or holds spaces, quotes, <>, {{}} or backslashes")
+    parts = urlsplit(value)
+    if parts.scheme not in ("", "http", "https") or (parts.scheme and not parts.netloc):
+        raise ValueError(f"{value!r} must be an http(s) URL or a path")
+    if not value.endswith("/"):
+        raise ValueError(f"{value!r} must end with '/' (the runbook file name <AlertName>.md is appended)")
+    return value
 
 
 class SpecError(ValueError):
@@ -76,7 +97,14 @@ class SLOSpec(_Strict):
     """The whole spec: the budget period and the services."""
 
     period: str = "30d"
+    #: Prefix of every alert's runbook_url; None: the repository-relative docs/runbooks/.
+    runbook_base_url: str | None = None
     slos: list[ServiceSLO]
+
+    @field_validator("runbook_base_url")
+    @classmethod
+    def _runbook_base_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_runbook_base_url(value)
 
     @field_validator("period")
     @classmethod
