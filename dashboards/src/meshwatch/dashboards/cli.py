@@ -89,6 +89,7 @@ def _run_queries(args: argparse.Namespace) -> int:
                         "has_data": r.has_data,
                         "error": r.error,
                         "exemplars": r.exemplars,
+                        "nan_series": r.nan_series,
                     }
                     for r in results
                 ],
@@ -99,6 +100,7 @@ def _run_queries(args: argparse.Namespace) -> int:
         for r in results:
             mark = "ok   " if r.has_data else "EMPTY" if r.error is None else "ERROR"
             extra = f"  exemplars={r.exemplars}" if r.exemplars is not None else ""
+            extra += f"  (+{r.nan_series} NaN-only series)" if r.nan_series else ""
             print(f"{mark} {r.items:5d}  {r.query.name}{extra}" + (f"\n        {r.error}" if r.error else ""))
         print(f"{sum(r.has_data for r in results)} of {len(results)} queries returned data")
     return EXIT_OK if all(r.has_data for r in results) else EXIT_FAILED

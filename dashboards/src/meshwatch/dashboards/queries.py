@@ -16,6 +16,7 @@ any of them (``{"service": "orders"}``).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -98,10 +99,15 @@ class PanelQuery:
 
 @dataclass(frozen=True)
 class QueryResult:
+    """What one target returned. ``items`` counts what a panel would draw: series with at least one
+    number (a series that is NaN throughout, e.g. 0/0 for a service without traffic, draws nothing,
+    so it is not data), documents, buckets holding documents, traces or edges."""
+
     query: PanelQuery
-    items: int  # series, documents, buckets, traces or edges returned
+    items: int
     error: str | None = None
     exemplars: int | None = None  # Prometheus targets with exemplars on
+    nan_series: int = 0  # Prometheus series returned with no number in the whole range
 
     @property
     def has_data(self) -> bool:
@@ -447,13 +453,22 @@ def _run_prometheus(query: PanelQuery, backends: Backends, time_range: TimeRange
         data = _get(f"{base}/api/v1/query_range", params, backends)
     if data.get("status") != "success":
         raise RuntimeError(f"Prometheus: {data.get('error')}")
-    items = len(data["data"]["result"])
+    series = data["data"]["result"]
+    items = sum(1 for s in series if _has_number(s))
     exemplars = None
     if target.get("exemplar"):
         params = {"query": expr, "start": time_range.start, "end": time_range.end}
         found = _get(f"{base}/api/v1/query_exemplars", params, backends).get("data") or []
         exemplars = sum(len(series.get("exemplars", [])) for series in found)
-    return QueryResult(query, items, exemplars=exemplars)
+    return QueryResult(query, items, exemplars=exemplars, nan_series=len(series) - items)
+
+
+def _has_number(series: dict[str, Any]) -> bool:
+    """Whether a result series has a finite sample (NaN and ±Inf draw nothing) or a native histogram."""
+    if series.get("histogram") or series.get("histograms"):
+        return True
+    samples = series.get("values") or ([series["value"]] if "value" in series else [])
+    return any(math.isfinite(float(value)) for _, value in samples)
 
 
 def run_dashboards(
