@@ -6,7 +6,10 @@ Alertmanager's webhook receivers POST here (``/webhook/<receiver>``, e.g. ``/web
 * ``GET /api/notifications[?receiver=oncall]`` — every notification, oldest first, as received;
 * ``GET /api/alerts[?receiver=oncall&status=firing]`` — the latest state of each alert
   (by receiver and fingerprint), so "is X firing now / has it resolved" is one request;
-* ``GET /`` — a minimal HTML page of the same; ``GET /healthz`` — counts.
+* ``GET /`` — a minimal HTML page of the same, each alert linking to its runbook; ``GET /healthz`` — counts;
+* ``GET /runbooks/<AlertName>`` (or ``…/<AlertName>.md``) — that alert's runbook from docs/runbooks,
+  rendered to HTML, and ``GET /runbooks/`` the index: what an alert's ``runbook_url`` opens when the
+  rules are built with ``--runbook-base-url http://<this server>/runbooks/`` (the demo does).
 
 Standard library only (``http.server``), so the demo needs nothing more to run it, and it
 binds 127.0.0.1 unless told otherwise. Bad requests get a 4xx with the reason and are
@@ -26,8 +29,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .runbooks import Runbooks, default_runbooks_dir
 
 __all__ = ["Inbox", "OncallServer", "main"]
 
@@ -178,8 +184,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, {"status": "ok", **inbox.stats()})
         elif url.path == "/":
             self._send(HTTPStatus.OK, _page(inbox).encode(), "text/html; charset=utf-8")
+        elif url.path in ("/runbooks", "/runbooks/") or url.path.startswith("/runbooks/"):
+            self._runbook(unquote(url.path.removeprefix("/runbooks").strip("/")))
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": "see / for the page, /api/alerts and /api/notifications"})
+
+    def _runbook(self, name: str) -> None:
+        runbooks = self.server.runbooks
+        page = runbooks.page(name)
+        if page is not None:
+            self._send(HTTPStatus.OK, page.html.encode(), "text/html; charset=utf-8")
+            return
+        if runbooks.directory is None:
+            message = "no runbooks folder: start meshwatch-oncall with --runbooks DIR (or MESHWATCH_RUNBOOKS)"
+        else:
+            message = f"no runbook named {name!r}; the runbooks are: {', '.join(runbooks.names()) or '(none)'}"
+        self._send(HTTPStatus.NOT_FOUND, (message + "\n").encode(), "text/plain; charset=utf-8")
+
+
+def _runbook_link(url: object) -> str:
+    """A link to the alert's runbook when it is a web address (a repository path is shown as text)."""
+    text = str(url or "")
+    if text.startswith(("http://", "https://", "/")):
+        return f"<a href='{html.escape(text, quote=True)}'>runbook</a>"
+    return html.escape(text)
 
 
 def _page(inbox: Inbox) -> str:
@@ -189,7 +217,7 @@ def _page(inbox: Inbox) -> str:
         labels = alert["labels"]
         rows.append(
             "<tr class='{cls}'><td>{status}</td><td>{receiver}</td><td>{name}</td><td>{sev}</td><td>{svc}</td>"
-            "<td>{summary}</td><td>{since}</td></tr>".format(
+            "<td>{summary}</td><td>{since}</td><td>{runbook}</td></tr>".format(
                 cls=html.escape(str(alert["status"])),
                 status=html.escape(str(alert["status"])),
                 receiver=html.escape(alert["receiver"]),
@@ -198,6 +226,7 @@ def _page(inbox: Inbox) -> str:
                 svc=html.escape(str(labels.get("service", ""))),
                 summary=html.escape(str(alert["annotations"].get("summary", ""))),
                 since=html.escape(str(alert["startsAt"])),
+                runbook=_runbook_link(alert["annotations"].get("runbook_url")),
             )
         )
     stats = inbox.stats()
@@ -210,8 +239,9 @@ def _page(inbox: Inbox) -> str:
         f"<p>{stats['received']} notifications received, {stats['evicted']} evicted from history, "
         f"{sum(stats['rejected'].values())} requests rejected.</p>"
         "<table><tr><th>status</th><th>receiver</th><th>alert</th><th>severity</th><th>service</th>"
-        "<th>summary</th><th>since</th></tr>" + "".join(rows) + "</table>"
-        "<p>JSON: <a href='/api/alerts'>/api/alerts</a>, <a href='/api/notifications'>/api/notifications</a></p>"
+        "<th>summary</th><th>since</th><th>runbook</th></tr>" + "".join(rows) + "</table>"
+        "<p>JSON: <a href='/api/alerts'>/api/alerts</a>, <a href='/api/notifications'>/api/notifications</a>;"
+        " <a href='/runbooks/'>runbooks</a></p>"
         "</body></html>"
     )
 
@@ -219,8 +249,9 @@ def _page(inbox: Inbox) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], inbox: Inbox, verbose: bool) -> None:
+    def __init__(self, address: tuple[str, int], inbox: Inbox, runbooks: Runbooks, verbose: bool) -> None:
         self.inbox = inbox
+        self.runbooks = runbooks
         self.verbose = verbose
         super().__init__(address, _Handler)
 
@@ -228,9 +259,18 @@ class _Server(ThreadingHTTPServer):
 class OncallServer:
     """The webhook server, runnable in a background thread (tests, the demo) or in the foreground (CLI)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9095, *, history: int = DEFAULT_HISTORY) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9095,
+        *,
+        history: int = DEFAULT_HISTORY,
+        runbooks: Path | None = None,
+    ) -> None:
+        """``runbooks``: the folder of ``<AlertName>.md`` pages to serve (default: docs/runbooks of the checkout)."""
         self.inbox = Inbox(history)
-        self._server = _Server((host, port), self.inbox, verbose=False)
+        self.runbooks = Runbooks(runbooks if runbooks is not None else default_runbooks_dir())
+        self._server = _Server((host, port), self.inbox, self.runbooks, verbose=False)
         self._thread: threading.Thread | None = None
 
     @property
@@ -240,6 +280,11 @@ class OncallServer:
 
     def webhook_url(self, receiver: str) -> str:
         return f"{self.url}/webhook/{receiver}"
+
+    @property
+    def runbook_base_url(self) -> str:
+        """What to pass as ``runbook_base_url`` so alerts link to this server's runbook pages."""
+        return f"{self.url}/runbooks/"
 
     def start(self) -> OncallServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="oncall-webhook", daemon=True)
@@ -271,13 +316,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9095, help="port (default 9095)")
     parser.add_argument("--history", type=int, default=DEFAULT_HISTORY, help="notifications kept (default 10000)")
+    parser.add_argument(
+        "--runbooks",
+        type=Path,
+        default=None,
+        help="folder of <AlertName>.md runbooks served at /runbooks/ (default: $MESHWATCH_RUNBOOKS, else the "
+        "checkout's docs/runbooks)",
+    )
     args = parser.parse_args(argv)
+    if args.runbooks is not None and not args.runbooks.is_dir():
+        print(f"meshwatch-oncall: --runbooks {args.runbooks} is not a folder", file=sys.stderr)
+        return 2
     try:
-        server = OncallServer(args.host, args.port, history=args.history)
+        server = OncallServer(args.host, args.port, history=args.history, runbooks=args.runbooks)
     except OSError as exc:
         print(f"meshwatch-oncall: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"meshwatch-oncall: listening on {server.url} (POST /webhook/<receiver>; GET /, /api/alerts)", flush=True)
+    where = server.runbooks.directory or "none (use --runbooks)"
+    print(
+        f"meshwatch-oncall: listening on {server.url} (POST /webhook/<receiver>; GET /, /api/alerts, "
+        f"/runbooks/<AlertName>; runbooks from {where})",
+        flush=True,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0

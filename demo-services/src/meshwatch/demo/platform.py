@@ -107,9 +107,12 @@ class PlatformOptions:
         return self.repo / "collector" / "collector.yaml"
 
     @property
-    def rule_files(self) -> list[Path]:
-        folder = self.repo / "alerts" / "rules"
-        return sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")])
+    def slo_spec(self) -> Path:
+        return self.repo / "alerts" / "slos.yaml"
+
+    @property
+    def runbooks(self) -> Path:
+        return self.repo / "docs" / "runbooks"
 
 
 class Platform:
@@ -174,8 +177,7 @@ class Platform:
                 "prometheus",
                 scrape_interval=opts.scrape_interval,
                 scrape_timeout=opts.scrape_interval,  # Prometheus refuses a timeout longer than the interval
-                rule_files=opts.rule_files,
-            ),
+            ),  # its rules come with configure_alerting, once the on-call URL they link to is known
         )
         self._step("redis", lambda: self.stack.start("redis"))
         self._step("nats (JetStream)", lambda: self.stack.start("nats"))
@@ -240,7 +242,15 @@ class Platform:
             "on-call webhook",
             lambda: self.stack.run_process(
                 "oncall",
-                [self.options.python, "-m", "meshwatch.demo.oncall", "--port", str(port)],
+                [
+                    self.options.python,
+                    "-m",
+                    "meshwatch.demo.oncall",
+                    "--port",
+                    str(port),
+                    "--runbooks",
+                    str(self.options.runbooks),
+                ],
                 ready_url=f"http://127.0.0.1:{port}/healthz",
                 urls={"http": f"http://127.0.0.1:{port}"},
                 ports={"http": port},
@@ -248,13 +258,31 @@ class Platform:
             ),
         )
 
+    def alert_rules(self) -> list[Path]:
+        """The project's rules (alerts/slos.yaml and the generator's defaults) with runbook links that work.
+
+        Built with ``runbook_base_url`` = the on-call service's ``/runbooks/``, which serves
+        docs/runbooks, so every alert the demo raises links to a page that opens (the committed
+        rules keep the repository-relative docs/runbooks/X.md).
+        """
+        from meshwatch.alerts import Params, rule_files
+
+        folder = self.stack.state_dir / "alert-rules"
+        for old in folder.glob("*.yml"):
+            old.unlink()
+        params = Params(runbook_base_url=f"{self.server('oncall').url}/runbooks/")
+        return rule_files(folder, self.options.slo_spec, params)
+
     def configure_alerting(self) -> None:
-        """Alertmanager gets the project's routing with the on-call URL of this run; Prometheus the rules."""
+        """Alertmanager gets the project's routing with the on-call URL of this run; Prometheus the rules.
+
+        Also what puts them back after a test loaded rules or routing of its own.
+        """
         oncall = self.server("oncall")
         template = (self.options.repo / "alerts" / "alertmanager.yml").read_text()
         config = template.replace(f"http://127.0.0.1:{ONCALL_PORT}", oncall.url)
         self.server("alertmanager").set_alertmanager_config(config)
-        self.server("prometheus").set_rule_files(self.options.rule_files)
+        self.server("prometheus").set_rule_files(self.alert_rules())
 
     def service_env(self, name: str, ports: dict[str, int]) -> dict[str, str]:
         collector = self.server("collector")
@@ -396,6 +424,7 @@ class Platform:
             "Elasticsearch (logs)": f"{self.server('elasticsearch').url}/meshwatch-logs-*/_search?q=log.level:error",
             "Gateway (the shop)": f"{self.server('gateway').url}/api/products",
             "On-call webhook page": self.server("oncall").url,
+            "Runbooks (each alert's runbook_url)": f"{self.server('oncall').url}/runbooks/",
             "Collector self-metrics": self.server("collector").urls.get("metrics", ""),
         }
         if "loadgen" in self.stack.servers:
