@@ -1,49 +1,37 @@
 """End to end: the demo platform on the real backends, under load, seen where a user looks.
 
-One platform for the module: the session's Jaeger, Prometheus, Alertmanager,
-Elasticsearch, Redis and NATS (shared with the rest of the suite), plus the
-meshwatch collector with its default config, the on-call webhook, the six services
-and the load generator, all started by ``meshwatch.demo.platform`` as ``make demo``
-does. Then: a checkout's trace crosses the mesh and the broker in Jaeger; every
-service has RED metrics in Prometheus; an injected fault shows as that service's
-error rate and as error logs, in Elasticsearch, carrying the failing trace's id;
-clearing the fault brings the error rate back down.
+The platform is the one of tests/demo/conftest.py (shared with the dashboard and
+alerting tests here): the session's Jaeger, Prometheus, Alertmanager, Elasticsearch,
+Redis and NATS, plus the meshwatch collector with its default config, the on-call
+webhook, the six services and the load generator, all started by
+``meshwatch.demo.platform`` as ``make demo`` does. Then: a checkout's trace crosses
+the mesh and the broker in Jaeger; every service has RED metrics in Prometheus; an
+injected fault shows as that service's error rate and as error logs, in
+Elasticsearch, carrying the failing trace's id; clearing the fault brings the error
+rate back down.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from meshwatch.demo import cli
-from meshwatch.demo.platform import DEMO_SERVICES, Platform, PlatformOptions, rss_by_server
-from meshwatch.stack import Server, Stack
+from meshwatch.demo.platform import DEMO_SERVICES, Platform, rss_by_server
+from meshwatch.stack import Server
 from meshwatch.stack.testing import eventually
+
+from .conftest import get_json as _get
+from .conftest import post_json as _post
+from .conftest import promql as _promql
 
 pytestmark = pytest.mark.e2e
 
 HTTP_SERVICES = ("gateway", "orders", "inventory", "payments", "fraud")
 FAULTY = "payments"
 ERROR_RATE = 0.5
-
-
-def _get(url: str, **params: Any) -> Any:
-    query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with urllib.request.urlopen(f"{url}{query}", timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _post(url: str, body: Any) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def _field(doc: dict[str, Any], dotted: str) -> Any:
@@ -54,40 +42,6 @@ def _field(doc: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         value = value[part]
     return value
-
-
-def _promql(prometheus: Server, query: str) -> list[dict[str, Any]]:
-    return _get(f"{prometheus.url}/api/v1/query", query=query)["data"]["result"]
-
-
-@pytest.fixture(scope="module")
-def platform(  # noqa: PLR0917 (each backend is its own session fixture)
-    stack: Stack,
-    jaeger: Server,
-    prometheus: Server,
-    alertmanager: Server,
-    elasticsearch: Server,
-    redis_server: Server,
-    nats_server: Server,
-) -> Iterator[Platform]:
-    options = PlatformOptions(
-        rate=10.0,  # about 2.5 checkouts/s reach payments
-        fixed_ports=False,
-        metric_interval_ms=1000,
-        scrape_interval="1s",
-        progress=lambda message: print(f"platform: {message}", flush=True),
-    )
-    running = Platform(stack, options)
-    try:
-        running.up()
-        yield running
-    finally:
-        running.stop_processes()
-        # Leave the shared Prometheus and Alertmanager as the session started them.
-        prometheus.set_rule_files([])
-        alertmanager.set_alertmanager_config(
-            {"route": {"receiver": "null", "group_by": ["alertname"]}, "receivers": [{"name": "null"}]}
-        )
 
 
 def _trace_services(trace: dict[str, Any]) -> set[str]:
