@@ -69,6 +69,36 @@ def test_structlog_lines_are_json_with_trace_and_redaction(tmp_path: Path) -> No
     assert paid["level"] == "INFO"
 
 
+def test_excluded_urls_are_not_traced(tmp_path: Path) -> None:
+    lines, _ = run_script(
+        """
+        import json, meshwatch
+        from meshwatch.testing import capture
+        meshwatch.init(service_name="ex", traces_exporter="none", metrics_exporter="none", logs_exporter="none",
+                       excluded_urls="healthz,metrics$")
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+        app = FastAPI()
+
+        @app.get("/healthz")
+        def health():
+            return {}
+
+        @app.get("/orders")
+        def orders():
+            return []
+
+        attached = capture()
+        captured = next(attached)
+        client = TestClient(app)
+        client.get("/healthz"), client.get("/orders")
+        print(json.dumps({"spans": [s.name for s in captured.spans]}))
+        """,
+        tmp_path,
+    )
+    assert next(x["spans"] for x in lines if "spans" in x) == ["GET /orders"]
+
+
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     script = tmp_path / "bad.py"
     script.write_text("import meshwatch\nmeshwatch.init()\n")

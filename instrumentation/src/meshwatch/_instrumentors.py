@@ -133,7 +133,7 @@ def _fastapi_has_native_telemetry() -> bool:
     return _installed("fastapi.telemetry")
 
 
-def _use_fastapi_native() -> str:
+def _use_fastapi_native(settings: Settings) -> str:
     """Make FastAPI apps created from now on use FastAPI's built-in OpenTelemetry support.
 
     FastAPI (0.16x and later) creates one server span per request with the semantic-
@@ -150,12 +150,31 @@ def _use_fastapi_native() -> str:
     original = cls.__init__
 
     def __init__(self: Any, *args: Any, telemetry: Any = None, **kwargs: Any) -> None:
-        original(self, *args, telemetry={**_FASTAPI_DEFAULTS, **(telemetry or {})}, **kwargs)
+        original(self, *args, telemetry={**_fastapi_defaults(), **(telemetry or {})}, **kwargs)
 
     __init__._meshwatch = True  # type: ignore[attr-defined]
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
     cls.__init__ = __init__  # type: ignore[method-assign]
     return "fastapi (native)"
+
+
+_EXCLUDED: list[Any] = []
+
+
+def _fastapi_defaults() -> dict[str, Any]:
+    defaults: dict[str, Any] = dict(_FASTAPI_DEFAULTS)
+    if _EXCLUDED:
+        patterns = _EXCLUDED[0]
+
+        def exclude(scope: Any) -> bool:
+            # As the contrib instrumentors match OTEL_PYTHON_EXCLUDED_URLS: against the URL.
+            server = scope.get("server") or ("", None)
+            host = f"{server[0]}:{server[1]}" if server[1] else server[0]
+            url = f"{scope.get('scheme', 'http')}://{host}{scope.get('path', '')}"
+            return any(p.search(url) for p in patterns)
+
+        defaults["exclude"] = exclude
+    return defaults
 
 
 def instrument_all(settings: Settings, report: InstrumentationReport | None = None) -> InstrumentationReport:
@@ -172,7 +191,10 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
             continue
         if entry.name == "fastapi" and settings.fastapi_native and _fastapi_has_native_telemetry():
             try:
-                report.instrumented.append(_use_fastapi_native())
+                import re
+
+                _EXCLUDED[:] = [[re.compile(p) for p in settings.excluded_urls]] if settings.excluded_urls else []
+                report.instrumented.append(_use_fastapi_native(settings))
             except Exception as exc:
                 report.failed[entry.name] = f"{type(exc).__name__}: {exc}"
             continue
