@@ -215,3 +215,20 @@ def test_import_is_light() -> None:
     code = "import sys, meshwatch; print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["uvicorn", "shop.api:app", "--port", "8000"], "shop"),
+        (["/venv/bin/gunicorn", "-w", "4", "inventory:app"], "inventory"),
+        (["python", "worker.py"], "worker"),
+        (["python3", "-m", "celery", "worker"], "celery"),
+        (["/usr/local/bin/billing"], "billing"),
+        (["-c"], "unknown_service:python"),
+    ],
+)
+def test_service_name_is_detected_from_the_command(argv: list[str], name: str) -> None:
+    from meshwatch._resource import detect_service_name
+
+    assert detect_service_name(argv) == name

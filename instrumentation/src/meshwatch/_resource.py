@@ -30,23 +30,29 @@ _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 
 
 def detect_service_name(argv: list[str] | None = None) -> str:
-    """A sensible name when none is configured: the application module, else the program."""
+    """A sensible name when none is configured: the application module, else the program.
+
+    ``uvicorn shop.api:app`` → ``shop``; ``python worker.py`` → ``worker``;
+    ``python -m celery worker`` → ``celery``; ``/usr/bin/billing`` → ``billing``.
+    """
     argv = list(sys.argv if argv is None else argv)
     if not argv or not argv[0] or argv[0] == "-c":
         return "unknown_service:python"
-    program = Path(argv[0]).name
-    if program.endswith(".py"):
-        program = program[:-3]
-    if program in {"__main__", "-m"} or program in _LAUNCHERS:
-        for arg in argv[1:]:
-            if arg.startswith("-") or "=" in arg:
-                continue
-            module = arg.split(":", 1)[0]
-            if module in {"run", "serve", "dev", "worker"}:  # ``flask run``, ``fastapi dev``
-                continue
-            module = Path(module).name.removesuffix(".py")
-            return module.split(".")[0] or program
-    return program or "unknown_service:python"
+    program = Path(argv[0]).name.removesuffix(".py")
+    if program not in _LAUNCHERS and program not in {"__main__", "-m"}:
+        return program or "unknown_service:python"
+    rest = argv[1:]
+    if "-m" in rest and rest.index("-m") + 1 < len(rest):
+        return rest[rest.index("-m") + 1].split(".")[0]
+    positional = [a for a in rest if not a.startswith("-") and "=" not in a]
+    # The application reference: ``module:attribute`` or a script, not an option's value.
+    for arg in positional:
+        if ":" in arg or arg.endswith(".py"):
+            return Path(arg.split(":", 1)[0]).name.removesuffix(".py").split(".")[0] or program
+    for arg in positional:
+        if not arg.isdigit() and arg not in {"run", "serve", "dev", "worker"}:
+            return Path(arg).name.removesuffix(".py").split(".")[0] or program
+    return program
 
 
 def _container_id() -> str | None:

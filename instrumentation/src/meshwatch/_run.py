@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     # The command may live beside this interpreter (a virtualenv that is not activated).
     search = os.pathsep.join(p for p in (env.get("PATH"), str(Path(sys.executable).parent)) if p)
     executable = shutil.which(command[0], path=search)
+    if "OTEL_SERVICE_NAME" not in env and "service.name=" not in env.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        # Name the service from the command once, here: spawned workers (uvicorn --workers,
+        # --reload) start as ``python -c ...`` and could not tell their name themselves.
+        from ._resource import detect_service_name
+
+        env["OTEL_SERVICE_NAME"] = detect_service_name(command)
     if executable is None:
         print(f"meshwatch-run: command not found: {command[0]}", file=sys.stderr)
         return 127

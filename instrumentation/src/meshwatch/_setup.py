@@ -449,8 +449,16 @@ def _quiet(fn: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _bounded(fn: Any, timeout: float) -> bool:
+    """``fn()`` on a helper thread, waited for at most ``timeout``; False on timeout or error."""
     result: list[bool] = []
-    thread = threading.Thread(target=lambda: result.append(bool(fn())), daemon=True)
+
+    def run() -> None:
+        try:
+            result.append(bool(fn()))
+        except Exception:  # e.g. the SDK's MetricsTimeoutError when the deadline is already near
+            result.append(False)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(timeout)
     return bool(result and result[0])
