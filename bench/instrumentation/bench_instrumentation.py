@@ -98,6 +98,22 @@ def start_otelcol(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, int
     return proc, ports
 
 
+def start_meshwatch_collector(workdir: Path) -> tuple[object, dict[str, int]]:
+    """The meshwatch collector with an otlp receiver and the debug exporter (one line per batch)."""
+    from meshwatch.collector.testing import start_collector
+
+    sink = {"receivers": ["otlp"], "exporters": ["debug"]}
+    collector = start_collector(
+        {
+            "exporters": {"debug": {"verbosity": "basic"}},
+            "service": {"pipelines": {"traces": sink, "metrics": sink, "logs": sink}},
+        },
+        workdir / "meshwatch-collector",
+    )
+    port = int(collector.grpc_endpoint.rsplit(":", 1)[1])
+    return collector, {"grpc": port, "metrics": 0}
+
+
 def otelcol_accepted(metrics_port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     totals = {"spans": 0.0, "metric_points": 0.0, "log_records": 0.0}
@@ -207,8 +223,9 @@ def wrk(url: str, duration: float, connections: int) -> dict[str, float]:
     ).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     result["requests"] = float(re.search(r"(\d+) requests in", out).group(1))
-    result["p50_ms"] = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    result["p99_ms"] = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # the "Latency Distribution" lines, e.g. "     99%   12.34ms" (not the "… 90.50%" of the thread stats)
+    result["p50_ms"] = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))
+    result["p99_ms"] = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     result["errors"] = float(errors.group(1)) if errors else 0.0
@@ -359,6 +376,12 @@ def main() -> int:
     parser.add_argument("--shapes", default="hello,work")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--no-unreachable", action="store_true")
+    parser.add_argument(
+        "--receiver",
+        choices=("otelcol", "meshwatch"),
+        default="otelcol",
+        help="the OTLP endpoint every variant exports to: the reference OpenTelemetry Collector or meshwatch's",
+    )
     parser.add_argument("--quick", action="store_true", help="one round of 8 s runs, 20 s unreachable run")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "instrumentation-benchmark.png")
     args = parser.parse_args()
@@ -366,7 +389,10 @@ def main() -> int:
         args.duration, args.unreachable_duration, args.rounds = 8, 20, 1
     workdir = Path(tempfile.mkdtemp(prefix="meshwatch-bench-instr-"))
     print(f"workdir {workdir}; {os.cpu_count()} CPUs; wrk -t1 -c{args.connections}, {args.duration:.0f} s per run")
-    collector, ports = start_otelcol(workdir)
+    if args.receiver == "meshwatch":
+        collector, ports = start_meshwatch_collector(workdir)
+    else:
+        collector, ports = start_otelcol(workdir)
     endpoint = f"http://127.0.0.1:{ports['grpc']}"
     down_port = free_port()
     downstream = subprocess.Popen(
@@ -396,7 +422,7 @@ def main() -> int:
                             downstream=down_url,
                             args=args,
                             workdir=workdir,
-                            otelcol_metrics=ports["metrics"],
+                            otelcol_metrics=ports["metrics"] or None,
                             duration=args.duration,
                         )
                     )
@@ -430,14 +456,20 @@ def main() -> int:
                 print("  last drop report:", json.loads(drops[-1])["message"])
     finally:
         stop(downstream)
-        stop(collector)
+        if isinstance(collector, subprocess.Popen):
+            stop(collector)
+        else:
+            collector.stop(timeout=20)  # type: ignore[attr-defined]
     print()
     print(table(results))
     print()
     for line in verdicts(results, reachable, unreachable):
         print(line)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results_path = RESULTS if args.receiver == "otelcol" else RESULTS.with_name("instrumentation-meshwatch.json")
+    if args.receiver != "otelcol" and args.plot.name == "instrumentation-benchmark.png":
+        args.plot = args.plot.with_name("instrumentation-benchmark-meshwatch-collector.png")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(
         json.dumps(
             {
                 "results": [asdict(r) for r in results],
