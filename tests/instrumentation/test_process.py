@@ -193,3 +193,77 @@ def test_shutdown_flushes_at_exit_within_its_timeout(tmp_path: Path) -> None:
     assert [x["message"] for x in lines if x.get("logger") == "job"] == ["done"]
     report = [x for x in lines if x.get("message", "").startswith("meshwatch dropped telemetry")]
     assert report, "the exit flush reports what it could not deliver"
+
+
+@pytest.mark.integration
+def test_traces_over_otlp_http_reach_jaeger(jaeger: Any, tmp_path: Path) -> None:
+    service = f"http-{uuid.uuid4().hex[:6]}"
+    lines, _ = run_script(
+        f"""
+        import json, meshwatch
+        from opentelemetry import trace
+        meshwatch.init(service_name="{service}", protocol="http/protobuf", endpoint="{jaeger.urls["otlp_http"]}",
+                       metrics_exporter="none", logs_exporter="none")
+        with trace.get_tracer("t").start_as_current_span("over http", attributes={{"order.id": 7}}) as span:
+            print(json.dumps({{"trace": "%032x" % span.get_span_context().trace_id}}))
+        """,
+        tmp_path,
+    )
+    trace_id = next(x["trace"] for x in lines if "trace" in x)
+    trace = eventually(lambda: jaeger_trace(jaeger, trace_id), timeout=30, what="the span sent over OTLP/HTTP")
+    assert trace["spans"][0]["operationName"] == "over http"
+    assert {"key": "order.id", "type": "int64", "value": 7} in trace["spans"][0]["tags"]
+    assert process_tags(trace, trace["spans"][0])["service.name"] == service
+
+
+def test_b3_and_jaeger_headers_are_extracted_and_injected(tmp_path: Path) -> None:
+    lines, _ = run_script(
+        """
+        import json, meshwatch
+        from opentelemetry import propagate, trace
+        meshwatch.init(service_name="prop", traces_exporter="none", metrics_exporter="none", logs_exporter="none",
+                       propagators=["tracecontext", "b3multi", "jaeger"])
+        incoming = {"x-b3-traceid": "463ac35c9f6413ad48485a3953bb6124", "x-b3-spanid": "a2fb4a1d1a96d312",
+                    "x-b3-sampled": "1"}  # as servers hand headers over: lower case
+        context = propagate.extract(incoming)
+        with trace.get_tracer("t").start_as_current_span("handler", context=context) as span:
+            outgoing = {}
+            propagate.inject(outgoing)
+            print(json.dumps({"trace": "%032x" % span.get_span_context().trace_id,
+                              "parent": "%016x" % span.parent.span_id, "headers": sorted(outgoing)}))
+        """,
+        tmp_path,
+    )
+    out = next(x for x in lines if "trace" in x)
+    assert out["trace"] == "463ac35c9f6413ad48485a3953bb6124"
+    assert out["parent"] == "a2fb4a1d1a96d312"
+    assert {"traceparent", "x-b3-traceid", "uber-trace-id"} <= {h.lower() for h in out["headers"]}
+
+
+def test_unsampled_requests_still_count_in_red_metrics(tmp_path: Path) -> None:
+    lines, _ = run_script(
+        """
+        import json
+        from meshwatch.testing import capture
+        attached = capture()  # initialises meshwatch, exporting nowhere, sampling from the environment
+        captured = next(attached)
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+        app = FastAPI()
+
+        @app.get("/orders/{oid}")
+        def order(oid: int):
+            return {}
+
+        client = TestClient(app)
+        for i in range(20):
+            client.get(f"/orders/{i}")
+        point = captured.metric("http.server.request.duration", **{"http.route": "/orders/{oid}"})
+        print(json.dumps({"spans": len(captured.spans), "count": point.count if point else 0,
+                          "exemplars": len(point.exemplar_trace_ids) if point else -1}))
+        """,
+        tmp_path,
+        OTEL_TRACES_SAMPLER_ARG="0",
+    )
+    out = next(x for x in lines if "spans" in x)
+    assert out == {"spans": 0, "count": 20, "exemplars": 0}  # nothing exported, every request counted
