@@ -54,12 +54,18 @@ class Broker:
         self._nc: Any = None
         self._js: Any = None
         self._consumer_task: asyncio.Task[None] | None = None
+        self._subscription: Any = None
         self.processed = 0
         self.failed = 0
 
     async def connect(self) -> None:
         self._nc = await nats.connect(
-            self.url, name=self.service, connect_timeout=5, max_reconnect_attempts=-1, reconnect_time_wait=1
+            self.url,
+            name=self.service,
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            drain_timeout=5,  # a bound on stopping; close() leaves nothing to drain for long
         )
         self._js = self._nc.jetstream()
         config = StreamConfig(name=STREAM, subjects=["orders.>"], max_msgs=100_000, max_age=24 * 3600)
@@ -90,7 +96,7 @@ class Broker:
 
     async def _consume(self, subject: str, durable: str, handler: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         config = ConsumerConfig(durable_name=durable, max_deliver=3, ack_wait=30)
-        sub = await self._js.pull_subscribe(subject, durable=durable, config=config)
+        sub = self._subscription = await self._js.pull_subscribe(subject, durable=durable, config=config)
         while True:
             if self._faults.is_down("nats"):
                 await asyncio.sleep(0.5)  # the broker is "unreachable": nothing is fetched
@@ -135,6 +141,12 @@ class Broker:
             self._consumer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._consumer_task
+        if self._subscription is not None:
+            # A pull subscription whose fetch was cancelled never drains: without this, drain()
+            # waited its whole timeout (30 s by default) and a stopped service was killed instead.
+            # Unacknowledged messages are redelivered to the durable consumer after its ack_wait.
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
