@@ -1,12 +1,14 @@
 """Live: the generated rules in the real Prometheus, the generated routing in the real Alertmanager.
 
 A service stand-in (a prometheus-client endpoint exposing the contract's
-``http_server_request_duration_seconds`` histogram, job ``shop/orders``) is scraped every
+``http_server_request_duration_seconds`` histogram, job ``shop/basket``) is scraped every
 second. Its 5xx share rises from 0 to 50% and back to 0; the test sees the error-rate and
 fast-burn alerts delivered to the on-call webhook (critical), the matching warnings held back
 by inhibition, the Watchdog delivered to the heartbeat receiver, and the error-rate alert
 resolve. Only `for` and the RED rate window are shortened (generator parameters), so it
-runs in about a minute; the routing is the committed one with the webhook's URLs.
+runs in about a minute; the routing is the committed one with the webhook's URLs. The service
+is one no other test or the demo uses, with its own SLO spec, so the shared Prometheus' history
+(the demo's services run with faults in the same session) cannot fire or hide its alerts.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from meshwatch.stack.testing import eventually
 
 pytestmark = pytest.mark.integration
 
+SERVICE = "basket"
+SPEC = "slos:\n  - service: basket\n    availability: {objective: 99.9}\n"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 LABELS = ("http_request_method", "http_route", "http_response_status_code", "url_scheme")
 
@@ -87,14 +91,14 @@ def _received(oncall: OncallServer, receiver: str, alertname: str, status: str) 
     return [
         a
         for a in oncall.inbox.alerts(receiver, status)
-        if a["labels"].get("alertname") == alertname and a["labels"].get("service") in (None, "orders")
+        if a["labels"].get("alertname") == alertname and a["labels"].get("service") in (None, SERVICE)
     ]
 
 
 def _am_alerts(alertmanager: Any, alertname: str) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{alertmanager.url}/api/v2/alerts",
-        params={"filter": [f'alertname="{alertname}"', 'service="orders"']},
+        params={"filter": [f'alertname="{alertname}"', f'service="{SERVICE}"']},
         timeout=10,
     )
     response.raise_for_status()
@@ -104,7 +108,9 @@ def _am_alerts(alertmanager: Any, alertname: str) -> list[dict[str, Any]]:
 def test_error_burst_pages_oncall_then_resolves(
     prometheus: Any, alertmanager: Any, oncall: OncallServer, traffic: FakeTraffic, tmp_path: Path
 ) -> None:
-    rules = rule_files(tmp_path / "rules", params=Params(for_override="5s", red_window="15s"))
+    spec = tmp_path / "slos.yaml"
+    spec.write_text(SPEC)
+    rules = rule_files(tmp_path / "rules", spec, params=Params(for_override="5s", red_window="15s"))
     receivers = Receivers(
         oncall=oncall.webhook_url("oncall"),
         ticket=oncall.webhook_url("ticket"),
@@ -113,21 +119,21 @@ def test_error_burst_pages_oncall_then_resolves(
     timing = Timing(group_wait="1s", group_interval="2s", repeat_interval="1h", heartbeat_repeat_interval="5s")
     alertmanager.set_alertmanager_config(alertmanager_config(receivers, timing))
     prometheus.set_rule_files(rules)
-    prometheus.add_scrape_target("alerts-live-orders", f"127.0.0.1:{traffic.port}", {"job": "shop/orders"})
+    prometheus.add_scrape_target("alerts-live-basket", f"127.0.0.1:{traffic.port}", {"job": f"shop/{SERVICE}"})
     try:
         # Healthy: the error ratio is recorded as 0 (not absent), and the Watchdog reaches the
         # heartbeat receiver, which proves rules → Alertmanager → webhook works end to end.
         ratio = "job_service:http_server_error_ratio:rate15s"
         eventually(
-            lambda: [r for r in _query(prometheus, f'{ratio}{{service="orders"}}') if float(r["value"][1]) == 0],
+            lambda: [r for r in _query(prometheus, f'{ratio}{{service="{SERVICE}"}}') if float(r["value"][1]) == 0],
             timeout=60,
-            what="the orders error ratio recorded as 0 from scraped series",
+            what=f"the {SERVICE} error ratio recorded as 0 from scraped series",
         )
         watchdog = eventually(
             lambda: _received(oncall, "heartbeat", "Watchdog", "firing"), timeout=60, what="Watchdog heartbeat"
         )
         assert watchdog[0]["labels"]["severity"] == "none"
-        assert not [a for a in oncall.inbox.alerts("oncall") if a["labels"].get("service") == "orders"]
+        assert not [a for a in oncall.inbox.alerts("oncall") if a["labels"].get("service") == SERVICE]
 
         # Half the requests fail: the critical error-rate alert pages on-call with its exact labels.
         traffic.error_share = 0.5
@@ -139,12 +145,12 @@ def test_error_burst_pages_oncall_then_resolves(
         assert paged[0]["labels"] == {
             "alertname": "MeshwatchHTTPErrorRateHigh",
             "severity": "critical",
-            "job": "shop/orders",
-            "service": "orders",
+            "job": f"shop/{SERVICE}",
+            "service": SERVICE,
         }
         annotations = paged[0]["annotations"]
         assert annotations["runbook_url"] == "docs/runbooks/MeshwatchHTTPErrorRateHigh.md"
-        assert annotations["summary"] == "orders fails more than 5% of its HTTP requests"
+        assert annotations["summary"] == f"{SERVICE} fails more than 5% of its HTTP requests"
         assert "the critical threshold is 5%" in annotations["description"]
 
         # The SLO fast burn (14.4× over 1h and 5m) pages too.
@@ -182,7 +188,7 @@ def test_error_burst_pages_oncall_then_resolves(
         for ticket in _received(oncall, "ticket", "MeshwatchHTTPErrorRateHigh", "firing"):
             assert ticket["notified_at"] >= errors_stopped
     finally:
-        prometheus.remove_scrape_target("alerts-live-orders")
+        prometheus.remove_scrape_target("alerts-live-basket")
         prometheus.set_rule_files([])
         alertmanager.set_alertmanager_config(
             {"route": {"receiver": "null", "group_by": ["alertname"]}, "receivers": [{"name": "null"}]}
