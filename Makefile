@@ -25,7 +25,7 @@ $(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(DISTS)) pyproject.t
 
 venv: $(STAMP) ## create .venv with all meshwatch distributions and test tools
 
-backends: $(STAMP) ## install Jaeger, Prometheus, Alertmanager, Elasticsearch once (cached per machine)
+backends: $(STAMP) ## install Jaeger, Prometheus, Alertmanager, Elasticsearch, Redis, NATS once (cached per machine)
 	@$(VENV)/bin/meshwatch-stack install
 
 lint: $(STAMP) ## ruff
@@ -48,7 +48,6 @@ stack-status: $(STAMP) ## show what runs and where
 	@$(VENV)/bin/meshwatch-stack status
 
 demo: backends ## start the demo platform (backends, collector, six services, load) and print its URLs
-	@$(VENV)/bin/meshwatch-stack install redis nats
 	@$(VENV)/bin/meshwatch-demo up $(DEMO_ARGS)
 
 demo-down: $(STAMP) ## stop the demo platform (everything it and meshwatch-stack started)

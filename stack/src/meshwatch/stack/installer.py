@@ -174,8 +174,8 @@ COMPONENTS: dict[str, Component] = {
     ]
 }
 
-#: What ``make test`` needs; the rest is installed on demand (demo, benchmarks).
-DEFAULT_COMPONENTS = ("alertmanager", "elasticsearch", "jaeger", "prometheus")
+#: What ``make test`` and ``make demo`` need; the rest is installed on demand (benchmarks).
+DEFAULT_COMPONENTS = ("alertmanager", "elasticsearch", "jaeger", "prometheus", "redis", "nats")
 
 
 def binary(component: str, short: str | None = None) -> Path:
