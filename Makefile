@@ -29,8 +29,8 @@ backends: $(STAMP) ## install Jaeger, Prometheus, Alertmanager, Elasticsearch, R
 	@$(VENV)/bin/meshwatch-stack install
 
 lint: $(STAMP) ## ruff
-	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/ruff format --check --quiet . || (echo "run: $(VENV)/bin/ruff format ." && exit 1)
+	@$(VENV)/bin/ruff check --no-cache .
+	@$(VENV)/bin/ruff format --no-cache --check --quiet . || (echo "run: $(VENV)/bin/ruff format ." && exit 1)
 
 test: $(STAMP) backends lint ## set up everything and run the whole test suite against real backends
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
