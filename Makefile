@@ -10,17 +10,17 @@ DIST_SPECS := ./instrumentation[all] ./collector ./stack ./demo-services ./dashb
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv backends test lint unit stack stack-down stack-status demo demo-down clean
+.PHONY: lock help venv backends test lint unit stack stack-down stack-status demo demo-down clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(DISTS)) pyproject.toml
+$(STAMP): requirements-dev.txt constraints.txt $(addsuffix /pyproject.toml,$(DISTS)) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "meshwatch needs Python 3.11+: set PYTHON=python3.11")'
 	@echo "==> creating $(VENV) and installing meshwatch (editable) with test tools"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet --progress-bar off $(addprefix -e ,$(DIST_SPECS)) -r requirements-dev.txt
+	@$(PY) -m pip install --quiet --progress-bar off $(addprefix -e ,$(DIST_SPECS)) -r requirements-dev.txt -c constraints.txt
 	@touch $@
 
 venv: $(STAMP) ## create .venv with all meshwatch distributions and test tools
@@ -55,3 +55,7 @@ demo-down: $(STAMP) ## stop the demo platform (everything it and meshwatch-stack
 
 clean: ## remove the virtual environment (the backend cache stays)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+lock: $(STAMP) ## re-resolve the newest allowed versions into constraints.txt (then run make test)
+	@$(PY) -m pip install --quiet --upgrade $(addprefix -e ,$(DIST_SPECS)) -r requirements-dev.txt
+	@{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.tmp && mv constraints.tmp constraints.txt
