@@ -79,6 +79,9 @@ class BoundedBatcher(Generic[T]):
         self._start_lock = threading.Lock()
         #: Outcome of the last export (None before the first): a failing collector is not waited for at exit.
         self.last_ok: bool | None = None
+        #: Items taken off the queue by an export that has not finished yet.
+        self._in_flight = 0
+        self._abandoned = False
 
     def _after_fork(self) -> None:
         # The parent's thread does not exist here and its exporter's connection belongs
@@ -149,10 +152,21 @@ class BoundedBatcher(Generic[T]):
                 self._flushed.notify_all()
 
     def _export(self, batch: list[T]) -> None:
+        self._in_flight = len(batch)
+        try:
+            self._export_batch(batch)
+        finally:
+            self._in_flight = 0
+
+    def _drop(self, reason: str, count: int) -> None:
+        if not self._abandoned:  # abandon() already counted these
+            TALLY.add(self.signal, reason, count)
+
+    def _export_batch(self, batch: list[T]) -> None:
         exporter = self._get_exporter()
         if exporter is None:
             self.last_ok = False
-            TALLY.add(self.signal, "export_failed", len(batch))
+            self._drop("export_failed", len(batch))
             return
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
@@ -161,13 +175,13 @@ class BoundedBatcher(Generic[T]):
         except Exception:
             _logger.exception("meshwatch %s exporter raised; %d items dropped", self.signal, len(batch))
             self.last_ok = False
-            TALLY.add(self.signal, "export_failed", len(batch))
+            self._drop("export_failed", len(batch))
             return
         finally:
             detach(token)
         self.last_ok = _succeeded(result)
         if not self.last_ok:
-            TALLY.add(self.signal, "export_failed", len(batch))
+            self._drop("export_failed", len(batch))
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -194,10 +208,13 @@ class BoundedBatcher(Generic[T]):
         """Flush within ``timeout`` seconds, then stop; what is still queued is counted as dropped."""
         if self._shutdown:
             return
-        if self._pid == os.getpid():
-            self.force_flush(timeout)
+        flushed = self.force_flush(timeout) if self._pid == os.getpid() else True
         self._shutdown = True
         self._wake.set()
+        if not flushed:
+            # An export may still be running (retrying an unreachable collector): its
+            # items will not arrive before the process exits, so count them now.
+            self.abandon()
         left = len(self._queue)
         if left:
             self._queue.clear()
@@ -206,6 +223,22 @@ class BoundedBatcher(Generic[T]):
         if exporter is not None and self._pid == os.getpid():
             # The exporter's own shutdown interrupts its retry back-off.
             threading.Thread(target=_quiet_shutdown, args=(exporter,), daemon=True).start()
+
+    def abandon(self) -> None:
+        """Count as dropped what is still queued or in flight, when the exit deadline has passed.
+
+        Called by ``meshwatch.shutdown`` for a batcher whose flush is still running at
+        its deadline (e.g. an export retrying against an unreachable collector): the
+        process is about to exit, so those items will never arrive, and the final drop
+        report must say so rather than race the export thread.
+        """
+        if self._abandoned:
+            return
+        self._abandoned = True
+        left = len(self._queue) + self._in_flight
+        self._queue.clear()
+        if left:
+            TALLY.add(self.signal, "shutdown", left)
 
     @property
     def queued(self) -> int:

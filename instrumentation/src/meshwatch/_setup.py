@@ -422,7 +422,8 @@ def shutdown(timeout: float | None = None) -> None:
         st.log_batcher = None
         if st.handler is not None:
             st.handler.enqueue = None
-        workers = [threading.Thread(target=b.shutdown, args=(timeout,), daemon=True) for b in batchers]
+        batcher_workers = [(b, threading.Thread(target=b.shutdown, args=(timeout,), daemon=True)) for b in batchers]
+        workers = [w for _, w in batcher_workers]
         if st.periodic_reader is not None and st.pid == os.getpid():
             workers.append(
                 threading.Thread(
@@ -436,6 +437,9 @@ def shutdown(timeout: float | None = None) -> None:
             worker.start()
         for worker in workers:
             worker.join(remaining())
+        for batcher, worker in batcher_workers:
+            if worker.is_alive():  # still exporting at the deadline: what it holds will not arrive
+                batcher.abandon()
         if st.metric_fan_out is not None:
             st.metric_fan_out.set_factories([])
         if st.prometheus is not None:
