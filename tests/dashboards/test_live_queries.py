@@ -6,7 +6,8 @@ OTLP to Jaeger from two services); the runner must report data for exactly the p
 feed and empty for the others (CPU, spanmetrics, … which only the demo mesh produces). The
 dashboards are pinned to this test's own service: the shared Prometheus may also hold the
 demo's series, when tests/demo ran earlier in the session. The "every panel returns data under
-load" test of the demo (tests/demo/test_dashboards_live.py) calls the same function.
+load" test of the demo (tests/demo/test_dashboards_live.py) calls the same function. What the
+runner brings back is then drawn (``meshwatch-dashboards render-png``) and must show those series.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 
 from meshwatch.dashboards import build
 from meshwatch.dashboards.queries import Backends, TimeRange, run_dashboards
+from meshwatch.dashboards.render import dashboard_figure
 from meshwatch.stack.testing import eventually
 
 pytestmark = pytest.mark.integration
@@ -139,6 +141,12 @@ def test_service_overview_and_endpoint_detail_on_live_prometheus_and_jaeger(
     }
     exemplar_counts = [r.exemplars for r in overview if r.query.panel_title == "Latency p50 / p95 / p99"]
     assert all(isinstance(n, int) for n in exemplar_counts)  # asked for, as Grafana does
+    # Drawn from those results (render-png), the panels show the test service's own series.
+    _, rendered = dashboard_figure(MODELS["service-overview"], overview, time_range=time_range)
+    assert rendered.drawn["Request rate"] == 1
+    assert rendered.drawn["Latency p50 / p95 / p99"] == 3  # one series per percentile
+    assert not rendered.errors
+    assert "CPU" in rendered.empty  # only the demo mesh reports it
     assert _titles_with_data(detail, "endpoint-detail") == {
         "Latency heatmap": True,
         "Latency percentiles by route": True,
@@ -209,6 +217,10 @@ def test_logs_dashboard_on_live_elasticsearch(elasticsearch: Any) -> None:
     by_title = {r.query.panel_title: r.items for r in results}
     assert by_title["Latest error logs"] == 2  # the two error records, not the others
     assert by_title["Logs"] == 5
+    _, rendered = dashboard_figure(MODELS["logs"], results, time_range=time_range)
+    assert rendered.drawn["Latest error logs"] == 2  # table rows
+    assert rendered.drawn["Logs"] == 5  # log lines
+    assert rendered.drawn["Log volume by level"] == 3  # info, warn, error
     assert by_title["Log volume by level"] >= 3  # info, warn, error buckets
     # A service with no logs gives empty panels, which the runner reports.
     nothing = run_dashboards([MODELS["logs"]], backends, variables={"service": "no-such-svc"}, time_range=time_range)

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import build
 from .check import check_all
@@ -42,42 +43,100 @@ def _parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser(
         "run-queries", help="run every panel's queries against live backends; exit 1 if any is empty"
     )
-    p_run.add_argument("--prometheus", help="Prometheus URL, e.g. http://127.0.0.1:9090")
-    p_run.add_argument("--elasticsearch", help="Elasticsearch URL")
-    p_run.add_argument("--jaeger", help="Jaeger query URL")
-    p_run.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="pin a template variable")
-    p_run.add_argument("--range", default="1h", help="time range ending now (default 1h)")
-    p_run.add_argument("--rate-interval", default="1m", help="value of $__rate_interval (default 1m)")
-    p_run.add_argument("--dashboard", action="append", default=[], help="only these dashboards (file stems)")
+    _query_options(p_run)
     p_run.add_argument("--json", action="store_true", help="print results as JSON")
 
-    p_png = sub.add_parser("render-png", help="draw each dashboard's panel layout to PNG (needs the png extra)")
+    p_png = sub.add_parser(
+        "render-png",
+        help="draw each dashboard to PNG: with backends, its panels with their live data; without, the layout"
+        " (needs the png extra)",
+        description="Draw dashboards/json/*.json to <out>/dashboards-<name>.png. Given --prometheus,"
+        " --elasticsearch and --jaeger, every panel's queries run against them (as run-queries does) and each"
+        " panel is drawn with its data at its grid position; without any backend, only the panel layout.",
+    )
     p_png.add_argument("--out", type=Path, default=build.DASHBOARDS_DIR.parent / "docs" / "img", help="folder")
+    _query_options(p_png)
+    p_png.add_argument(
+        "--end", help="end of the time range: Unix seconds or ISO 8601 (default now)", type=_timestamp, default=None
+    )
+    p_png.add_argument("--step", type=int, default=None, help="seconds between points (default: range / 200)")
+    p_png.add_argument("--dpi", type=float, default=100, help="resolution (default 100)")
     return parser
 
 
-def _run_queries(args: argparse.Namespace) -> int:
-    from .queries import Backends, TimeRange, _seconds, run_dashboards
+def _query_options(parser: argparse.ArgumentParser) -> None:
+    """What run-queries and render-png share: backends, variables, the time range, dashboards."""
+    parser.add_argument("--prometheus", help="Prometheus URL, e.g. http://127.0.0.1:9090")
+    parser.add_argument("--elasticsearch", help="Elasticsearch URL")
+    parser.add_argument("--jaeger", help="Jaeger query URL")
+    parser.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="[DASHBOARD:]NAME=VALUE",
+        help="pin a template variable (in one dashboard only with its file stem, e.g. endpoint-detail:service=gateway)",
+    )
+    parser.add_argument("--range", default="1h", help="time range ending now (or at --end), e.g. 30m (default 1h)")
+    parser.add_argument("--rate-interval", default="1m", help="value of $__rate_interval (default 1m)")
+    parser.add_argument("--dashboard", action="append", default=[], help="only these dashboards (file stems)")
 
-    pinned: dict[str, str] = {}
+
+def _timestamp(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (Unix seconds or ISO 8601)") from None
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _pins(args: argparse.Namespace, models: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Pinned variables per dashboard stem: ``NAME=VALUE`` for all, ``STEM:NAME=VALUE`` for one."""
+    pins: dict[str, dict[str, str]] = {name: {} for name in models}
     for item in args.var:
         name, sep, value = item.partition("=")
         if not sep:
-            print(f"meshwatch-dashboards: --var needs NAME=VALUE, got {item!r}", file=sys.stderr)
-            return EXIT_USAGE
-        pinned[name] = value
+            raise _UsageError(f"--var needs NAME=VALUE, got {item!r}")
+        stem, colon, name = name.rpartition(":")
+        if colon and stem not in pins:
+            raise _UsageError(f"--var {item!r}: no dashboard {stem!r}; have {sorted(pins)}")
+        for dashboard in [stem] if colon else pins:
+            pins[dashboard][name] = value
+    return pins
+
+
+def _selected(args: argparse.Namespace) -> dict[str, Any]:
     models = build.load_committed()
     if args.dashboard:
         unknown = set(args.dashboard) - set(models)
         if unknown:
-            print(
-                f"meshwatch-dashboards: unknown dashboard(s) {sorted(unknown)}; have {sorted(models)}", file=sys.stderr
-            )
-            return EXIT_USAGE
+            raise _UsageError(f"unknown dashboard(s) {sorted(unknown)}; have {sorted(models)}")
         models = {k: v for k, v in models.items() if k in args.dashboard}
+    return models
+
+
+def _run_queries(args: argparse.Namespace) -> int:
+    from .queries import Backends, TimeRange, _seconds, run_dashboard
+
+    try:
+        models = _selected(args)
+        pins = _pins(args, models)
+    except _UsageError as exc:
+        print(f"meshwatch-dashboards: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     backends = Backends(prometheus=args.prometheus, elasticsearch=args.elasticsearch, jaeger=args.jaeger)
     time_range = TimeRange(seconds=_seconds(args.range), rate_interval=args.rate_interval)
-    results = run_dashboards(models, backends, variables=pinned, time_range=time_range)
+    results = []
+    for name, model in models.items():
+        results += run_dashboard(model, backends, variables=pins[name], time_range=time_range).results
     if args.json:
         print(
             json.dumps(
@@ -157,15 +216,51 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "run-queries":
         return _run_queries(args)
     elif args.command == "render-png":
-        try:
-            from .layout_png import render_layout
-
-            for name, model in build.load_committed().items():
-                print(render_layout(model, args.out / f"dashboards-{name}.png"))
-        except ImportError:
-            print(
-                "meshwatch-dashboards: render-png needs matplotlib: pip install 'meshwatch-dashboards[png]'",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
+        return _render_png(args)
     return EXIT_OK
+
+
+def _render_png(args: argparse.Namespace) -> int:
+    """Layout pictures without backends; with them, every panel drawn from its live data."""
+    try:
+        import matplotlib  # noqa: F401  (the png extra)
+    except ImportError:
+        print(
+            "meshwatch-dashboards: render-png needs matplotlib: pip install 'meshwatch-dashboards[png]'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        models = _selected(args)
+        pins = _pins(args, models)
+    except _UsageError as exc:
+        print(f"meshwatch-dashboards: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not (args.prometheus or args.elasticsearch or args.jaeger):
+        from .layout_png import render_layout
+
+        for name, model in models.items():
+            print(render_layout(model, args.out / f"dashboards-{name}.png"))
+        return EXIT_OK
+    from .queries import Backends, TimeRange, _seconds, run_dashboard
+    from .render import render_dashboard
+
+    backends = Backends(prometheus=args.prometheus, elasticsearch=args.elasticsearch, jaeger=args.jaeger)
+    end = {"end": args.end} if args.end is not None else {}
+    time_range = TimeRange(seconds=_seconds(args.range), rate_interval=args.rate_interval, step=args.step, **end)
+    failed = False
+    for name, model in models.items():
+        run = run_dashboard(model, backends, variables=pins[name], time_range=time_range)
+        path = args.out / f"dashboards-{name}.png"
+        rendered = render_dashboard(
+            model, run.results, path, time_range=time_range, variables=run.variables, dpi=args.dpi
+        )
+        drawn = sum(1 for n in rendered.drawn.values() if n)
+        print(f"{path}  ({drawn} of {len(rendered.drawn)} panels with data, {path.stat().st_size // 1024} KiB)")
+        for title in rendered.empty:
+            print(f"  no data: {title}")
+        for title, errors in rendered.errors.items():
+            failed = True
+            for error in errors:
+                print(f"  query failed: {title} {error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK

@@ -8,6 +8,10 @@ graphs to Jaeger's query API — and reports per panel whether data came back.
     results = run_dashboards(dashboards(), Backends(prometheus=..., elasticsearch=..., jaeger=...))
     empty = [r for r in results if not r.has_data]
 
+Each result also keeps what the backend answered (``QueryResult.data``: Prometheus' ``data``
+object of ``/api/v1/query_range`` or ``/api/v1/query``, the Elasticsearch response, Jaeger's
+``data`` list), so ``meshwatch.dashboards.render`` can draw the panel from it.
+
 Variables are resolved the way Grafana's defaults would: "All" for variables that allow it
 (their ``allValue``), else the first value their own query returns; pass ``variables`` to pin
 any of them (``{"service": "orders"}``).
@@ -30,6 +34,7 @@ from .datasources import LOG_INDEX
 
 __all__ = [
     "Backends",
+    "DashboardRun",
     "PanelQuery",
     "QueryResult",
     "TimeRange",
@@ -37,6 +42,7 @@ __all__ = [
     "extract_queries",
     "interpolate",
     "resolve_variables",
+    "run_dashboard",
     "run_dashboards",
     "run_query",
 ]
@@ -62,10 +68,17 @@ class TimeRange:
     seconds: int = 3600
     rate_interval: str = "1m"
     interval: str = "15s"
+    #: Seconds between the points of a range query; None: about 200 points over the range.
+    step: int | None = None
 
     @property
     def start(self) -> float:
         return self.end - self.seconds
+
+    @property
+    def query_step(self) -> int:
+        """The ``step`` of ``/api/v1/query_range`` (what Grafana derives from the panel width)."""
+        return self.step or max(1, self.seconds // 200)
 
     def builtins(self) -> dict[str, str]:
         return {
@@ -108,6 +121,11 @@ class QueryResult:
     error: str | None = None
     exemplars: int | None = None  # Prometheus targets with exemplars on
     nan_series: int = 0  # Prometheus series returned with no number in the whole range
+    #: What the backend answered, for drawing: Prometheus' ``data`` object (``resultType``,
+    #: ``result``), the Elasticsearch ``_search`` response, Jaeger's ``data`` list.
+    data: Any = field(default=None, repr=False, compare=False)
+    #: Prometheus ``/api/v1/query_exemplars`` ``data`` (series with their exemplars), when asked for.
+    exemplar_data: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_data(self) -> bool:
@@ -416,12 +434,14 @@ def run_query(query: PanelQuery, backends: Backends, time_range: TimeRange) -> Q
         if query.datasource == "elasticsearch":
             body = es_search_body(target, time_range)
             url = f"{_need(backends.elasticsearch, 'elasticsearch')}/{LOG_INDEX}/_search"
-            return QueryResult(query, _count_es(_post(url, body, backends), target))
+            answer = _post(url, body, backends)
+            return QueryResult(query, _count_es(answer, target), data=answer)
         if query.datasource == "jaeger":
             base = _need(backends.jaeger, "jaeger")
             if target.get("queryType") == "dependencyGraph":
                 params = {"endTs": int(time_range.end * 1000), "lookback": time_range.seconds * 1000}
-                return QueryResult(query, len(_get(f"{base}/api/dependencies", params, backends)["data"] or []))
+                found = _get(f"{base}/api/dependencies", params, backends)["data"] or []
+                return QueryResult(query, len(found), data=found)
             if target.get("queryType", "search") == "search":
                 params = {
                     "service": target.get("service", ""),
@@ -431,7 +451,8 @@ def run_query(query: PanelQuery, backends: Backends, time_range: TimeRange) -> Q
                 }
                 if target.get("operation"):
                     params["operation"] = target["operation"]
-                return QueryResult(query, len(_get(f"{base}/api/traces", params, backends)["data"] or []))
+                found = _get(f"{base}/api/traces", params, backends)["data"] or []
+                return QueryResult(query, len(found), data=found)
             raise ValueError(f"unsupported Jaeger queryType {target.get('queryType')!r}")
         raise ValueError(f"unsupported datasource type {query.datasource!r}")
     except Exception as exc:  # one broken query must not hide the others' results
@@ -448,19 +469,26 @@ def _run_prometheus(query: PanelQuery, backends: Backends, time_range: TimeRange
     if target.get("instant"):
         data = _get(f"{base}/api/v1/query", {"query": expr, "time": time_range.end}, backends)
     else:
-        step = max(1, time_range.seconds // 200)
-        params = {"query": expr, "start": time_range.start, "end": time_range.end, "step": step}
+        params = {"query": expr, "start": time_range.start, "end": time_range.end, "step": time_range.query_step}
         data = _get(f"{base}/api/v1/query_range", params, backends)
     if data.get("status") != "success":
         raise RuntimeError(f"Prometheus: {data.get('error')}")
     series = data["data"]["result"]
     items = sum(1 for s in series if _has_number(s))
     exemplars = None
+    found = None
     if target.get("exemplar"):
         params = {"query": expr, "start": time_range.start, "end": time_range.end}
         found = _get(f"{base}/api/v1/query_exemplars", params, backends).get("data") or []
-        exemplars = sum(len(series.get("exemplars", [])) for series in found)
-    return QueryResult(query, items, exemplars=exemplars, nan_series=len(series) - items)
+        exemplars = sum(len(s.get("exemplars", [])) for s in found)
+    return QueryResult(
+        query,
+        items,
+        exemplars=exemplars,
+        nan_series=len(series) - items,
+        data=data["data"],
+        exemplar_data=found,
+    )
 
 
 def _has_number(series: dict[str, Any]) -> bool:
@@ -469,6 +497,37 @@ def _has_number(series: dict[str, Any]) -> bool:
         return True
     samples = series.get("values") or ([series["value"]] if "value" in series else [])
     return any(math.isfinite(float(value)) for _, value in samples)
+
+
+@dataclass(frozen=True)
+class DashboardRun:
+    """One dashboard's queries run: the variable values used, and one result per target."""
+
+    model: dict[str, Any] = field(repr=False)
+    variables: dict[str, VariableValue]
+    results: list[QueryResult]
+
+
+def run_dashboard(
+    model: dict[str, Any],
+    backends: Backends,
+    *,
+    variables: Mapping[str, VariableValue] | None = None,
+    time_range: TimeRange | None = None,
+) -> DashboardRun:
+    """Resolve the variables of one dashboard and run every query of every panel.
+
+    A variable that cannot be resolved is one failed result (panel id 0, "(variables)").
+    """
+    time_range = time_range or TimeRange()
+    try:
+        resolved = resolve_variables(model, backends, time_range, variables)
+    except Exception as exc:
+        stub = PanelQuery(model.get("uid", "?"), 0, "(variables)", "", "", "", {})
+        return DashboardRun(model, {}, [QueryResult(stub, 0, error=f"{type(exc).__name__}: {exc}")])
+    results = [run_query(q, backends, time_range) for q in extract_queries(model, resolved, time_range)]
+    chosen = {name: ("All" if v.is_all else v.value) for name, v in resolved.items()}
+    return DashboardRun(model, chosen, results)
 
 
 def run_dashboards(
@@ -483,11 +542,5 @@ def run_dashboards(
     items = models.values() if isinstance(models, Mapping) else models
     results: list[QueryResult] = []
     for model in items:
-        try:
-            resolved = resolve_variables(model, backends, time_range, variables)
-        except Exception as exc:
-            stub = PanelQuery(model.get("uid", "?"), 0, "(variables)", "", "", "", {})
-            results.append(QueryResult(stub, 0, error=f"{type(exc).__name__}: {exc}"))
-            continue
-        results += [run_query(q, backends, time_range) for q in extract_queries(model, resolved, time_range)]
+        results += run_dashboard(model, backends, variables=variables, time_range=time_range).results
     return results

@@ -7,7 +7,7 @@ from grafana_foundation_sdk.builders import elasticsearch as es
 from grafana_foundation_sdk.builders import logs, table, timeseries
 from grafana_foundation_sdk.builders.common import StackingConfig
 from grafana_foundation_sdk.models.common import GraphDrawStyle, LogsSortOrder, StackingMode
-from grafana_foundation_sdk.models.dashboard import VariableOption, VariableRefresh
+from grafana_foundation_sdk.models.dashboard import DynamicConfigValue, VariableOption, VariableRefresh
 
 from .._sdk import ES, es_count_by, es_logs, organize, trace_link
 from .common import frame
@@ -42,8 +42,12 @@ def _level_variable() -> db.CustomVariable:
     )
 
 
+#: Each level in the colour a reader expects of it (the volume by level panel).
+LEVEL_COLORS = {"debug": "blue", "info": "green", "warn": "orange", "error": "red", "fatal": "dark-red"}
+
+
 def _volume(title: str, field_name: str) -> timeseries.Panel:
-    return (
+    panel = (
         timeseries.Panel()
         .title(title)
         .description(f"Log records per interval by {field_name}.")
@@ -56,6 +60,12 @@ def _volume(title: str, field_name: str) -> timeseries.Panel:
         .height(8)
         .with_target(es_count_by(SELECTED, field_name))
     )
+    if field_name == "log.level":
+        for level, color in LEVEL_COLORS.items():
+            panel = panel.override_by_name(
+                level, [DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color})]
+            )
+    return panel
 
 
 def build() -> db.Dashboard:

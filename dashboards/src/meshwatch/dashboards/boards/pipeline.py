@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import stat, timeseries
+from grafana_foundation_sdk.models.common import BigValueTextMode
 
 from .._sdk import PROM, prom, prom_variable
 from .common import frame
@@ -41,7 +42,9 @@ def build() -> db.Dashboard:
         .with_panel(
             stat.Panel()
             .title("Collector version")
+            .description("Each collector instance and the version it runs (meshwatch_collector_info).")
             .datasource(PROM)
+            .text_mode(BigValueTextMode.NAME)
             .span(6)
             .height(4)
             .with_target(prom(f"meshwatch_collector_info{{{INST}}}", "{{instance}} {{version}}", instant=True))
