@@ -22,7 +22,7 @@ from matplotlib.patches import Circle, Rectangle, Wedge
 from matplotlib.text import Annotation
 from PIL import Image
 
-from meshwatch.dashboards import build
+from meshwatch.dashboards import build, cli
 from meshwatch.dashboards.queries import PanelQuery, QueryResult, TimeRange
 from meshwatch.dashboards.render import dashboard_figure, render_dashboard
 from meshwatch.dashboards.render.frames import (
@@ -376,3 +376,44 @@ def test_a_dashboard_renders_to_a_small_png_with_every_recorded_panel(tmp_path: 
 )
 def test_units_read_as_grafana_writes_them(value: float, unit: str, decimals: int | None, expected: str) -> None:
     assert format_value(value, unit, decimals) == expected
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_render_png_without_backends_draws_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["render-png", "--out", str(tmp_path), "--dashboard", "slo"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["dashboards-slo.png"]
+    assert str(tmp_path / "dashboards-slo.png") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--var", "service"], "--var needs NAME=VALUE"),
+        (["--var", "nosuch:service=x"], "no dashboard 'nosuch'"),
+        (["--dashboard", "nosuch"], "unknown dashboard(s) ['nosuch']"),
+    ],
+)
+def test_render_png_refuses_bad_arguments_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert cli.main(["render-png", "--out", str(tmp_path), *args]) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_variable_can_be_pinned_in_one_dashboard_only() -> None:
+    args = cli._parser().parse_args(
+        ["render-png", "--var", "endpoint-detail:service=gateway", "--var", "environment=demo"]
+    )
+    pins = cli._pins(args, MODELS)
+    assert pins["endpoint-detail"] == {"service": "gateway", "environment": "demo"}
+    assert pins["service-overview"] == {"environment": "demo"}
+
+
+def test_end_takes_unix_seconds_or_iso_8601() -> None:
+    assert cli._timestamp("1795646680") == 1795646680.0
+    assert cli._timestamp("2026-11-25T22:44:40Z") == 1795646680.0
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["render-png", "--end", "yesterday"])
