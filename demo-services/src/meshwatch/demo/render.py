@@ -80,6 +80,23 @@ def pick_checkout_trace(jaeger_url: str) -> dict[str, Any]:
     return max(traces, key=lambda t: (services(t), len(t["spans"])))
 
 
+def _service(trace: dict[str, Any], span: dict[str, Any]) -> str:
+    return trace["processes"][span["processID"]]["serviceName"]
+
+
+def _operation(trace: dict[str, Any], span: dict[str, Any], children: list[dict[str, Any]]) -> str:
+    """The span's name as a reader wants it: an HTTP client span ("POST") says which service it
+    called, a database span names the database file, not its whole path."""
+    name = span["operationName"]
+    called = {_service(trace, c) for c in children} - {_service(trace, span)}
+    if len(called) == 1 and " " not in name:
+        return f"{name} → {called.pop()}"
+    verb, _, target = name.partition(" ")
+    if target.startswith("/") and target.endswith(".db"):
+        return f"{verb} {target.rsplit('/', 1)[-1]}"
+    return name
+
+
 def render_waterfall(trace: dict[str, Any], out: Path) -> Path:
     """One bar per span on a shared time axis, in parent-before-child order, coloured by service."""
     plt = _pyplot()
@@ -97,22 +114,29 @@ def render_waterfall(trace: dict[str, Any], out: Path) -> Path:
 
     walk(None, 0)
     start = min(s["startTime"] for s in spans.values())
-    fig, ax = plt.subplots(figsize=(11, 0.32 * len(ordered) + 1.2))
+    height = 0.3 * len(ordered) + 1.0
+    fig, ax = plt.subplots(figsize=(11, height))
     for row, (depth, span) in enumerate(ordered):
-        service = trace["processes"][span["processID"]]["serviceName"]
+        service = _service(trace, span)
         tags = {t["key"]: t["value"] for t in span["tags"]}
         failed = tags.get("otel.status_code") == "ERROR"
         left, width = (span["startTime"] - start) / 1000, max(span["duration"] / 1000, 0.05)
         ax.barh(row, width, left=left, color=COLOURS.get(service, "#999999"), edgecolor="red" if failed else "none")
-        label = f"{'  ' * depth}{service}: {span['operationName']}"
+        label = f"{'  ' * depth}{service}: {_operation(trace, span, children.get(span['spanID'], []))}"
         ax.text(-0.01, row, label, ha="right", va="center", fontsize=8, transform=ax.get_yaxis_transform())
         ax.text(left + width, row, f" {span['duration'] / 1000:.1f} ms", va="center", fontsize=7)
     ax.set_yticks([])
-    ax.invert_yaxis()
+    ax.set_ylim(len(ordered) - 0.4, -0.6)  # first span on top, no empty rows around
+    end = max(s["startTime"] + s["duration"] for s in spans.values())
+    ax.set_xlim(0, (end - start) / 1000 * 1.1)  # room for the last span's duration
     ax.set_xlabel("milliseconds since the trace started")
     services = sorted({trace["processes"][s["processID"]]["serviceName"] for s in spans.values()})
     ax.set_title(f"trace {trace['traceID']}: {len(spans)} spans in {len(services)} services", fontsize=10)
-    fig.subplots_adjust(left=0.38, right=0.97)
+    renderer = fig.canvas.get_renderer()
+    labels = ax.texts[::2]  # every other text is a duration
+    longest = max(t.get_window_extent(renderer).width for t in labels) / fig.dpi
+    left = min(0.45, (longest + 0.25) / 11)
+    fig.subplots_adjust(left=left, right=0.97, top=1 - 0.4 / height, bottom=0.5 / height)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
