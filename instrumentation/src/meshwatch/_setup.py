@@ -36,6 +36,7 @@ from ._metrics import HTTP_DURATION_BUCKETS, FanOutMetricExporter, build_meter_p
 from ._red import RedMetrics
 from ._redact import Redactor
 from ._resource import build_resource
+from ._span import MeshwatchTracerProvider
 from ._traces import MeshwatchSpanProcessor, SwitchableSampler, build_propagator, build_sampler, redact_spans
 
 __all__ = ["Status", "force_flush", "init", "instrument", "shutdown", "state"]
@@ -165,7 +166,7 @@ def _log_batcher(settings: Settings) -> BoundedBatcher[Any] | None:
 
 def _install_providers(st: _State, *, capture_metrics: bool) -> None:
     settings = st.settings
-    st.tracer_provider = TracerProvider(
+    st.tracer_provider = MeshwatchTracerProvider(
         sampler=st.sampler,
         resource=st.resource,
         shutdown_on_exit=False,
