@@ -90,7 +90,6 @@ def _pairs(keys: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
 
 _SERVER_PAIRS = _pairs(_SERVER_KEYS)
 _CLIENT_PAIRS = _pairs(_CLIENT_KEYS)
-_ACTIVE_PAIRS = _pairs(_ACTIVE_KEYS)
 
 
 def _values(attributes: Any, pairs: tuple[tuple[str, str | None], ...]) -> tuple[Any, ...]:
@@ -103,6 +102,23 @@ def _values(attributes: Any, pairs: tuple[tuple[str, str | None], ...]) -> tuple
             value = get(old)
         out.append(value)
     return tuple(out)
+
+
+def _server_key(get: Any) -> tuple[Any, ...]:
+    """``_values(attributes, _SERVER_PAIRS)`` unrolled: this runs for every request."""
+    method = get("http.request.method")
+    if method is None:
+        method = get("http.method")
+    status = get("http.response.status_code")
+    if status is None:
+        status = get("http.status_code")
+    scheme = get("url.scheme")
+    if scheme is None:
+        scheme = get("http.scheme")
+    version = get("network.protocol.version")
+    if version is None:
+        version = get("http.flavor")
+    return method, get("http.route"), status, scheme, get("error.type"), version
 
 
 class RedMetrics:
@@ -126,24 +142,33 @@ class RedMetrics:
     def on_start(self, span: Any) -> None:
         if span._kind is _SERVER:
             attributes = span._attributes
-            if attributes and ("http.request.method" in attributes or "http.method" in attributes):
-                key = _values(attributes, _ACTIVE_PAIRS)
+            values = getattr(attributes, "_dict", attributes)  # BoundedAttributes' own dict
+            if values and ("http.request.method" in values or "http.method" in values):
+                get = values.get
+                method = get("http.request.method")
+                if method is None:
+                    method = get("http.method")
+                scheme = get("url.scheme")
+                if scheme is None:
+                    scheme = get("http.scheme")
+                key = method, scheme  # _ACTIVE_KEYS
                 with self._lock:
-                    self._active[key] = self._active.get(key, 0) + 1
+                    active = self._active
+                    active[key] = active.get(key, 0) + 1
 
     def on_end(self, span: Any) -> None:
         kind = span._kind
         if kind is not _SERVER and kind is not _CLIENT:
             return
-        attributes = span._attributes
+        attributes = getattr(span._attributes, "_dict", span._attributes)  # BoundedAttributes' own dict
         if not attributes or ("http.request.method" not in attributes and "http.method" not in attributes):
             return
-        duration = (span._end_time - span._start_time) / 1e9
+        end = span._end_time
+        duration = (end - span._start_time) / 1e9
         index = bisect_left(self.buckets, duration)
         context = span._context
-        sampled = context.trace_flags & 1
         if kind is _SERVER:
-            key = _values(attributes, _SERVER_PAIRS)
+            key = _server_key(attributes.get)
             table = self._server
             active = key[0], key[3]  # method and scheme, as on_start counted them
         else:
@@ -157,13 +182,16 @@ class RedMetrics:
             series.counts[index] += 1
             series.count += 1
             series.sum += duration
-            series.min = min(series.min, duration)
-            series.max = max(series.max, duration)
-            if sampled:
-                series.exemplars[index] = (duration, span._end_time, context.trace_id, context.span_id)
+            # Compares, not min()/max(): no builtin calls on the hot path.
+            if duration < series.min:  # noqa: PLR1730
+                series.min = duration
+            if duration > series.max:  # noqa: PLR1730
+                series.max = duration
+            if context.trace_flags & 1:
+                series.exemplars[index] = (duration, end, context.trace_id, context.span_id)
             if active is not None:
                 left = self._active.get(active, 0) - 1
-                self._active[active] = max(left, 0)
+                self._active[active] = left if left > 0 else 0
 
     # --- collection -----------------------------------------------------------------
 
