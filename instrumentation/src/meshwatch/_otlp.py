@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Any
+
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+
+from ._span import UNSET_STATUS as _SHARED_UNSET
 
 __all__ = ["encode_logs", "encode_spans"]
 
@@ -111,6 +116,33 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(parts)
 
 
+#: Value types whose equality implies an identical encoding once the type is part of the key
+#: (``1 == 1.0 == True`` but they encode differently; tuples could hide such a mix, so they are left out).
+_SET_CACHEABLE = frozenset({str, int, float, bool, bytes, type(None)})
+_SET_CACHE: dict[tuple[Any, ...], bytes] = {}
+
+
+def _span_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """A span's attributes (field 9), cached as a whole.
+
+    Spans of one route carry the very same attribute set request after request, so
+    the whole encoded run is one dict lookup keyed by the items and their types
+    (both built in C), instead of a lookup per attribute.
+    """
+    values = getattr(attributes, "_dict", attributes)
+    types = tuple(map(type, values.values()))
+    if not _SET_CACHEABLE.issuperset(types):
+        return _attributes(b"\x4a", values)
+    key = (tuple(values.items()), types)
+    encoded = _SET_CACHE.get(key)
+    if encoded is None:
+        encoded = _attributes(b"\x4a", values)
+        if len(_SET_CACHE) >= _CACHE_LIMIT:
+            _SET_CACHE.clear()  # high-cardinality values (ids in paths): start over rather than grow
+        _SET_CACHE[key] = encoded
+    return encoded
+
+
 # --- Resource and InstrumentationScope, encoded once per object ------------------------
 
 _RESOURCE_CACHE: dict[int, tuple[Any, bytes]] = {}
@@ -152,18 +184,27 @@ def _group(items: Sequence[Any], encode_one: Any, scope_of: Any, resource_of: An
     # Resources by identity (hashing one serialises its attributes); scopes by value, as the
     # official encoder does, so two equal scope objects share one ScopeSpans/ScopeLogs.
     by_resource: dict[int, tuple[Any, dict[Any, tuple[Any, list[bytes]]]]] = {}
+    last_resource = last_scope = _NOTHING
+    bucket: list[bytes] = []
     for item in items:
         resource = resource_of(item)
         scope = scope_of(item)
-        entry = by_resource.get(id(resource))
-        if entry is None:
-            entry = by_resource[id(resource)] = (resource, {})
-        scopes = entry[1]
-        bucket = scopes.get(scope)
-        if bucket is None:
-            bucket = scopes[scope] = (scope, [])
-        bucket[1].append(encode_one(item))
+        if resource is not last_resource or scope is not last_scope:
+            # Batches are long runs from one tracer: hash the scope only when it changes.
+            entry = by_resource.get(id(resource))
+            if entry is None:
+                entry = by_resource[id(resource)] = (resource, {})
+            scopes = entry[1]
+            found = scopes.get(scope)
+            if found is None:
+                found = scopes[scope] = (scope, [])
+            bucket = found[1]
+            last_resource, last_scope = resource, scope
+        bucket.append(encode_one(item))
     return [(resource, list(scopes.values())) for resource, scopes in by_resource.values()]
+
+
+_NOTHING = object()
 
 
 def _envelope(groups: list[tuple[Any, list[Any]]], items_tag: bytes) -> bytes:
@@ -173,7 +214,8 @@ def _envelope(groups: list[tuple[Any, list[Any]]], items_tag: bytes) -> bytes:
     for resource, scopes in groups:
         body = [_field(b"\x0a", _resource(resource))]
         for scope, encoded_items in scopes:
-            scope_body = _field(b"\x0a", _scope(scope)) + b"".join(_field(items_tag, e) for e in encoded_items)
+            framed = [items_tag + (_SMALL[n] if (n := len(e)) < 0x80 else _varint(n)) + e for e in encoded_items]
+            scope_body = _field(b"\x0a", _scope(scope)) + b"".join(framed)
             schema = getattr(scope, "schema_url", None)
             if schema:
                 scope_body += _string(b"\x1a", schema)
@@ -188,6 +230,8 @@ def _envelope(groups: list[tuple[Any, list[Any]]], items_tag: bytes) -> bytes:
 # --- spans (trace.proto) --------------------------------------------------------------
 
 _NAME_CACHE: dict[str, bytes] = {}
+_NO_TRACE_STATE = DEFAULT_TRACE_STATE  # the shared empty TraceState most spans carry
+_UNSET_STATUS = b"\x7a\x00"  # Status {} (code UNSET, no message)
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 _FLAGS_LOCAL = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
@@ -212,10 +256,13 @@ def _status(status: Any) -> bytes:
     """Status { message = 2; code = 3 } (always present, as the official encoder writes it)."""
     if status is None:
         return b""
+    description = status.description
+    code = status.status_code._value_  # the plain attribute, not Enum's descriptor
+    if not code and not description:
+        return b"\x7a\x00"
     body = b""
-    if status.description:
-        body += _string(b"\x12", status.description)
-    code = status.status_code.value
+    if description:
+        body += _string(b"\x12", description)
     if code:
         body += b"\x18" + _SMALL[code]
     return _field(b"\x7a", body)
@@ -241,29 +288,35 @@ def _link(link: Any) -> bytes:
     return body + b"\x35" + _pack_fixed32(flags)
 
 
+_IDS = struct.Struct(">2sQQ2sQ").pack  # trace_id = 1 (16 bytes, big-endian), span_id = 2 (8 bytes)
+_PARENT_ID = struct.Struct(">2sQ").pack  # parent_span_id = 4
+_TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano = 7, end_time_unix_nano = 8 (fixed64)
+_LOW64 = (1 << 64) - 1
+_KIND_FIELDS = [b"\x30" + _SMALL[kind + 1] for kind in range(5)]  # OTLP's SpanKind starts at UNSPECIFIED = 0
+
+
 def _span(span: Any) -> bytes:
     """Span message body; field numbers as in opentelemetry/proto/trace/v1/trace.proto."""
     context = span._context
-    parts = [
-        b"\x0a\x10",
-        context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        context.span_id.to_bytes(8, "big"),
-    ]
-    if context.trace_state:
-        parts.append(_string(b"\x1a", _trace_state(context.trace_state)))
+    trace_id = context.trace_id
+    parts = [_IDS(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", context.span_id)]
+    state = context.trace_state
+    if state is not _NO_TRACE_STATE and state:
+        parts.append(_string(b"\x1a", _trace_state(state)))
     parent = span._parent
     if parent is not None:
-        parts.append(b"\x22\x08")
-        parts.append(parent.span_id.to_bytes(8, "big"))
-    parts.append(_span_name(span._name))
-    kind = span._kind.value + 1  # OTLP's SpanKind starts at UNSPECIFIED = 0
-    parts.append(b"\x30" + _SMALL[kind])
-    parts.append(b"\x39" + _pack_fixed64(span._start_time))
-    parts.append(b"\x41" + _pack_fixed64(span._end_time))
+        parts.append(_PARENT_ID(b"\x22\x08", parent.span_id))
+    name = _NAME_CACHE.get(span._name)
+    parts.append(name if name is not None else _span_name(span._name))
+    parts.append(_KIND_FIELDS[span._kind._value_])  # the plain attribute, not Enum's descriptor
+    parts.append(_TIMES(0x39, span._start_time, 0x41, span._end_time))
     attributes = span._attributes
-    if attributes:
-        parts.append(_attributes(b"\x4a", attributes))
+    values = getattr(attributes, "_dict", attributes)
+    if values:
+        # _span_attributes' cache hit, inline (this runs for every span)
+        types = tuple(map(type, values.values()))
+        encoded = _SET_CACHE.get((tuple(values.items()), types)) if _SET_CACHEABLE.issuperset(types) else None
+        parts.append(encoded if encoded is not None else _span_attributes(values))
         dropped = getattr(attributes, "dropped", 0)
         if dropped:
             parts.append(b"\x50" + _varint(dropped))
@@ -279,17 +332,15 @@ def _span(span: Any) -> bytes:
         dropped = getattr(links, "dropped", 0)
         if dropped:
             parts.append(b"\x70" + _varint(dropped))
-    parts.append(_status(span._status))
+    status = span._status
+    parts.append(_UNSET_STATUS if status is _SHARED_UNSET else _status(status))
     parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
 
-def _span_scope(span: Any) -> Any:
-    return span._instrumentation_scope
-
-
-def _span_resource(span: Any) -> Any:
-    return span._resource
+# attrgetter runs in C: no Python frame per span
+_span_scope = attrgetter("_instrumentation_scope")
+_span_resource = attrgetter("_resource")
 
 
 def encode_spans(spans: Sequence[Any]) -> bytes:

@@ -34,6 +34,8 @@ class Redactor:
         self._regex = re.compile("|".join(f"(?:{p})" for p in self.patterns), re.IGNORECASE) if self.enabled else None
         self._verdicts: dict[str, bool] = {}
         self._kinds: dict[str, int] = {}
+        #: Key sets (in order) known to hold no sensitive or URL key: every span of a route has the same one.
+        self.plain_key_sets: dict[tuple[str, ...], bool] = {}
 
     def is_sensitive(self, key: str) -> bool:
         verdict = self._verdicts.get(key)
@@ -56,10 +58,19 @@ class Redactor:
         """The same mapping if nothing is sensitive (no copy), else a redacted copy."""
         if not self.enabled or not values:
             return values
+        # BoundedAttributes iterates in Python (Mapping mixins); its own dict iterates in C.
+        items = getattr(values, "_dict", values)
+        key_set = tuple(items)
+        plain = self.plain_key_sets.get(key_set)
+        if plain is None:
+            plain = all(self._kind(key) == 0 for key in key_set)
+            if len(self.plain_key_sets) < _MAX_CACHE:
+                self.plain_key_sets[key_set] = plain
+        if plain and dict not in map(type, items.values()):  # the whole check runs in C
+            return values
         kinds = self._kinds
         changed: dict[str, Any] | None = None
-        # BoundedAttributes iterates in Python (Mapping mixins); its own dict iterates in C.
-        for key, value in getattr(values, "_dict", values).items():
+        for key, value in items.items():
             kind = kinds.get(key)
             if kind is None:
                 kind = self._kind(key)

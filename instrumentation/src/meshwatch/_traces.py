@@ -17,7 +17,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import sampling as sdk_sampling
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
@@ -92,10 +92,26 @@ _RECORD_ONLY = sdk_sampling.Decision.RECORD_ONLY
 
 
 class SwitchableSampler(sdk_sampling.Sampler):
-    """Tracers keep the sampler they were created with; this lets a second ``init()`` change it."""
+    """Tracers keep the sampler they were created with; this lets a second ``init()`` change it.
+
+    Sampled or not, a span is always recorded (RED metrics count every request);
+    unsampled spans are never exported. When the inner sampler is ``ParentBased``
+    over the SDK's fixed ``ALWAYS_ON``/``ALWAYS_OFF`` samplers (meshwatch's default
+    at 100 %), the decision is made here from the parent alone, with the same
+    result as the SDK's chain but one parent lookup instead of three.
+    """
 
     def __init__(self, inner: sdk_sampling.Sampler) -> None:
         self.inner = inner
+
+    @property
+    def inner(self) -> sdk_sampling.Sampler:
+        return self._inner
+
+    @inner.setter
+    def inner(self, sampler: sdk_sampling.Sampler) -> None:
+        self._inner = sampler
+        self.static_decisions = _static_decisions(sampler)
 
     def should_sample(  # noqa: PLR0917 - the Sampler interface
         self,
@@ -107,14 +123,41 @@ class SwitchableSampler(sdk_sampling.Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> sdk_sampling.SamplingResult:
-        result = self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        static = self.static_decisions
+        if static is not None:
+            parent = get_current_span(parent_context).get_span_context()
+            if parent is None or not parent.is_valid:
+                decision, parent_state = static[0], None
+            else:
+                decision = static[1 + 2 * (not parent.is_remote) + (not parent.trace_flags.sampled)]
+                parent_state = parent.trace_state
+            if decision is _DROP:
+                return sdk_sampling.SamplingResult(_RECORD_ONLY, None, parent_state)
+            return sdk_sampling.SamplingResult(decision, attributes, parent_state)
+        result = self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
         if result.decision is _DROP:
             # Not exported, but still recorded: RED metrics count every request, sampled or not.
             return sdk_sampling.SamplingResult(_RECORD_ONLY, result.attributes, result.trace_state)
         return result
 
     def get_description(self) -> str:
-        return f"meshwatch({self.inner.get_description()})"
+        return f"meshwatch({self._inner.get_description()})"
+
+
+def _static_decisions(sampler: sdk_sampling.Sampler) -> tuple[sdk_sampling.Decision, ...] | None:
+    """Decisions of a ``ParentBased`` whose delegates are all fixed: root, remote sampled/not, local sampled/not."""
+    if type(sampler) is not sdk_sampling.ParentBased:
+        return None
+    delegates = (
+        sampler._root,
+        sampler._remote_parent_sampled,
+        sampler._remote_parent_not_sampled,
+        sampler._local_parent_sampled,
+        sampler._local_parent_not_sampled,
+    )
+    if any(type(d) is not sdk_sampling.StaticSampler for d in delegates):
+        return None
+    return tuple(d._decision for d in delegates)
 
 
 class MeshwatchSpanProcessor(SpanProcessor):
@@ -156,8 +199,9 @@ class MeshwatchSpanProcessor(SpanProcessor):
         self.on_end = on_end  # type: ignore[method-assign]
         red_start = self.red.on_start if self.red is not None else None
         starts = [p.on_start for p in self._processors]
+        self.needs_on_ending = bool(self._processors)  # MeshwatchSpan.end skips _on_ending when False
         if not starts and red_start is not None:
-            self.on_start = _red_only_start(red_start)  # type: ignore[method-assign]
+            self.on_start = red_start  # type: ignore[method-assign]
         else:
 
             def on_start(span: Any, parent_context: Context | None = None) -> None:
@@ -210,20 +254,25 @@ class MeshwatchSpanProcessor(SpanProcessor):
         return ok
 
 
-def _red_only_start(red_start: Callable[[Any], None]) -> Callable[..., None]:
-    def on_start(span: Any, parent_context: Context | None = None) -> None:
-        red_start(span)
-
-    return on_start
-
-
 def redact_spans(redactor: Redactor) -> Callable[[list[ReadableSpan]], list[ReadableSpan]]:
     """The batcher's ``prepare`` step: mask sensitive attribute values on the export thread."""
+
+    plain_key_sets = redactor.plain_key_sets
 
     def prepare(batch: list[ReadableSpan]) -> list[ReadableSpan]:
         if not redactor.enabled:
             return batch
         for span in batch:
+            # Common case without a single Python call: a key set already known to be plain,
+            # no mapping values, no events (BoundedAttributes: its own dict, so C does the work).
+            attributes = span._attributes
+            values = getattr(attributes, "_dict", attributes)
+            if (
+                not span._events
+                and (not values or plain_key_sets.get(tuple(values)))
+                and dict not in map(type, values.values() if values else ())
+            ):
+                continue
             redact_span(redactor, span)
         return batch
 
