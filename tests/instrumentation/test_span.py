@@ -13,7 +13,15 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 from meshwatch._span import MeshwatchSpan, MeshwatchTracerProvider
 
@@ -209,3 +217,25 @@ def test_span_has_every_field_the_sdk_span_has() -> None:
     assert isinstance(mine, MeshwatchSpan)
     assert isinstance(mine, Span)
     assert set(vars(mine)) == set(vars(sdk))
+
+
+def test_span_contexts_are_the_ones_the_sdk_would_build() -> None:
+    """MeshwatchTracer builds SpanContext tuples directly and reads them by position."""
+    provider = MeshwatchTracerProvider(shutdown_on_exit=False)
+    tracer = provider.get_tracer("t")
+    root = tracer.start_span("root")
+    remote_parent = SpanContext(
+        0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("k", "v")])
+    )
+    child = tracer.start_span("child", context=set_span_in_context(NonRecordingSpan(remote_parent)))
+    for span, parent in ((root, None), (child, remote_parent)):
+        ctx = span.get_span_context()
+        rebuilt = SpanContext(ctx.trace_id, ctx.span_id, False, ctx.trace_flags, ctx.trace_state)
+        assert ctx == rebuilt
+        assert ctx.is_valid and not ctx.is_remote and ctx.trace_flags.sampled
+        # random ids for a new trace; a child keeps what its parent's flags say
+        assert ctx.trace_flags.random_trace_id is (parent is None)
+        assert span.parent == parent
+    assert child.get_span_context().trace_id == 0xABC
+    assert child.get_span_context().trace_state == remote_parent.trace_state
+    assert root.get_span_context().trace_state == TraceState()

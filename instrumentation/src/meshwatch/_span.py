@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from random import getrandbits
 from time import time_ns
 from typing import Any
 
@@ -37,23 +38,37 @@ from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
 from opentelemetry.sdk.trace import EventBase, ReadableSpan, Span, SpanLimits, Tracer, TracerProvider
+from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
-__all__ = ["FastAttributes", "MeshwatchSpan", "MeshwatchTracer", "MeshwatchTracerProvider"]
+__all__ = ["UNSET_STATUS", "FastAttributes", "MeshwatchSpan", "MeshwatchTracer", "MeshwatchTracerProvider"]
 
 #: The SDK's own logger, so its warnings ("Setting attribute on ended span.", …) read and filter the same.
 _sdk_logger = logging.getLogger("opentelemetry.sdk.trace")
 _attributes_logger = logging.getLogger("opentelemetry.attributes")
 
 _PLAIN = frozenset({bool, int, float, bytes, type(None)})
-_UNSET_STATUS = Status(StatusCode.UNSET)
+#: Every span starts with this one object, so the encoder recognises an unset status by identity.
+UNSET_STATUS = Status(StatusCode.UNSET)
 _INTERNAL = SpanKind.INTERNAL
-_SAMPLED = trace_api.TraceFlags(trace_api.TraceFlags.SAMPLED)
-_DEFAULT_FLAGS = trace_api.TraceFlags(trace_api.TraceFlags.DEFAULT)
 _RANDOM = trace_api.TraceFlags.RANDOM_TRACE_ID
+#: TraceFlags by sampled + 2 * random_trace_id.
+_FLAGS = tuple(trace_api.TraceFlags(flags) for flags in (0, 1, _RANDOM, 1 | _RANDOM))
+_DROP = Decision.DROP
+_RECORD_ONLY = Decision.RECORD_ONLY
+_RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
+#: SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid).
+_TRACE_ID, _IS_REMOTE, _TRACE_FLAGS, _TRACE_STATE, _IS_VALID = 0, 2, 3, 4, 5
+_SpanContext = trace_api.SpanContext
+_NO_STATE = DEFAULT_TRACE_STATE
+_new_tuple = tuple.__new__
+_new_readable = object.__new__
 _get_current_span = trace_api.get_current_span
 
 
@@ -240,7 +255,7 @@ class MeshwatchSpan(Span):
         self._start_time: int | None = None
         self._end_time: int | None = None
         self._resource = resource
-        self._status = _UNSET_STATUS
+        self._status = UNSET_STATUS
         # Span's fields
         self._sampler = sampler
         self._trace_config = trace_config
@@ -289,7 +304,7 @@ class MeshwatchSpan(Span):
         _sdk_logger.warning("Tried calling %s on an ended span.", "_add_link")
 
     def _readable_span(self) -> ReadableSpan:
-        readable = ReadableSpan.__new__(ReadableSpan)
+        readable = _new_readable(ReadableSpan)
         readable.__dict__.update(
             _name=self._name,
             _context=self._context,
@@ -319,8 +334,26 @@ class MeshwatchSpan(Span):
         if self._record_end_metrics is not None:
             self._record_end_metrics()
         processor = self._span_processor
-        processor._on_ending(self)
-        processor.on_end(self._readable_span())
+        if getattr(processor, "needs_on_ending", True):  # meshwatch's processor says when no one listens
+            processor._on_ending(self)
+        # _readable_span(), inline
+        readable = _new_readable(ReadableSpan)
+        readable.__dict__.update(
+            _name=self._name,
+            _context=self._context,
+            _kind=self._kind,
+            _instrumentation_info=self._instrumentation_info,
+            _instrumentation_scope=self._instrumentation_scope,
+            _parent=self._parent,
+            _start_time=self._start_time,
+            _end_time=self._end_time,
+            _attributes=self._attributes,
+            _events=self._events,
+            _links=self._links,
+            _resource=self._resource,
+            _status=self._status,
+        )
+        processor.on_end(readable)
 
 
 class MeshwatchTracer(Tracer):
@@ -337,43 +370,69 @@ class MeshwatchTracer(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace_api.Span:
-        # The SDK's Tracer.start_span, step for step, with MeshwatchSpan in place of _Span.
+        # The SDK's Tracer.start_span, step for step, with MeshwatchSpan in place of _Span;
+        # the defaults (random ids, meshwatch's fixed-decision sampler, no SDK self-metrics)
+        # are decided inline, reading SpanContext fields by position (C) not by property (Python).
         links = links or ()
-        parent_span_context = _get_current_span(context).get_span_context()
-        if parent_span_context is not None and not isinstance(parent_span_context, trace_api.SpanContext):
+        parent = _get_current_span(context).get_span_context()
+        if parent is not None and not isinstance(parent, trace_api.SpanContext):
             raise TypeError("parent_span_context must be a SpanContext or None.")
-        if not self._is_enabled():
-            return trace_api.NonRecordingSpan(context=parent_span_context)
-        if parent_span_context is None or not parent_span_context.is_valid:
-            parent_span_context = None
-            trace_id = self.id_generator.generate_trace_id()
-            random_trace_id = self.id_generator.is_trace_id_random()
+        if not self._tracer_config.is_enabled:
+            return trace_api.NonRecordingSpan(context=parent)
+        if parent is None or not parent[_IS_VALID]:
+            parent = None
+        ids = self.id_generator
+        random_ids = type(ids) is RandomIdGenerator
+        if parent is not None:
+            trace_id = parent[_TRACE_ID]
+            random_trace_id = parent[_TRACE_FLAGS] & _RANDOM
+        elif random_ids:
+            trace_id = getrandbits(128)
+            while not trace_id:
+                trace_id = getrandbits(128)
+            random_trace_id = True
         else:
-            trace_id = parent_span_context.trace_id
-            random_trace_id = parent_span_context.trace_flags.random_trace_id
-        sampling_result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        decision = sampling_result.decision
-        trace_flags = _SAMPLED if decision.is_sampled() else _DEFAULT_FLAGS
-        if random_trace_id:
-            trace_flags = trace_api.TraceFlags(trace_flags | _RANDOM)
-        span_context = trace_api.SpanContext(
-            trace_id,
-            self.id_generator.generate_span_id(),
-            is_remote=False,
-            trace_flags=trace_flags,
-            trace_state=sampling_result.trace_state,
+            trace_id = ids.generate_trace_id()
+            random_trace_id = ids.is_trace_id_random()
+        sampler = self.sampler
+        static = getattr(sampler, "static_decisions", None)
+        if static is not None:
+            # SwitchableSampler over ParentBased(fixed samplers): its decision, without three parent lookups.
+            if parent is None:
+                decision, trace_state = static[0], None
+            else:
+                decision = static[1 + 2 * (not parent[_IS_REMOTE]) + (not parent[_TRACE_FLAGS] & 1)]
+                trace_state = parent[_TRACE_STATE]
+            if decision is _DROP:
+                decision, attributes = _RECORD_ONLY, None
+        else:
+            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision, attributes, trace_state = result.decision, result.attributes, result.trace_state
+        sampled = decision is _RECORD_AND_SAMPLE
+        trace_flags = _FLAGS[sampled + 2 * bool(random_trace_id)]
+        if random_ids:
+            span_id = getrandbits(64)
+            while not span_id:
+                span_id = getrandbits(64)
+        else:
+            span_id = ids.generate_span_id()
+        # SpanContext.__new__ minus its range checks: both ids are non-zero and in range here.
+        span_context = _new_tuple(
+            _SpanContext,
+            (trace_id, span_id, False, trace_flags, _NO_STATE if trace_state is None else trace_state, True),
         )
-        record_end_metrics = self._tracer_metrics.start_span(parent_span_context, decision)
-        if not decision.is_recording():
+        metrics = self._tracer_metrics
+        record_end_metrics = None if type(metrics) is NoOpTracerMetrics else metrics.start_span(parent, decision)
+        if decision is not _RECORD_ONLY and not sampled:
             return trace_api.NonRecordingSpan(context=span_context)
         span = MeshwatchSpan(
             name,
             span_context,
-            parent_span_context,
-            self.sampler,
+            parent,
+            sampler,
             None,
             self.resource,
-            sampling_result.attributes,
+            attributes,
             None,
             links,
             kind,
@@ -385,7 +444,9 @@ class MeshwatchTracer(Tracer):
             self._instrumentation_scope,
             record_end_metrics=record_end_metrics,
         )
-        span.start(start_time=start_time, parent_context=context)
+        # Span.start() without its already-started check (the span is new) and its lock (not yet shared).
+        span._start_time = start_time if start_time is not None else time_ns()
+        self.span_processor.on_start(span, parent_context=context)
         return span
 
 
