@@ -20,14 +20,14 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord as APILogRecord
 from opentelemetry._logs import SeverityNumber
-from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import TraceFlags
 
 from ._redact import Redactor
 
-__all__ = ["MeshwatchHandler", "install_handler", "remove_handlers"]
+__all__ = ["MeshwatchHandler", "MeshwatchLoggerProvider", "install_handler", "remove_handlers"]
 
 try:  # orjson is several times faster than json for the one dumps() per record
     import orjson
@@ -312,3 +312,26 @@ def _structlog_to_stdlib(_logger: Any, _method: str, event_dict: dict[str, Any])
             kwargs[name] = event_dict.pop(name)
     kwargs["extra"] = {(f"{k}_" if k in _RESERVED else k): v for k, v in event_dict.items()}
     return kwargs
+
+
+class MeshwatchLoggerProvider(LoggerProvider):
+    """The SDK ``LoggerProvider``; asking again for a logger it made is one dict lookup.
+
+    FastAPI's telemetry asks for its logger on every request; the SDK answers
+    through two locks and a ``WeakSet.add`` (a new weak reference each time).
+    A cached logger is already registered with the provider (the first call did
+    it), so returning it straight from the cache changes nothing else.
+    """
+
+    def get_logger(
+        self,
+        name: str,
+        version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Any = None,
+    ) -> Any:
+        if attributes is None:
+            logger = self._logger_cache.get((name, version, schema_url))  # a dict read is atomic under the GIL
+            if logger is not None:
+                return logger
+        return super().get_logger(name, version, schema_url, attributes)

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry._logs import get_logger_provider, set_logger_provider
 from opentelemetry.metrics import get_meter_provider, set_meter_provider
 from opentelemetry.propagate import set_global_textmap
-from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
+from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -31,7 +31,7 @@ from ._config import Settings, resolve
 from ._dropped import TALLY
 from ._exporters import exporter_factory
 from ._instrumentors import InstrumentationReport, instrument_all, instrument_app
-from ._logs import MeshwatchHandler, configure_structlog, install_handler, remove_handlers
+from ._logs import MeshwatchHandler, MeshwatchLoggerProvider, configure_structlog, install_handler, remove_handlers
 from ._metrics import HTTP_DURATION_BUCKETS, FanOutMetricExporter, build_meter_provider, metric_factories
 from ._red import RedMetrics
 from ._redact import Redactor
@@ -197,7 +197,7 @@ def _install_providers(st: _State, *, capture_metrics: bool) -> None:
         st.prometheus = prometheus
         prometheus.start()
 
-    st.logger_provider = LoggerProvider(resource=st.resource, shutdown_on_exit=False)
+    st.logger_provider = MeshwatchLoggerProvider(resource=st.resource, shutdown_on_exit=False)
     st.logger_provider.add_log_record_processor(_ForwardingLogProcessor(st))
     set_logger_provider(st.logger_provider)
     if get_logger_provider() is not st.logger_provider:
