@@ -292,20 +292,22 @@ _IDS = struct.Struct(">2sQQ2sQ").pack  # trace_id = 1 (16 bytes, big-endian), sp
 _PARENT_ID = struct.Struct(">2sQ").pack  # parent_span_id = 4
 _TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano = 7, end_time_unix_nano = 8 (fixed64)
 _LOW64 = (1 << 64) - 1
+#: SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid).
+_TRACE_ID, _SPAN_ID, _IS_REMOTE_AT, _TRACE_STATE = 0, 1, 2, 4
 _KIND_FIELDS = [b"\x30" + _SMALL[kind + 1] for kind in range(5)]  # OTLP's SpanKind starts at UNSPECIFIED = 0
 
 
 def _span(span: Any) -> bytes:
     """Span message body; field numbers as in opentelemetry/proto/trace/v1/trace.proto."""
-    context = span._context
-    trace_id = context.trace_id
-    parts = [_IDS(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", context.span_id)]
-    state = context.trace_state
+    context = span._context  # read by position: SpanContext's properties are Python calls
+    trace_id = context[_TRACE_ID]
+    parts = [_IDS(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", context[_SPAN_ID])]
+    state = context[_TRACE_STATE]
     if state is not _NO_TRACE_STATE and state:
         parts.append(_string(b"\x1a", _trace_state(state)))
     parent = span._parent
     if parent is not None:
-        parts.append(_PARENT_ID(b"\x22\x08", parent.span_id))
+        parts.append(_PARENT_ID(b"\x22\x08", parent[_SPAN_ID]))
     name = _NAME_CACHE.get(span._name)
     parts.append(name if name is not None else _span_name(span._name))
     parts.append(_KIND_FIELDS[span._kind._value_])  # the plain attribute, not Enum's descriptor
@@ -334,7 +336,7 @@ def _span(span: Any) -> bytes:
             parts.append(b"\x70" + _varint(dropped))
     status = span._status
     parts.append(_UNSET_STATUS if status is _SHARED_UNSET else _status(status))
-    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+    parts.append(_FLAGS_REMOTE if parent is not None and parent[_IS_REMOTE_AT] else _FLAGS_LOCAL)
     return b"".join(parts)
 
 

@@ -188,8 +188,8 @@ class RedMetrics:
                 series.min = duration
             if duration > series.max:  # noqa: PLR1730
                 series.max = duration
-            if context.trace_flags & 1:
-                series.exemplars[index] = (duration, end, context.trace_id, context.span_id)
+            if context[3] & 1:  # SpanContext by position (its properties are Python calls): trace_flags
+                series.exemplars[index] = (duration, end, context[0], context[1])  # trace_id, span_id
             if active is not None:
                 left = self._active.get(active, 0) - 1
                 self._active[active] = left if left > 0 else 0

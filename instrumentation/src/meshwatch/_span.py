@@ -271,6 +271,9 @@ class MeshwatchSpan(Span):
         self._links: Any = ()
         self._record_end_metrics = record_end_metrics
 
+    def get_span_context(self) -> trace_api.SpanContext:
+        return self._context  # the SDK's goes through typing.cast, a Python call
+
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         with self._lock:
             if self._end_time is not None:

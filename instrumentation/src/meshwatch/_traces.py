@@ -187,7 +187,7 @@ class MeshwatchSpanProcessor(SpanProcessor):
         def on_end(span: ReadableSpan) -> None:
             if red_end is not None:
                 red_end(span)
-            if span._context.trace_flags & 1:
+            if span._context[3] & 1:  # trace_flags, by position (the property is a Python call)
                 if single is not None:
                     single(span)
                 else:
