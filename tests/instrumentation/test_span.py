@@ -86,11 +86,12 @@ def _outcome(
     return attributes, finished.dropped_attributes, [r.getMessage() for r in caplog.records]
 
 
-@pytest.mark.parametrize("count_limit", [None, 6, 0])
+@pytest.mark.parametrize("length_limit", [8, None])
+@pytest.mark.parametrize("count_limit", [None, 6, 5, 0])
 def test_attributes_limits_and_warnings_match_the_sdk_span(
-    count_limit: int | None, caplog: pytest.LogCaptureFixture
+    count_limit: int | None, length_limit: int | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    limits = SpanLimits(max_span_attributes=count_limit, max_span_attribute_length=8)
+    limits = SpanLimits(max_span_attributes=count_limit, max_span_attribute_length=length_limit)
     results: dict[str, list[tuple[Any, ...]]] = {}
     for name, provider, exporter in _providers(limits):
 
@@ -102,12 +103,21 @@ def test_attributes_limits_and_warnings_match_the_sdk_span(
             span.set_attributes({key: value for key, value in CASES[:-1]})
             span.set_attributes({CASES[-1][0]: CASES[-1][1], 7: "non-str key"})
 
+        def plain_batches(span: Span) -> None:
+            # Only valid primitives: re-set keys move to the end, the count limit evicts the oldest.
+            span.set_attributes({"http.route": "/items/{id}", "url.scheme": "https", "http.response.status_code": 200})
+            span.set_attributes({"error.type": "500", "http.request.method": "GET", "n": 1.5, "raw": b"x"})
+
+        plain_start = {"url.scheme": "http", "http.request.method": "GET", "server.port": 8000, "flag": False}
         results[name] = [
             _outcome(provider, exporter, caplog, one_by_one),
             _outcome(provider, exporter, caplog, all_at_once),
             _outcome(provider, exporter, caplog, lambda span: None, initial=dict(CASES[:-1])),
+            _outcome(provider, exporter, caplog, plain_batches, initial=plain_start),
         ]
     assert results["meshwatch"] == results["sdk"]
+    if length_limit is None:
+        return
     if count_limit == 6:
         attributes, dropped, messages = results["meshwatch"][0]
         assert len(attributes) == 6

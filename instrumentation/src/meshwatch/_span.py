@@ -54,6 +54,8 @@ _sdk_logger = logging.getLogger("opentelemetry.sdk.trace")
 _attributes_logger = logging.getLogger("opentelemetry.attributes")
 
 _PLAIN = frozenset({bool, int, float, bytes, type(None)})
+_PLAIN_OR_STR = _PLAIN | {str}
+_STR = frozenset({str})
 #: Every span starts with this one object, so the encoder recognises an unset status by identity.
 UNSET_STATUS = Status(StatusCode.UNSET)
 _INTERNAL = SpanKind.INTERNAL
@@ -137,6 +139,22 @@ class FastAttributes(BoundedAttributes):
             self.dropped += len(attributes)
             return
         limit = self.max_value_len
+        d = self._dict
+        if (
+            limit is None
+            and _STR.issuperset(map(type, attributes))
+            and "" not in attributes
+            and _PLAIN_OR_STR.issuperset(map(type, attributes.values()))
+        ):
+            # Every key a non-empty str, every value a plain type (checked in C). When nothing
+            # can be evicted, the SDK's insert-one-by-one (re-set keys move to the end) is a
+            # delete of the re-set keys and one dict.update.
+            overlap = d.keys() & attributes.keys()
+            if maxlen is None or len(d) + len(attributes) - len(overlap) <= maxlen:
+                for key in overlap:
+                    del d[key]
+                d.update(attributes)
+                return
         items = attributes.items()
         for key, value in items:
             kind = type(value)
@@ -151,7 +169,6 @@ class FastAttributes(BoundedAttributes):
                 for clean_key, clean_value in cleaned.items():
                     self._setitem_locked(clean_key, clean_value)
                 return
-        d = self._dict
         for key, value in items:
             if key in d:
                 del d[key]
