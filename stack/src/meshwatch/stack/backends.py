@@ -73,6 +73,10 @@ def _jaeger(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> La
         "extensions": {
             "healthcheckv2": {"use_v2": True, "http": {"endpoint": f"{host}:{ports['health']}"}},
             "jaeger_query": {
+                # Jaeger v2 traces its own query API by default, to whatever listens on
+                # localhost:4317 (in the demo, meshwatch's collector: a "jaeger" service
+                # would then show in every dashboard). Its traces are not ours to show.
+                "enable_tracing": False,
                 "storage": {"traces": "memstore"},
                 "http": {"endpoint": f"{host}:{ports['query']}"},
                 "grpc": {"endpoint": f"{host}:{ports['query_grpc']}"},
