@@ -141,6 +141,13 @@ def test_check_catches(mutate: Any, message: str) -> None:
     assert any(message in p for p in problems), problems
 
 
+def test_check_catches_a_stat_left_on_grafana_s_default_colours() -> None:
+    model = copy.deepcopy(MODELS["pipeline-health"])
+    del _panel(model, "Items dropped (time range)")["fieldConfig"]["defaults"]["thresholds"]
+    problems = check_dashboard(model, known_metrics=known_metrics())
+    assert any("'Items dropped (time range)': a stat panel needs its own thresholds" in p for p in problems), problems
+
+
 def test_check_catches_unknown_log_field() -> None:
     model = copy.deepcopy(MODELS["logs"])
     model["panels"][0]["targets"][0]["query"] = "severity:error"

@@ -97,6 +97,11 @@ def promql_metric_names(expr: str) -> set[str]:
     return {n for n in names if n.lower() not in _PROMQL_WORDS}
 
 
+#: Panel types whose colour comes from thresholds: with Grafana's default (green, red from 80)
+#: a 50 % ratio or 79 dropped items would show green, so each must set its own.
+THRESHOLD_COLOURED = frozenset({"stat", "gauge", "bargauge"})
+
+
 def _panels(model: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for panel in model.get("panels", []):
         yield panel
@@ -188,6 +193,12 @@ def check_dashboard(
             problems.append(f"{where}: datasource uid {ds.get('uid')!r} is not in the provisioning ({sorted(uids)})")
         elif types.get(ds["uid"], ds.get("type")) != ds.get("type"):
             problems.append(f"{where}: datasource {ds['uid']} has type {types[ds['uid']]}, not {ds.get('type')}")
+        if panel.get("type") in THRESHOLD_COLOURED and not (
+            ((panel.get("fieldConfig") or {}).get("defaults") or {}).get("thresholds") or {}
+        ).get("steps"):
+            problems.append(
+                f"{where}: a {panel['type']} panel needs its own thresholds (Grafana's default is red from 80)"
+            )
         targets = panel.get("targets") or []
         if not targets:
             problems.append(f"{where}: no queries")

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DashboardLinkType
+from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DashboardLinkType, Threshold, ThresholdsMode
 
 from .._sdk import prom_variable
 
-__all__ = ["environment_variable", "frame", "service_variable"]
+__all__ = ["environment_variable", "frame", "service_variable", "thresholds"]
 
 TAG = "meshwatch"
+
+
+def thresholds(base: str, *steps: tuple[float, str]) -> db.ThresholdsConfig:
+    """Absolute colour steps: ``base`` below the first step, then each ``(from value, colour)``.
+
+    Every stat and gauge sets its own: Grafana's default (green, red from 80) fits neither a
+    ratio (a 50 % "backends reachable" would show green) nor a count (79 drops, green).
+    """
+    return (
+        db.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(value=None, color=base), *(Threshold(value=v, color=c) for v, c in steps)])
+    )
 
 
 def environment_variable() -> db.QueryVariable:

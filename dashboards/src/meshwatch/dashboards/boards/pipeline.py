@@ -7,7 +7,7 @@ from grafana_foundation_sdk.builders import stat, timeseries
 from grafana_foundation_sdk.models.common import BigValueTextMode
 
 from .._sdk import PROM, prom, prom_variable
-from .common import frame
+from .common import frame, thresholds
 
 INST = 'instance=~"$instance"'
 
@@ -45,6 +45,7 @@ def build() -> db.Dashboard:
             .description("Each collector instance and the version it runs (meshwatch_collector_info).")
             .datasource(PROM)
             .text_mode(BigValueTextMode.NAME)
+            .thresholds(thresholds("text"))  # a name, neither good nor bad
             .span(6)
             .height(4)
             .with_target(prom(f"meshwatch_collector_info{{{INST}}}", "{{instance}} {{version}}", instant=True))
@@ -63,12 +64,14 @@ def build() -> db.Dashboard:
                 )
             )
             .unit("percentunit")
+            .thresholds(thresholds("red", (1, "green")))  # anything short of all is a backend down
         )
         .with_panel(
             stat.Panel()
             .title("Items dropped (time range)")
             .description("Items that will never be delivered, over the dashboard's time range.")
             .datasource(PROM)
+            .thresholds(thresholds("green", (1, "red")))
             .span(6)
             .height(4)
             .with_target(
@@ -81,7 +84,9 @@ def build() -> db.Dashboard:
         .with_panel(
             stat.Panel()
             .title("Items refused (time range)")
+            .description("Items pushed back to senders (they retry), over the dashboard's time range.")
             .datasource(PROM)
+            .thresholds(thresholds("green", (1, "orange")))
             .span(6)
             .height(4)
             .with_target(

@@ -6,7 +6,14 @@ from grafana_foundation_sdk.builders import bargauge, stat, timeseries
 from grafana_foundation_sdk.builders import dashboard as db
 
 from .._sdk import PROM, prom, prom_variable
-from .common import frame
+from .common import frame, thresholds
+
+#: The SLI and the objective in the theme's text colour: each SLO has its own objective, so
+#: no fixed threshold can say "good" or "bad" for an SLI; Grafana's default (green, red from
+#: 80) would paint a breached 93 % SLI green. The budget panel carries the colour instead.
+NEUTRAL = thresholds("text")
+#: Budget remaining: overspent is red, the last quarter orange, the rest green.
+BUDGET = thresholds("red", (0, "orange"), (0.25, "green"))
 
 S = 'service=~"$service", slo=~"$slo"'
 WINDOWS = ("5m", "1h", "6h", "1d", "3d")
@@ -45,6 +52,7 @@ def build() -> db.Dashboard:
             .datasource(PROM)
             .unit("percentunit")
             .decimals(3)
+            .thresholds(NEUTRAL)
             .span(8)
             .height(6)
             .with_target(prom(f"1 - meshwatch_slo:sli_error:ratio_period{{{S}}}", "{{service}} {{slo}}", instant=True))
@@ -55,6 +63,7 @@ def build() -> db.Dashboard:
             .datasource(PROM)
             .unit("percentunit")
             .decimals(3)
+            .thresholds(NEUTRAL)
             .span(8)
             .height(6)
             .with_target(prom(f"meshwatch_slo:objective:ratio{{{S}}}", "{{service}} {{slo}}", instant=True))
@@ -67,6 +76,7 @@ def build() -> db.Dashboard:
             .unit("percentunit")
             .min(-1)
             .max(1)
+            .thresholds(BUDGET)
             .span(8)
             .height(6)
             .with_target(
