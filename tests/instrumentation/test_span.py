@@ -249,3 +249,23 @@ def test_span_contexts_are_the_ones_the_sdk_would_build() -> None:
     assert child.get_span_context().trace_id == 0xABC
     assert child.get_span_context().trace_state == remote_parent.trace_state
     assert root.get_span_context().trace_state == TraceState()
+
+
+def test_a_span_can_be_given_its_own_attributes_back() -> None:
+    """The attributes share the span's lock and may be a view of the dict being written: no deadlock, no loss."""
+    for limits in (SpanLimits(), SpanLimits(max_span_attribute_length=8)):
+        ((_, provider, exporter),) = _providers(limits)[1:]
+        span = provider.get_tracer("t").start_span("op", attributes={"a": 1, "b": "x"})
+        done = threading.Event()
+
+        def copy_onto_itself(span: Any = span, done: threading.Event = done) -> None:
+            span.set_attributes(span.attributes)
+            span.set_attributes(dict(span.attributes))
+            span.set_attributes(span._attributes)
+            done.set()
+
+        worker = threading.Thread(target=copy_onto_itself, daemon=True)
+        worker.start()
+        assert done.wait(10), "set_attributes(span.attributes) deadlocked"
+        span.end()
+        assert dict(exporter.get_finished_spans()[0].attributes) == {"a": 1, "b": "x"}

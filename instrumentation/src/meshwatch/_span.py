@@ -151,11 +151,15 @@ class FastAttributes(BoundedAttributes):
             # delete of the re-set keys and one dict.update.
             overlap = d.keys() & attributes.keys()
             if maxlen is None or len(d) + len(attributes) - len(overlap) <= maxlen:
-                for key in overlap:
-                    del d[key]
+                if overlap:
+                    attributes = dict(
+                        attributes
+                    )  # it may be a view of this very dict (set_attributes(span.attributes))
+                    for key in overlap:
+                        del d[key]
                 d.update(attributes)
                 return
-        items = attributes.items()
+        items = list(attributes.items())  # a snapshot: ``attributes`` may be a view of this very dict
         for key, value in items:
             kind = type(value)
             if not (
@@ -201,10 +205,11 @@ class FastAttributes(BoundedAttributes):
         return self._dict.get(key, default)
 
     def __iter__(self) -> Iterator[str]:
+        # No lock: it is the span's, which may be held by the caller (span.set_attributes(span.attributes));
+        # list() of a dict of str keys runs in C without releasing the GIL, so it is a consistent snapshot.
         if self._immutable:
             return iter(self._dict)
-        with self._lock:
-            return iter(list(self._dict))
+        return iter(list(self._dict))
 
 
 class MeshwatchSpan(Span):
