@@ -158,6 +158,12 @@ PARAMS: dict[str, ConfigParam] = {
     "excluded_urls": ConfigParam(
         ("OTEL_PYTHON_EXCLUDED_URLS",), (), _list, doc="URL regexes the server instrumentors do not trace"
     ),
+    "fastapi_middleware": ConfigParam(
+        ("MESHWATCH_FASTAPI_MIDDLEWARE",),
+        True,
+        _bool,
+        doc="FastAPI server spans from meshwatch's own ASGI middleware (cheapest); false: see MESHWATCH_FASTAPI_NATIVE",
+    ),
     "fastapi_native": ConfigParam(
         ("MESHWATCH_FASTAPI_NATIVE",),
         True,
@@ -239,6 +245,7 @@ class Settings:
     instrumentations: tuple[str, ...] = ("all",)
     disabled_instrumentations: tuple[str, ...] = ()
     excluded_urls: tuple[str, ...] = ()
+    fastapi_middleware: bool = True
     fastapi_native: bool = True
     asgi_internal_spans: bool = False
     log_stdout: bool = True

@@ -158,6 +158,50 @@ def _use_fastapi_native(settings: Settings) -> str:
     return "fastapi (native)"
 
 
+#: FastAPI's own telemetry off when meshwatch's middleware makes the server span (an app's
+#: explicit ``telemetry=`` still wins, e.g. to get FastAPI's operation spans as well).
+_FASTAPI_OFF = {"tracing": False, "metrics": False, "logs": False}
+
+
+def _use_meshwatch_middleware(settings: Settings) -> str:
+    """Trace every FastAPI application with meshwatch's ASGI server span (``_asgi.py``).
+
+    ``FastAPI.__call__`` is wrapped at the class level, as ``__init__`` is for the
+    native path: the span is the outermost layer of every FastAPI app (user middleware
+    and Starlette's error handling inside it, so a 500 and its exception are seen),
+    whenever the app was created, and a FastAPI app mounted in another is not traced twice.
+    """
+    import re
+
+    import fastapi.applications
+
+    from ._asgi import ServerSpans
+
+    cls = fastapi.applications.FastAPI
+    spans = ServerSpans([re.compile(p) for p in settings.excluded_urls])
+    if getattr(cls.__call__, "_meshwatch", False):
+        cls.__call__._meshwatch_spans[0] = spans  # type: ignore[attr-defined] # re-init: new exclusions
+        return "fastapi (meshwatch)"
+    original_init = getattr(cls.__init__, "__wrapped__", cls.__init__)
+    original_call = cls.__call__
+    holder = [spans]
+
+    def __init__(self: Any, *args: Any, telemetry: Any = None, **kwargs: Any) -> None:
+        original_init(self, *args, telemetry={**_FASTAPI_OFF, **(telemetry or {})}, **kwargs)
+
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        await holder[0](original_call, self, scope, receive, send)
+
+    __init__._meshwatch = True  # type: ignore[attr-defined]
+    __init__.__wrapped__ = original_init  # type: ignore[attr-defined]
+    __call__._meshwatch = True  # type: ignore[attr-defined]
+    __call__._meshwatch_spans = holder  # type: ignore[attr-defined]
+    __call__.__wrapped__ = original_call  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls.__call__ = __call__  # type: ignore[method-assign]
+    return "fastapi (meshwatch)"
+
+
 _EXCLUDED: list[Any] = []
 
 
@@ -188,6 +232,12 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
             continue
         if not _installed(entry.library):
             report.skipped[entry.name] = f"{entry.library} is not installed"
+            continue
+        if entry.name == "fastapi" and settings.fastapi_middleware and _fastapi_has_native_telemetry():
+            try:
+                report.instrumented.append(_use_meshwatch_middleware(settings))
+            except Exception as exc:
+                report.failed[entry.name] = f"{type(exc).__name__}: {exc}"
             continue
         if entry.name == "fastapi" and settings.fastapi_native and _fastapi_has_native_telemetry():
             try:
