@@ -384,6 +384,12 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="one round of 8 s runs, 20 s unreachable run")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "instrumentation-benchmark.png")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where the raw results go (default bench/results/instrumentation.json, the committed full run)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.unreachable_duration, args.rounds = 8, 20, 1
@@ -466,6 +472,7 @@ def main() -> int:
     for line in verdicts(results, reachable, unreachable):
         print(line)
     results_path = RESULTS if args.receiver == "otelcol" else RESULTS.with_name("instrumentation-meshwatch.json")
+    results_path = args.output or results_path
     if args.receiver != "otelcol" and args.plot.name == "instrumentation-benchmark.png":
         args.plot = args.plot.with_name("instrumentation-benchmark-meshwatch-collector.png")
     results_path.parent.mkdir(parents=True, exist_ok=True)

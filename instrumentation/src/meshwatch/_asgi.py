@@ -261,7 +261,7 @@ class ServerSpans:
                     or kind == "http.response.pathsend"
                 ):
                     complete = True
-                    if not ended and status[0] < 500:
+                    if not ended and status and status[0] < 500:
                         finish(None)
 
         try:
