@@ -278,6 +278,8 @@ def instrument_app(app: Any, settings: Settings) -> str:
     """Instrument one already-created application object (FastAPI, Starlette, Flask)."""
     module = type(app).__module__.split(".")[0]
     if module == "fastapi":
+        if getattr(type(app).__call__, "_meshwatch", False):
+            return "fastapi (meshwatch)"  # every FastAPI app is already traced, whenever it was created
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(app, **_asgi_kwargs(settings))
