@@ -1,7 +1,8 @@
 """meshwatch's FastAPI server span (``meshwatch._asgi``): names, attributes, errors, parents, routes.
 
 Pure logic: the middleware is driven through FastAPI's ASGI interface with an SDK
-TracerProvider and an in-memory exporter (no global state, no server). Where
+TracerProvider and an in-memory exporter (no global state, no server); the last test
+runs ``init()`` in a child process to show which path the setting selects. Where
 FastAPI's own telemetry also makes a server span, the two are compared for the
 same requests, so a FastAPI release that changes how routes are resolved shows
 up here as a difference in ``http.route``.
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -23,6 +27,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from meshwatch._asgi import ServerSpans
+
+from ._helpers import base_env
 
 _OFF = {"tracing": False, "metrics": False, "logs": False}
 _ORIGINAL_CALL = FastAPI.__call__
@@ -331,3 +337,50 @@ def test_an_app_with_fastapi_telemetry_on_still_gets_one_server_span() -> None:
     (span,) = exporter.get_finished_spans()
     assert span.name == "GET /items/{item_id}"
     assert span.instrumentation_scope.name == "meshwatch.asgi"
+
+
+_WHICH_SPANS = """
+import json
+from meshwatch.testing import capture
+attached = capture()  # initialises meshwatch (exporting nowhere), settings from the environment
+captured = next(attached)
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+import meshwatch
+
+early = FastAPI()  # both apps are created after init(); `late` is handed to instrument_app as well
+late = FastAPI()
+
+@early.get("/a/{x}")
+def a(x: int):
+    return {}
+
+@late.get("/b/{y}")
+def b(y: int):
+    return {}
+
+meshwatch.instrument_app(late)
+for app, path in ((early, "/a/1"), (late, "/b/2")):
+    assert TestClient(app).get(path).status_code == 200
+print(json.dumps({"spans": sorted([s.name, s.instrumentation_scope.name] for s in captured.spans
+                                  if s.kind.name == "SERVER")}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "scope"),
+    [({}, "meshwatch.asgi"), ({"MESHWATCH_FASTAPI_MIDDLEWARE": "false"}, "fastapi")],
+    ids=["default-meshwatch-middleware", "setting-back-to-fastapi-native"],
+)
+def test_init_uses_the_middleware_unless_told_not_to(tmp_path: Any, env: dict[str, str], scope: str) -> None:
+    script = tmp_path / "which.py"
+    script.write_text(_WHICH_SPANS)
+    result = subprocess.run(
+        [sys.executable, str(script)], env=base_env(**env), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = [json.loads(x) for x in result.stdout.splitlines() if x.startswith('{"spans"')]
+    if scope == "fastapi":  # instrument_app adds the contrib middleware, and FastAPI's telemetry stands aside
+        assert line["spans"] == [["GET /a/{x}", "fastapi"], ["GET /b/{y}", "opentelemetry.instrumentation.fastapi"]]
+    else:  # one span per request, instrument_app changing nothing
+        assert line["spans"] == [["GET /a/{x}", scope], ["GET /b/{y}", scope]]
