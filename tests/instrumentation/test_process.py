@@ -14,7 +14,7 @@ import pytest
 
 from meshwatch.stack.testing import eventually
 
-from ._helpers import base_env, jaeger_trace, process_tags
+from ._helpers import base_env, jaeger_trace, process_tags, prom_query
 
 
 def run_script(code: str, tmp_path: Path, **env: str) -> tuple[list[dict[str, Any]], str]:
@@ -172,6 +172,63 @@ def test_forked_child_reinitialises(jaeger: Any, tmp_path: Path) -> None:
         assert tags["process.pid"] == info["pid"]  # the child exported with its own identity
         identities[who] = tags["service.instance.id"]
     assert identities["child"] != identities["parent"]
+
+
+def test_a_worker_forked_during_a_metrics_export_still_exports(prometheus: Any, tmp_path: Path) -> None:
+    """gunicorn forks its workers while the master's metric thread may be collecting or exporting.
+
+    Only the forking thread survives a fork, so a lock held by another thread at that moment
+    stays held in the child for ever: such a worker used to never export a metric again.
+    Here another thread holds the collection lock for a moment and the export lock across
+    the fork; the child's counter must still reach Prometheus, with the child's own pid.
+    """
+    service = f"forkm-{uuid.uuid4().hex[:6]}"
+    lines, _ = run_script(
+        f"""
+        import json, os, threading, time, meshwatch
+        from opentelemetry import metrics
+        from meshwatch import _setup
+        meshwatch.init(service_name="{service}", traces_exporter="none", logs_exporter="none")
+        st = _setup._STATE
+        collect_lock = st.meter_provider._measurement_consumer._lock
+        export_lock = st.periodic_reader._export_lock
+        probe = metrics.get_meter("forkprobe").create_counter("fork.probe")
+        held = threading.Event()
+
+        def busy_metric_thread():  # as the reader's thread mid-collection, then mid-export
+            with collect_lock:
+                with export_lock:
+                    held.set()
+                    time.sleep(0.3)
+            with export_lock:
+                time.sleep(2)
+
+        threading.Thread(target=busy_metric_thread, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            probe.add(1, {{"who": "child"}})
+            print(json.dumps({{"child": os.getpid()}}), flush=True)
+            time.sleep(2)
+            meshwatch.shutdown()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        meshwatch.shutdown()
+        """,
+        tmp_path,
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"{prometheus.url}/api/v1/otlp/v1/metrics",
+        OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="http/protobuf",
+        OTEL_METRIC_EXPORT_INTERVAL="500",
+    )
+    child = next(x["child"] for x in lines if "child" in x)
+
+    def child_series() -> list[dict[str, Any]]:
+        return prom_query(prometheus, f'fork_probe_total{{job="{service}", who="child"}}')
+
+    series = eventually(child_series, timeout=30, what="the forked child's counter in Prometheus")
+    assert float(series[0]["value"][1]) == 1
+    pids = {r["metric"].get("process_pid") for r in prom_query(prometheus, f'target_info{{job="{service}"}}')}
+    assert str(child) in pids, pids
 
 
 def test_shutdown_flushes_at_exit_within_its_timeout(tmp_path: Path) -> None:

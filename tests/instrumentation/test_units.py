@@ -232,3 +232,23 @@ def test_service_name_is_detected_from_the_command(argv: list[str], name: str) -
     from meshwatch._resource import detect_service_name
 
     assert detect_service_name(argv) == name
+
+
+def test_a_metric_exporter_that_failed_to_build_is_retried_at_the_next_export() -> None:
+    """One failed build (a half-imported module in a fresh worker, say) must not stop metrics for good."""
+    from meshwatch._metrics import FanOutMetricExporter
+
+    attempts: list[int] = []
+    built = object()
+
+    def flaky_factory() -> object:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ImportError("cannot import name 'OTLPMetricExporter' from partially initialized module")
+        return built
+
+    fan_out = FanOutMetricExporter([flaky_factory])
+    assert fan_out._current() == []
+    assert fan_out._current() == [built]
+    assert fan_out._current() == [built]
+    assert len(attempts) == 2  # built once it worked, not again

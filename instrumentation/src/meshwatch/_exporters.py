@@ -57,11 +57,12 @@ def exporter_factory(settings: Settings, signal: str, kind: str) -> Callable[[],
     if kind != "otlp":
         raise ValueError(f"unknown {signal} exporter {kind!r}; use otlp, console or none")
     protocol = settings.protocol_for(signal)
+    # Imported here, on init()'s thread, not in build(): build() runs on an export thread,
+    # and a worker forked while that thread was importing inherits a half-imported module.
+    from ._otlp import encode_logs, encode_spans
+    from ._transport import GrpcSender, HttpSender, OTLPExporter
 
     def build() -> Any:
-        from ._otlp import encode_logs, encode_spans
-        from ._transport import GrpcSender, HttpSender, OTLPExporter
-
         endpoint = settings.endpoint_for(signal)
         sender: GrpcSender | HttpSender
         if protocol == "grpc":
@@ -98,15 +99,23 @@ def metric_exporter_factory(settings: Settings, kind: str) -> Callable[[], Any]:
     if kind != "otlp":
         raise ValueError(f"unknown metrics exporter {kind!r}; use otlp, prometheus, console or none")
     protocol = settings.protocol_for("metrics")
+    # The exporter's module is imported now, on init()'s thread: build() runs on the metric
+    # reader's thread, and a gunicorn worker forked while that thread was importing got a
+    # half-initialised module ("partially initialized module ... OTLPMetricExporter") and
+    # never exported a metric.
+    exporter_class: Any
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as exporter_class
+
+        kwargs = _grpc_kwargs
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as exporter_class
+
+        kwargs = _http_kwargs
+        _http_kwargs(settings, "metrics")  # imports its Compression enum now too
 
     def build() -> Any:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-            return OTLPMetricExporter(**_grpc_kwargs(settings, "metrics"))
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HTTPMetricExporter
-
-        return HTTPMetricExporter(**_http_kwargs(settings, "metrics"))
+        return exporter_class(**kwargs(settings, "metrics"))
 
     return build
 

@@ -90,10 +90,16 @@ class FanOutMetricExporter(MetricExporter):
         self.red = red
         self._resource = resource or Resource.get_empty
         self._exporters: list[MetricExporter] | None = None
+        self._unbuilt: list[Callable[[], MetricExporter]] = []
+        self._reported = False
         self._pid = os.getpid()
         self.listeners: list[Callable[[MetricsData], None]] = []
         self._lock = threading.Lock()
         self.last_ok: bool | None = None
+
+    def renew_lock(self) -> None:
+        """In a forked child: the parent's export thread may have held the lock at the fork."""
+        self._lock = threading.Lock()
 
     def set_factories(self, factories: Iterable[Callable[[], MetricExporter]]) -> None:
         """Export to these from now on (a second ``init()``, or none after ``shutdown()``)."""
@@ -110,11 +116,17 @@ class FanOutMetricExporter(MetricExporter):
             if self._exporters is None or self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._exporters = []
-                for factory in self._factories:
+                self._unbuilt = list(self._factories)
+                self._reported = False
+            if self._unbuilt:  # retried at every export until built: one failure is not for ever
+                for factory in list(self._unbuilt):
                     try:
                         self._exporters.append(factory())
+                        self._unbuilt.remove(factory)
                     except Exception:
-                        _logger.exception("meshwatch could not create a metric exporter")
+                        if not self._reported:
+                            _logger.exception("meshwatch could not create a metric exporter (retried at each export)")
+                self._reported = True
             return self._exporters
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:

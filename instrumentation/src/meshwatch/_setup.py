@@ -349,14 +349,64 @@ def _register_hooks() -> None:
     _HOOKS_REGISTERED = True
     atexit.register(_at_exit)
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_child)
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
+
+
+#: Wait at most this long, before a fork, for a metrics collection running in another thread.
+_FORK_COLLECT_WAIT = 2.0
+_fork_held: list[Any] = []
+
+
+def _metric_locks(st: _State) -> tuple[Any, Any]:
+    """The SDK's measurement-consumer lock (held for a whole collection) and the periodic reader's
+    export lock (held for a whole export); either may be None on another SDK version."""
+    consumer = getattr(st.meter_provider, "_measurement_consumer", None)
+    return getattr(consumer, "_lock", None), getattr(st.periodic_reader, "_export_lock", None)
+
+
+def _before_fork() -> None:
+    """Keep a fork from landing in the middle of a metrics collection.
+
+    Only the forking thread survives in the child: a lock another thread held at that moment
+    stays held there for ever. The SDK does not renew its collection and export locks after a
+    fork, so a gunicorn worker forked while the master was collecting or exporting (every
+    export interval) never exported a metric again. The collection is waited for (it is
+    short and local); the export, which may wait on an unreachable collector, is not: the
+    child gets a fresh export lock instead (and builds its own exporters).
+    """
+    st = _STATE
+    if st is None or st.meter_provider is None:
+        return
+    collect_lock, _ = _metric_locks(st)
+    if collect_lock is not None and collect_lock.acquire(timeout=_FORK_COLLECT_WAIT):
+        _fork_held.append(collect_lock)
+
+
+def _after_fork_parent() -> None:
+    while _fork_held:
+        _fork_held.pop().release()
+
+
+def _renew_metric_locks(st: _State) -> None:
+    collect_lock, export_lock = _metric_locks(st)
+    _fork_held.clear()
+    consumer = getattr(st.meter_provider, "_measurement_consumer", None)
+    if collect_lock is not None:
+        consumer._lock = threading.Lock()
+    if export_lock is not None:
+        st.periodic_reader._export_lock = threading.Lock()
+    if st.metric_fan_out is not None:
+        st.metric_fan_out.renew_lock()
 
 
 def _after_fork_child() -> None:
     """A gunicorn/multiprocessing worker: new identity, own exporters (batchers reset themselves)."""
     st = _STATE
     if st is None:
+        _fork_held.clear()
         return
+    if st.meter_provider is not None:
+        _renew_metric_locks(st)
     TALLY.reset_after_fork()
     st.pid = os.getpid()
     fresh = Resource({"process.pid": os.getpid(), "service.instance.id": str(uuid.uuid4())})
