@@ -111,8 +111,7 @@ def metric_exporter_factory(settings: Settings, kind: str) -> Callable[[], Any]:
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as exporter_class
 
-        kwargs = _http_kwargs
-        _http_kwargs(settings, "metrics")  # imports its Compression enum now too
+        kwargs = _http_kwargs  # its Compression comes from the package just imported
 
     def build() -> Any:
         return exporter_class(**kwargs(settings, "metrics"))

@@ -388,11 +388,10 @@ def _after_fork_parent() -> None:
 
 
 def _renew_metric_locks(st: _State) -> None:
-    collect_lock, export_lock = _metric_locks(st)
     _fork_held.clear()
-    consumer = getattr(st.meter_provider, "_measurement_consumer", None)
+    collect_lock, export_lock = _metric_locks(st)
     if collect_lock is not None:
-        consumer._lock = threading.Lock()
+        st.meter_provider._measurement_consumer._lock = threading.Lock()
     if export_lock is not None:
         st.periodic_reader._export_lock = threading.Lock()
     if st.metric_fan_out is not None:

@@ -361,24 +361,7 @@ class MeshwatchSpan(Span):
         processor = self._span_processor
         if getattr(processor, "needs_on_ending", True):  # meshwatch's processor says when no one listens
             processor._on_ending(self)
-        # _readable_span(), inline
-        readable = _new_readable(ReadableSpan)
-        readable.__dict__.update(
-            _name=self._name,
-            _context=self._context,
-            _kind=self._kind,
-            _instrumentation_info=self._instrumentation_info,
-            _instrumentation_scope=self._instrumentation_scope,
-            _parent=self._parent,
-            _start_time=self._start_time,
-            _end_time=self._end_time,
-            _attributes=self._attributes,
-            _events=self._events,
-            _links=self._links,
-            _resource=self._resource,
-            _status=self._status,
-        )
-        processor.on_end(readable)
+        processor.on_end(self._readable_span())
 
 
 class MeshwatchTracer(Tracer):

@@ -15,7 +15,7 @@ so ``meshwatch-dashboards check`` lists them all at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .datasources import datasources
@@ -102,7 +102,8 @@ def promql_metric_names(expr: str) -> set[str]:
 THRESHOLD_COLOURED = frozenset({"stat", "gauge", "bargauge"})
 
 
-def _panels(model: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def all_panels(model: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel of a dashboard, the children of collapsed rows included."""
     for panel in model.get("panels", []):
         yield panel
         yield from panel.get("panels", [])
@@ -179,7 +180,7 @@ def check_dashboard(
     defined = _check_variables(model, uids, problems)
     seen_ids: set[int] = set()
     cells: dict[tuple[int, int], int] = {}
-    for panel in _panels(model):
+    for panel in all_panels(model):
         pid = panel.get("id")
         where = f"{name} panel {pid} '{panel.get('title', '')}'"
         if pid is None or pid in seen_ids:

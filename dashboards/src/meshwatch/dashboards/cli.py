@@ -126,12 +126,8 @@ def _selected(args: argparse.Namespace) -> dict[str, Any]:
 def _run_queries(args: argparse.Namespace) -> int:
     from .queries import Backends, TimeRange, _seconds, run_dashboard
 
-    try:
-        models = _selected(args)
-        pins = _pins(args, models)
-    except _UsageError as exc:
-        print(f"meshwatch-dashboards: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    models = _selected(args)
+    pins = _pins(args, models)
     backends = Backends(prometheus=args.prometheus, elasticsearch=args.elasticsearch, jaeger=args.jaeger)
     time_range = TimeRange(seconds=_seconds(args.range), rate_interval=args.rate_interval)
     results = []
@@ -213,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"meshwatch-dashboards: push to {args.url} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return EXIT_FAILED
         print(f"pushed {len(requests)} objects to {args.url}")
-    elif args.command == "run-queries":
-        return _run_queries(args)
-    elif args.command == "render-png":
-        return _render_png(args)
+    elif args.command in ("run-queries", "render-png"):
+        try:
+            return _run_queries(args) if args.command == "run-queries" else _render_png(args)
+        except _UsageError as exc:  # bad --dashboard or --var
+            print(f"meshwatch-dashboards: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     return EXIT_OK
 
 
@@ -230,12 +228,8 @@ def _render_png(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    try:
-        models = _selected(args)
-        pins = _pins(args, models)
-    except _UsageError as exc:
-        print(f"meshwatch-dashboards: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    models = _selected(args)
+    pins = _pins(args, models)
     if not (args.prometheus or args.elasticsearch or args.jaeger):
         from .layout_png import render_layout
 

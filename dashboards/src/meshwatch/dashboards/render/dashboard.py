@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..check import all_panels
 from ..queries import QueryResult, TimeRange
 from .canvas import BORDER, MUTED, PANEL, TEXT, Box, Canvas
 from .charts import Context, draw_bargauge, draw_gauge, draw_heatmap, draw_stat, draw_timeseries
@@ -59,14 +60,6 @@ class Rendered:
         return [title for title, n in self.drawn.items() if n == 0]
 
 
-def _panels(model: Mapping[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for panel in model.get("panels", []):
-        out.append(panel)
-        out += panel.get("panels", [])  # a collapsed row's children
-    return out
-
-
 def _describe(variables: Mapping[str, Any], time_range: TimeRange) -> str:
     end = datetime.fromtimestamp(time_range.end, UTC)
     start = datetime.fromtimestamp(time_range.start, UTC)
@@ -85,7 +78,7 @@ def dashboard_figure(
 ) -> tuple[Any, Rendered]:
     """The matplotlib figure of a dashboard drawn from ``results`` (the query runner's, for this
     dashboard), and what it shows. Each panel's axes carry the gid ``panel-<id>-…``."""
-    panels = _panels(model)
+    panels = list(all_panels(model))
     by_panel: dict[int, list[QueryResult]] = {}
     for result in results:
         by_panel.setdefault(result.query.panel_id, []).append(result)
