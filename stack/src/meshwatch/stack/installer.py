@@ -97,7 +97,7 @@ COMPONENTS: dict[str, Component] = {
     for c in [
         _go(
             "jaeger",
-            "v1.76.0",
+            "v1.75.0",
             "Jaeger v2 all-in-one (OTLP in, query API)",
             {"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"},
             "≈1 min download + ≈4 min build on 2 cores",
