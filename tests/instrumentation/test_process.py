@@ -324,3 +324,20 @@ def test_unsampled_requests_still_count_in_red_metrics(tmp_path: Path) -> None:
     )
     out = next(x for x in lines if "spans" in x)
     assert out == {"spans": 0, "count": 20, "exemplars": 0}  # nothing exported, every request counted
+
+
+def test_a_stop_signal_handler_the_program_set_is_left_alone(tmp_path: Path) -> None:
+    """meshwatch takes SIGTERM only where it is still at its default; the program's own handler and SIG_IGN stay."""
+    lines, _ = run_script(
+        """
+        import json, signal, meshwatch
+        def mine(signum, frame): pass
+        signal.signal(signal.SIGTERM, mine)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        meshwatch.init(service_name="signals", traces_exporter="none", metrics_exporter="none", logs_exporter="none")
+        print(json.dumps({"term_kept": signal.getsignal(signal.SIGTERM) is mine,
+                          "hup_kept": signal.getsignal(signal.SIGHUP) is signal.SIG_IGN}))
+        """,
+        tmp_path,
+    )
+    assert {"term_kept": True, "hup_kept": True} in lines

@@ -36,6 +36,7 @@ from ._metrics import HTTP_DURATION_BUCKETS, FanOutMetricExporter, build_meter_p
 from ._red import RedMetrics
 from ._redact import Redactor
 from ._resource import build_resource
+from ._signals import flush_on_stop_signals
 from ._span import MeshwatchTracerProvider
 from ._traces import MeshwatchSpanProcessor, SwitchableSampler, build_propagator, build_sampler, redact_spans
 
@@ -348,6 +349,7 @@ def _register_hooks() -> None:
         return
     _HOOKS_REGISTERED = True
     atexit.register(_at_exit)
+    flush_on_stop_signals(_at_exit)  # a default SIGTERM would skip atexit
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
 
