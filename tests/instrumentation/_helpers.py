@@ -72,13 +72,18 @@ class Service:
 
 
 def start(
-    name: str, argv: list[str], env: dict[str, str], workdir: Path, *, port: int, ready_path: str = "/"
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    workdir: Path,
+    *,
+    port: int,
+    ready_path: str = "/",
+    cwd: Path = APPS,
 ) -> Service:
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv, cwd=APPS, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     service = Service(name, process, port, log)
     try:
         wait_http(f"{service.url}{ready_path}", timeout=90, is_alive=service.alive, what=name)

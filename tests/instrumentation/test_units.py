@@ -226,6 +226,10 @@ def test_import_is_light() -> None:
         (["python3", "-m", "celery", "worker"], "celery"),
         (["/usr/local/bin/billing"], "billing"),
         (["-c"], "unknown_service:python"),
+        (["gunicorn", "-b", "127.0.0.1:8731", "mysite.wsgi"], "mysite"),  # not "127" from the bind address
+        (["uvicorn", "--host", "0.0.0.0", "--port", "8000", "mysite.asgi:application"], "mysite"),
+        (["python", "/srv/mysite/manage.py", "runserver", "127.0.0.1:8000"], "mysite"),
+        (["hypercorn", "-b", "[::1]:8000", "app:create_app()"], "app"),
     ],
 )
 def test_service_name_is_detected_from_the_command(argv: list[str], name: str) -> None:

@@ -15,7 +15,7 @@ import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.instrumentation.dependencies import DependencyConflictError
 
@@ -221,6 +221,47 @@ def _fastapi_defaults() -> dict[str, Any]:
     return defaults
 
 
+#: What applying one instrumentor came to, and why when it was not applied.
+Outcome = tuple[Literal["instrumented", "skipped", "failed"], str]
+
+
+def _django_ready() -> bool:
+    """Django's settings are configured now, so its instrumentor can be applied at once."""
+    try:
+        from ._django import settings_configured
+
+        return settings_configured()
+    except Exception:  # an unusual Django: defer, which never configures it
+        return False
+
+
+def _apply(entry: Instrumentor, settings: Settings) -> Outcome:
+    """Apply one contrib instrumentor: ("instrumented" | "skipped" | "failed", why); never raises."""
+    try:
+        instrumentor = getattr(importlib.import_module(entry.module), entry.cls)()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            return "instrumented", ""
+        instrumentor.instrument(raise_exception_on_conflict=True, **entry.kwargs(settings))
+        if instrumentor.is_instrumented_by_opentelemetry:
+            return "instrumented", ""
+        return "skipped", "instrumentor declined"
+    except DependencyConflictError as exc:
+        # e.g. a library version newer than the instrumentor supports: skipped, said once in the start line
+        conflict = exc.conflict
+        if conflict.found:
+            return "skipped", f"installed {conflict.found} is outside {conflict.required}"
+        return "skipped", str(conflict)
+    except Exception as exc:
+        return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def _log_deferred(entry: Instrumentor, outcome: Outcome) -> None:
+    """A deferred instrumentor's outcome, said when it is known (the start line said "at django.setup()")."""
+    status, reason = outcome
+    if status != "instrumented":
+        _logger.warning("meshwatch did not instrument %s: %s", entry.name, reason)
+
+
 def instrument_all(settings: Settings, report: InstrumentationReport | None = None) -> InstrumentationReport:
     """Instrument every selected, installed library; never raises."""
     report = report or InstrumentationReport()
@@ -251,26 +292,20 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
         if not _installed(entry.module):
             report.skipped[entry.name] = f"instrumentor not installed (pip install 'meshwatch[{entry.extra}]')"
             continue
-        try:
-            instrumentor = getattr(importlib.import_module(entry.module), entry.cls)()
-            if instrumentor.is_instrumented_by_opentelemetry:
-                report.instrumented.append(entry.name)
-                continue
-            instrumentor.instrument(raise_exception_on_conflict=True, **entry.kwargs(settings))
-            if instrumentor.is_instrumented_by_opentelemetry:
-                report.instrumented.append(entry.name)
-            else:
-                report.skipped[entry.name] = "instrumentor declined"
-        except DependencyConflictError as exc:
-            # e.g. a library version newer than the instrumentor supports: skipped, said once in the start line
-            conflict = exc.conflict
-            if conflict.found:
-                report.skipped[entry.name] = f"installed {conflict.found} is outside {conflict.required}"
-            else:
-                report.skipped[entry.name] = str(conflict)
-        except Exception as exc:
-            report.failed[entry.name] = f"{type(exc).__name__}: {exc}"
-            _logger.warning("meshwatch could not instrument %s: %s", entry.name, exc)
+        if entry.name == "django" and not _django_ready():
+            from ._django import apply_at_setup
+
+            apply_at_setup(lambda entry=entry: _log_deferred(entry, _apply(entry, settings)))
+            report.instrumented.append("django (at django.setup())")
+            continue
+        outcome, reason = _apply(entry, settings)
+        if outcome == "instrumented":
+            report.instrumented.append(entry.name)
+        elif outcome == "skipped":
+            report.skipped[entry.name] = reason
+        else:
+            report.failed[entry.name] = reason
+            _logger.warning("meshwatch could not instrument %s: %s", entry.name, reason)
     return report
 
 

@@ -27,13 +27,19 @@ _LAUNCHERS = frozenset(
     {"uvicorn", "gunicorn", "hypercorn", "granian", "daphne", "celery", "flask", "fastapi", "python", "python3"}
 )
 _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
+#: ``module:attribute`` (or ``module:factory()``), not an option's ``host:port`` value.
+_APP_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(.*\))?$")
+#: A word that can name an application (a module, a script, a folder): not ``127.0.0.1`` nor ``8000``.
+_NAME_LIKE = re.compile(r"^[A-Za-z_][\w./-]*$")
 
 
 def detect_service_name(argv: list[str] | None = None) -> str:
     """A sensible name when none is configured: the application module, else the program.
 
     ``uvicorn shop.api:app`` → ``shop``; ``python worker.py`` → ``worker``;
-    ``python -m celery worker`` → ``celery``; ``/usr/bin/billing`` → ``billing``.
+    ``python -m celery worker`` → ``celery``; ``/usr/bin/billing`` → ``billing``;
+    ``gunicorn -b 127.0.0.1:8000 mysite.wsgi`` → ``mysite``; ``python mysite/manage.py
+    runserver`` → ``mysite`` (a Django project is named by the folder of its ``manage.py``).
     """
     argv = list(sys.argv if argv is None else argv)
     if not argv or not argv[0] or argv[0] == "-c":
@@ -47,10 +53,12 @@ def detect_service_name(argv: list[str] | None = None) -> str:
     positional = [a for a in rest if not a.startswith("-") and "=" not in a]
     # The application reference: ``module:attribute`` or a script, not an option's value.
     for arg in positional:
-        if ":" in arg or arg.endswith(".py"):
+        if Path(arg).name == "manage.py":
+            return Path(arg).resolve().parent.name or program
+        if _APP_REFERENCE.match(arg) or arg.endswith(".py"):
             return Path(arg.split(":", 1)[0]).name.removesuffix(".py").split(".")[0] or program
     for arg in positional:
-        if not arg.isdigit() and arg not in {"run", "serve", "dev", "worker"}:
+        if _NAME_LIKE.match(arg) and arg not in {"run", "serve", "dev", "worker"}:
             return Path(arg).name.removesuffix(".py").split(".")[0] or program
     return program
 
