@@ -1,3 +1,30 @@
 """Shared fixtures: the real backends come from the stack runner (see meshwatch.stack.testing)."""
 
+from __future__ import annotations
+
+import pytest
+
 pytest_plugins = ["meshwatch.stack.testing"]
+
+#: Fixtures that start a real server or run a backend's own tool (installed by ``make backends``): a
+#: test asking for one is an integration test, marked or not, so ``make unit`` (``-m "not integration
+#: and not e2e"``) runs on a machine where no backend is installed.
+_BACKEND_FIXTURES = frozenset(
+    {
+        "stack",
+        "jaeger",
+        "prometheus",
+        "alertmanager",
+        "elasticsearch",
+        "redis_server",
+        "nats_server",
+        "promtool",
+        "amtool",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _BACKEND_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.integration)

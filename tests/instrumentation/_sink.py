@@ -42,6 +42,7 @@ class SpanSeen:
     kind: int
     attributes: dict[str, Any]
     resource: dict[str, Any]
+    error: bool = False  # status code ERROR
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class OtlpSink:
                             s.kind,
                             _attrs(s.attributes),
                             resource,
+                            s.status.code == 2,  # STATUS_CODE_ERROR
                         )
                     )
         with self.lock:

@@ -173,6 +173,12 @@ PARAMS: dict[str, ConfigParam] = {
     "asgi_internal_spans": ConfigParam(
         ("MESHWATCH_ASGI_INTERNAL_SPANS",), False, _bool, doc="one span per ASGI send/receive message (costly)"
     ),
+    "broker_polling_spans": ConfigParam(
+        ("MESHWATCH_BROKER_POLLING_SPANS",),
+        False,
+        _bool,
+        doc="trace the calls a message-broker client (kombu: Celery) makes for itself outside any task or request",
+    ),
     "log_stdout": ConfigParam(("MESHWATCH_LOG_STDOUT",), True, _bool, doc="one JSON object per log record on stdout"),
     "log_level": ConfigParam(
         ("MESHWATCH_LOG_LEVEL",), None, doc="root logger level; default INFO unless the application set one"
@@ -248,6 +254,7 @@ class Settings:
     fastapi_middleware: bool = True
     fastapi_native: bool = True
     asgi_internal_spans: bool = False
+    broker_polling_spans: bool = False
     log_stdout: bool = True
     log_level: str | None = None
     log_capture: bool = True

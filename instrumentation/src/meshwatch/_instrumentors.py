@@ -21,7 +21,15 @@ from opentelemetry.instrumentation.dependencies import DependencyConflictError
 
 from ._config import Settings
 
-__all__ = ["INSTRUMENTORS", "Instrumentor", "InstrumentationReport", "instrument_all", "instrument_app"]
+__all__ = [
+    "INSTRUMENTORS",
+    "Discovered",
+    "Instrumentor",
+    "InstrumentationReport",
+    "discover",
+    "instrument_all",
+    "instrument_app",
+]
 
 _logger = logging.getLogger("meshwatch")
 
@@ -116,8 +124,7 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _selected(entry: Instrumentor, wanted: Sequence[str], disabled: Sequence[str]) -> bool:
-    names = {entry.name, *entry.aliases}
+def _selected(names: set[str], wanted: Sequence[str], disabled: Sequence[str]) -> bool:
     if "*" in disabled or "all" in disabled or names & set(disabled):
         return False
     return "all" in wanted or bool(names & set(wanted))
@@ -236,23 +243,96 @@ def _django_ready() -> bool:
 
 
 def _apply(entry: Instrumentor, settings: Settings) -> Outcome:
-    """Apply one contrib instrumentor: ("instrumented" | "skipped" | "failed", why); never raises."""
+    """Apply one of meshwatch's own table entries; never raises."""
+    return _instrument(lambda: getattr(importlib.import_module(entry.module), entry.cls), entry.kwargs(settings))
+
+
+def _instrument(load: Callable[[], Any], kwargs: dict[str, Any]) -> Outcome:
+    """Load an instrumentor class and instrument with it: ("instrumented" | "skipped" | "failed", why)."""
     try:
-        instrumentor = getattr(importlib.import_module(entry.module), entry.cls)()
+        instrumentor = load()()
         if instrumentor.is_instrumented_by_opentelemetry:
             return "instrumented", ""
-        instrumentor.instrument(raise_exception_on_conflict=True, **entry.kwargs(settings))
+        instrumentor.instrument(raise_exception_on_conflict=True, **kwargs)
         if instrumentor.is_instrumented_by_opentelemetry:
             return "instrumented", ""
         return "skipped", "instrumentor declined"
     except DependencyConflictError as exc:
         # e.g. a library version newer than the instrumentor supports: skipped, said once in the start line
-        conflict = exc.conflict
-        if conflict.found:
-            return "skipped", f"installed {conflict.found} is outside {conflict.required}"
-        return "skipped", str(conflict)
+        return "skipped", _conflict_reason(exc.conflict)
     except Exception as exc:
         return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def _conflict_reason(conflict: Any) -> str:
+    if getattr(conflict, "found", None):
+        return f"installed {conflict.found} is outside {conflict.required}"
+    return str(conflict)
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """An ``opentelemetry_instrumentor`` entry point meshwatch's table does not cover."""
+
+    name: str
+    value: str  # "module:Class"
+    distribution: str  # the instrumentor's package, e.g. "opentelemetry-instrumentation-celery 0.66b1"
+    entry_point: Any
+
+
+def discover(table: Sequence[Instrumentor] = INSTRUMENTORS) -> list[Discovered]:
+    """Every installed instrumentor entry point, as ``opentelemetry-instrument`` finds them, minus the table's.
+
+    An entry point is covered by the table when it names one of the table's entries or
+    comes from the same module (``httpx2`` from the httpx instrumentor's package is not
+    a second HTTPX instrumentation to add). Reading entry points imports nothing.
+    """
+    from importlib.metadata import entry_points
+
+    names = {n for e in table for n in (e.name, *e.aliases)}
+    modules = {e.module for e in table}
+    found: dict[str, Discovered] = {}
+    for ep in entry_points(group="opentelemetry_instrumentor"):
+        if ep.name in names or ep.name in found or ep.value.split(":", 1)[0] in modules:
+            continue
+        dist = getattr(ep, "dist", None)
+        label = f"{dist.name} {dist.version}" if dist is not None else ep.value
+        found[ep.name] = Discovered(ep.name, ep.value, label, ep)
+    return sorted(found.values(), key=lambda d: d.name)
+
+
+def _discovered_conflict(found: Discovered) -> str | None:
+    """Why the instrumented library is absent or of an unsupported version, read from package metadata."""
+    from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
+
+    dist = getattr(found.entry_point, "dist", None)
+    if dist is None:
+        return None
+    conflict = get_dist_dependency_conflicts(dist)
+    return _conflict_reason(conflict) if conflict is not None else None
+
+
+def _instrument_discovered(report: InstrumentationReport, wanted: Sequence[str], disabled: Sequence[str]) -> None:
+    for found in discover():
+        if not _selected({found.name}, wanted, disabled):
+            report.skipped[found.name] = "disabled by configuration"
+            continue
+        try:
+            conflict = _discovered_conflict(found)
+        except Exception as exc:  # metadata an instrumentor package got wrong: try it anyway
+            conflict = None
+            _logger.debug("meshwatch could not read the requirements of %s: %s", found.distribution, exc)
+        if conflict is not None:
+            report.skipped[found.name] = conflict
+            continue
+        outcome, reason = _instrument(found.entry_point.load, {})
+        if outcome == "instrumented":
+            report.instrumented.append(found.name)
+        elif outcome == "skipped":
+            report.skipped[found.name] = reason
+        else:
+            report.failed[found.name] = reason
+            _logger.warning("meshwatch could not instrument %s: %s", found.name, reason)
 
 
 def _log_deferred(entry: Instrumentor, outcome: Outcome) -> None:
@@ -268,7 +348,7 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
     wanted = [n.strip().lower() for n in settings.instrumentations]
     disabled = [n.strip().lower() for n in settings.disabled_instrumentations]
     for entry in INSTRUMENTORS:
-        if not _selected(entry, wanted, disabled):
+        if not _selected({entry.name, *entry.aliases}, wanted, disabled):
             report.skipped[entry.name] = "disabled by configuration"
             continue
         if not _installed(entry.library):
@@ -306,6 +386,7 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
         else:
             report.failed[entry.name] = reason
             _logger.warning("meshwatch could not instrument %s: %s", entry.name, reason)
+    _instrument_discovered(report, wanted, disabled)
     return report
 
 

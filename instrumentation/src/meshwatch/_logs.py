@@ -25,6 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import TraceFlags
 
+from ._celery import console_stream
 from ._redact import Redactor
 
 __all__ = ["MeshwatchHandler", "MeshwatchLoggerProvider", "install_handler", "remove_handlers"]
@@ -223,7 +224,7 @@ class MeshwatchHandler(logging.Handler):
                 line["stack"] = record.stack_info
             for key, value in extras.items():
                 line[f"extra.{key}" if key in _LINE_KEYS else key] = value
-            stream = sys.stdout
+            stream = console_stream() if "celery" in sys.modules else sys.stdout
             stream.write(_dumps(line) + "\n")
             stream.flush()
         if (self.enqueue is None and not self.sinks) or record.name.startswith("opentelemetry"):

@@ -74,7 +74,7 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _check(env: dict[str, str]) -> int:
-    from ._instrumentors import INSTRUMENTORS, _installed
+    from ._instrumentors import INSTRUMENTORS, _discovered_conflict, _installed, discover
 
     settings = resolve(environ=env)
     print("meshwatch settings (argument = value  [environment variable]):")
@@ -91,6 +91,13 @@ def _check(env: dict[str, str]) -> int:
         else:
             state = "available"
         print(f"  {entry.name:17} {state}")
+    for found in discover():
+        try:
+            conflict = _discovered_conflict(found)
+        except Exception as exc:
+            conflict = f"requirements unreadable ({exc})"
+        state = f"skipped: {conflict}" if conflict else "available"
+        print(f"  {found.name:17} {state}  (entry point from {found.distribution})")
     return 0
 
 

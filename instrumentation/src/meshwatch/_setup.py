@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from ._batch import BoundedBatcher
+from ._celery import keep_handler_through_celery_logging
 from ._config import Settings, resolve
 from ._dropped import TALLY
 from ._exporters import exporter_factory
@@ -222,6 +224,8 @@ def _configure_logging(st: _State) -> None:
     st.handler = handler
     install_handler(handler, settings.log_level)
     configure_structlog()
+    if importlib.util.find_spec("celery") is not None:
+        keep_handler_through_celery_logging(lambda: st.handler)
 
 
 def init(*, app: Any = None, _capture_metrics: bool = False, **options: Any) -> Status:
@@ -244,7 +248,7 @@ def init(*, app: Any = None, _capture_metrics: bool = False, **options: Any) -> 
                 settings=settings,
                 resource=resource,
                 redactor=redactor,
-                sampler=SwitchableSampler(sampler),
+                sampler=SwitchableSampler(sampler, broker_polling_spans=settings.broker_polling_spans),
                 span_processor=MeshwatchSpanProcessor(RedMetrics(HTTP_DURATION_BUCKETS)),
             )
             st.span_batcher = _span_batcher(settings, redactor)
@@ -269,6 +273,7 @@ def _reconfigure(st: _State, settings: Settings, resource: Resource, redactor: R
     st.settings = settings
     st.redactor = redactor
     st.sampler.inner = sampler
+    st.sampler.broker_polling_spans = settings.broker_polling_spans
     _replace_resource(st, resource)
     old_spans = st.span_processor.set_batcher(_span_batcher(settings, redactor))
     st.span_batcher = st.span_processor.batcher

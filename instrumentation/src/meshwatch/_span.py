@@ -407,6 +407,8 @@ class MeshwatchTracer(Tracer):
         if static is not None:
             # SwitchableSampler over ParentBased(fixed samplers): its decision, without three parent lookups.
             if parent is None:
+                if kind is trace_api.SpanKind.CLIENT and sampler.drops_root(kind):
+                    return trace_api.INVALID_SPAN  # a broker client's housekeeping: not recorded at all
                 decision, trace_state = static[0], None
             else:
                 decision = static[1 + 2 * (not parent[_IS_REMOTE]) + (not parent[_TRACE_FLAGS] & 1)]

@@ -9,6 +9,7 @@ added with ``add_span_processor``. Redaction runs on the export thread.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,6 +90,32 @@ def build_sampler(name: str, rate: float) -> sdk_sampling.Sampler:
 
 _DROP = sdk_sampling.Decision.DROP
 _RECORD_ONLY = sdk_sampling.Decision.RECORD_ONLY
+_NOT_RECORDED = sdk_sampling.SamplingResult(_DROP)
+
+#: Modules whose own calls, made outside any span, are a broker client's housekeeping.
+_BROKER_CLIENTS = ("kombu.",)
+#: How many frames up a root CLIENT span's caller is looked for (redis-py and its instrumentor sit in between).
+_BROKER_FRAME_DEPTH = 48
+
+
+def started_by_broker_client() -> bool:
+    """True when a kombu frame is on the stack: the span is kombu polling or acknowledging for itself.
+
+    An idle Celery worker with a Redis broker otherwise exported about 50 root Redis spans a
+    minute (``BRPOP``, ``LLEN``, ``EVALSHA``, ``PUBLISH`` from kombu's event loop), each its
+    own one-span trace. A task's or a producer's Redis calls have a parent span and are never
+    looked at here. Only root CLIENT spans pay for the walk, and only once kombu is imported.
+    """
+    if "kombu" not in sys.modules:
+        return False
+    frame = sys._getframe(1)
+    for _ in range(_BROKER_FRAME_DEPTH):
+        if frame is None:
+            return False
+        if frame.f_globals.get("__name__", "").startswith(_BROKER_CLIENTS):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class SwitchableSampler(sdk_sampling.Sampler):
@@ -101,8 +128,10 @@ class SwitchableSampler(sdk_sampling.Sampler):
     result as the SDK's chain but one parent lookup instead of three.
     """
 
-    def __init__(self, inner: sdk_sampling.Sampler) -> None:
+    def __init__(self, inner: sdk_sampling.Sampler, *, broker_polling_spans: bool = False) -> None:
         self.inner = inner
+        #: False: a root CLIENT span a broker client starts for itself is not recorded at all.
+        self.broker_polling_spans = broker_polling_spans
 
     @property
     def inner(self) -> sdk_sampling.Sampler:
@@ -112,6 +141,10 @@ class SwitchableSampler(sdk_sampling.Sampler):
     def inner(self, sampler: sdk_sampling.Sampler) -> None:
         self._inner = sampler
         self.static_decisions = _static_decisions(sampler)
+
+    def drops_root(self, kind: SpanKind | None) -> bool:
+        """A root span not to record at all: a broker client's own call (see ``started_by_broker_client``)."""
+        return kind is SpanKind.CLIENT and not self.broker_polling_spans and started_by_broker_client()
 
     def should_sample(  # noqa: PLR0917 - the Sampler interface
         self,
@@ -127,6 +160,8 @@ class SwitchableSampler(sdk_sampling.Sampler):
         if static is not None:
             parent = get_current_span(parent_context).get_span_context()
             if parent is None or not parent.is_valid:
+                if self.drops_root(kind):
+                    return _NOT_RECORDED
                 decision, parent_state = static[0], None
             else:
                 decision = static[1 + 2 * (not parent.is_remote) + (not parent.trace_flags.sampled)]
@@ -134,6 +169,10 @@ class SwitchableSampler(sdk_sampling.Sampler):
             if decision is _DROP:
                 return sdk_sampling.SamplingResult(_RECORD_ONLY, None, parent_state)
             return sdk_sampling.SamplingResult(decision, attributes, parent_state)
+        if kind is SpanKind.CLIENT and self.drops_root(kind):
+            parent = get_current_span(parent_context).get_span_context()
+            if parent is None or not parent.is_valid:
+                return _NOT_RECORDED
         result = self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
         if result.decision is _DROP:
             # Not exported, but still recorded: RED metrics count every request, sampled or not.

@@ -1,0 +1,75 @@
+"""Celery's worker sets up logging its own way; keep meshwatch's handler through it.
+
+A Celery worker "hijacks" the root logger when it starts (``worker_hijack_root_logger``,
+on by default): it removes every handler, meshwatch's included, and adds its own
+console handler, again in each prefork child. Task loggers (``get_task_logger``) hang
+under ``celery.task``, which does not propagate to the root. So a line logged in a task
+was neither exported nor printed as JSON. After Celery's set-up (its
+``after_setup_logger`` and ``after_setup_task_logger`` signals) meshwatch's handler is
+put back on both loggers, and, where meshwatch prints JSON lines, Celery's console
+handlers it just added make way for it (a ``--logfile`` handler stays). Celery also
+replaces ``sys.stdout`` with a proxy that logs what is written; meshwatch's JSON lines
+are written past it (see :func:`console_stream`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._logs import MeshwatchHandler
+
+__all__ = ["console_stream", "keep_handler_through_celery_logging"]
+
+_connected: list[Callable[..., None]] = []
+
+
+def console_stream() -> IO[str]:
+    """``sys.stdout``, unless Celery redirected it into logging: then the process's real stdout.
+
+    Writing a JSON line into Celery's proxy would log it again (as a WARNING of
+    ``celery.redirected``) in Celery's own format.
+    """
+    stream = sys.stdout
+    log_module = sys.modules.get("celery.utils.log")
+    proxy = getattr(log_module, "LoggingProxy", None) if log_module is not None else None
+    if proxy is not None and isinstance(stream, proxy) and sys.__stdout__ is not None:
+        return sys.__stdout__
+    return stream
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return type(handler) is logging.StreamHandler or (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and getattr(handler, "stream", None) in (sys.__stderr__, sys.__stdout__)
+    )
+
+
+def keep_handler_through_celery_logging(current_handler: Callable[[], MeshwatchHandler | None]) -> bool:
+    """Connect to Celery's logging signals (once per process); False when Celery is not installed."""
+    if _connected:
+        return True
+    try:
+        from celery import signals
+    except ImportError:
+        return False
+
+    def restore(logger: logging.Logger | None = None, **_: Any) -> None:
+        handler = current_handler()
+        if handler is None or logger is None:
+            return
+        prints_json = handler.stdout
+        for other in list(logger.handlers):
+            if other is not handler and prints_json and _is_console(other):
+                logger.removeHandler(other)
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+
+    signals.after_setup_logger.connect(restore, weak=False)
+    signals.after_setup_task_logger.connect(restore, weak=False)
+    _connected.append(restore)
+    return True
