@@ -135,3 +135,38 @@ def test_broker_polling_spans_when_asked_for(redis_server: Any, tmp_path: Path) 
         _worker(_env(sink, redis_server.urls["redis"], "celery-polling", **env_extra), tmp_path / "w.log"),
     ):
         eventually(lambda: len(_polling_spans(sink, "celery-polling")) >= 3, timeout=20, what="polling spans")
+
+
+def test_worker_sigterm_loses_no_finished_task_span(redis_server: Any, tmp_path: Path) -> None:
+    """A warm shutdown (SIGTERM to the worker) right after tasks ran: only the flush on the way out exports them.
+
+    The batch delay is a minute so that nothing leaves on its timer while Celery shuts down.
+    """
+    redis_url = redis_server.urls["redis"]
+    with otlp_sink() as sink:
+        env = base_env(
+            **sink_env(sink, OTEL_SERVICE_NAME="celery-stop", BROKER_URL=redis_url, OTEL_BSP_SCHEDULE_DELAY="60000")
+        )
+        with _worker(env, tmp_path / "worker.log") as worker:
+            produced = subprocess.run(
+                ["meshwatch-run", "python", "celery_producer.py"],
+                cwd=APPS,
+                env=_env(sink, redis_url, "celery-stop-producer"),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            trace_id = next(json.loads(x)["trace_id"] for x in produced.stdout.splitlines() if '"trace_id": "' in x)
+            eventually(
+                lambda: "adding" in (tmp_path / "worker.log").read_text(errors="replace"), timeout=20, what="task ran"
+            )
+            time.sleep(0.5)
+            worker.send_signal(signal.SIGTERM)  # to the worker's main process, as an orchestrator does
+            code = worker.wait(30)
+        with sink.lock:
+            names = {s.name for s in sink.spans if s.trace_id == trace_id}
+            logs = [r for r in sink.logs if r.body == "adding"]
+        assert {"run/tasks.add", "run/tasks.fail"} <= names, (names, (tmp_path / "worker.log").read_text()[-2000:])
+        assert logs and logs[0].trace_id == trace_id
+        assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM), code

@@ -1,4 +1,4 @@
-"""Celery's worker sets up logging its own way; keep meshwatch's handler through it.
+"""Celery's worker sets up logging and ends its pool processes its own way; keep meshwatch working through both.
 
 A Celery worker "hijacks" the root logger when it starts (``worker_hijack_root_logger``,
 on by default): it removes every handler, meshwatch's included, and adds its own
@@ -10,6 +10,11 @@ put back on both loggers, and, where meshwatch prints JSON lines, Celery's conso
 handlers it just added make way for it (a ``--logfile`` handler stays). Celery also
 replaces ``sys.stdout`` with a proxy that logs what is written; meshwatch's JSON lines
 are written past it (see :func:`console_stream`).
+
+A prefork pool process ends with ``os._exit`` at a warm shutdown, so ``atexit`` never
+runs there: the spans and log records of the last tasks it ran were lost (one of two
+in the test). Celery's ``worker_process_shutdown`` signal, sent in the pool process
+just before, flushes them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._logs import MeshwatchHandler
 
-__all__ = ["console_stream", "keep_handler_through_celery_logging"]
+__all__ = ["console_stream", "integrate_celery"]
 
 _connected: list[Callable[..., None]] = []
 
@@ -49,8 +54,11 @@ def _is_console(handler: logging.Handler) -> bool:
     )
 
 
-def keep_handler_through_celery_logging(current_handler: Callable[[], MeshwatchHandler | None]) -> bool:
-    """Connect to Celery's logging signals (once per process); False when Celery is not installed."""
+def integrate_celery(current_handler: Callable[[], MeshwatchHandler | None], flush: Callable[[], None]) -> bool:
+    """Connect to Celery's logging and pool-process signals (once per process); False without Celery.
+
+    ``flush`` must be bounded in time (meshwatch's exit flush is, by ``shutdown_timeout``).
+    """
     if _connected:
         return True
     try:
@@ -69,7 +77,11 @@ def keep_handler_through_celery_logging(current_handler: Callable[[], MeshwatchH
         if handler not in logger.handlers:
             logger.addHandler(handler)
 
+    def flush_pool_process(**_: Any) -> None:
+        flush()
+
     signals.after_setup_logger.connect(restore, weak=False)
     signals.after_setup_task_logger.connect(restore, weak=False)
+    signals.worker_process_shutdown.connect(flush_pool_process, weak=False)
     _connected.append(restore)
     return True

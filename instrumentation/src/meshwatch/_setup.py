@@ -28,7 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from ._batch import BoundedBatcher
-from ._celery import keep_handler_through_celery_logging
+from ._celery import integrate_celery
 from ._config import Settings, resolve
 from ._dropped import TALLY
 from ._exporters import exporter_factory
@@ -225,7 +225,7 @@ def _configure_logging(st: _State) -> None:
     install_handler(handler, settings.log_level)
     configure_structlog()
     if importlib.util.find_spec("celery") is not None:
-        keep_handler_through_celery_logging(lambda: st.handler)
+        integrate_celery(lambda: st.handler, _at_exit)
 
 
 def init(*, app: Any = None, _capture_metrics: bool = False, **options: Any) -> Status:
