@@ -24,6 +24,8 @@ import sys
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from ._server_logs import is_console_handler
+
 if TYPE_CHECKING:
     from ._logs import MeshwatchHandler
 
@@ -46,14 +48,6 @@ def console_stream() -> IO[str]:
     return stream
 
 
-def _is_console(handler: logging.Handler) -> bool:
-    return type(handler) is logging.StreamHandler or (
-        isinstance(handler, logging.StreamHandler)
-        and not isinstance(handler, logging.FileHandler)
-        and getattr(handler, "stream", None) in (sys.__stderr__, sys.__stdout__)
-    )
-
-
 def integrate_celery(current_handler: Callable[[], MeshwatchHandler | None], flush: Callable[[], None]) -> bool:
     """Connect to Celery's logging and pool-process signals (once per process); False without Celery.
 
@@ -72,7 +66,7 @@ def integrate_celery(current_handler: Callable[[], MeshwatchHandler | None], flu
             return
         prints_json = handler.stdout
         for other in list(logger.handlers):
-            if other is not handler and prints_json and _is_console(other):
+            if other is not handler and prints_json and is_console_handler(other):
                 logger.removeHandler(other)
         if handler not in logger.handlers:
             logger.addHandler(handler)

@@ -55,6 +55,8 @@ _RESERVED = frozenset(
         "otelTraceID",
         "otelTraceSampled",
         "otelServiceName",
+        # uvicorn's copy of the message with terminal colour codes, for its own console formatter
+        "color_message",
     }
 )
 #: Keys of the JSON line itself; an extra field with one of these names is prefixed.

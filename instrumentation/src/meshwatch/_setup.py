@@ -38,6 +38,7 @@ from ._metrics import HTTP_DURATION_BUCKETS, FanOutMetricExporter, build_meter_p
 from ._red import RedMetrics
 from ._redact import Redactor
 from ._resource import build_resource
+from ._server_logs import hook_server_logging
 from ._signals import flush_on_stop_signals
 from ._span import MeshwatchTracerProvider
 from ._traces import MeshwatchSpanProcessor, SwitchableSampler, build_propagator, build_sampler, redact_spans
@@ -226,6 +227,7 @@ def _configure_logging(st: _State) -> None:
     configure_structlog()
     if importlib.util.find_spec("celery") is not None:
         integrate_celery(lambda: st.handler, _at_exit)
+    hook_server_logging(lambda: st.handler)
 
 
 def init(*, app: Any = None, _capture_metrics: bool = False, **options: Any) -> Status:

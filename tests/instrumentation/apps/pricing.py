@@ -12,3 +12,8 @@ app = FastAPI()
 async def price(item: int) -> dict:
     log.info("price computed", extra={"item": item})
     return {"item": item, "price": item * 3}
+
+
+@app.get("/boom")
+async def boom() -> dict:
+    raise RuntimeError("pricing exploded")  # unhandled: uvicorn logs "Exception in ASGI application"

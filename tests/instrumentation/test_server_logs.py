@@ -1,0 +1,101 @@
+"""The servers' own log lines are JSON on stdout and shipped over OTLP, like the application's.
+
+uvicorn and gunicorn set up their own loggers after meshwatch (and they do not
+propagate to the root logger), so their start-up lines, access log and
+"Exception in ASGI application" used to stay in the server's plain-text format
+and never reached the collector.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from meshwatch.stack import free_port
+from meshwatch.stack.testing import eventually
+
+from ._helpers import base_env, running, start
+from ._sink import otlp_sink, sink_env
+
+pytestmark = pytest.mark.integration
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _printed(log: Path) -> tuple[list[dict], list[str]]:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    objects, plain = [], []
+    for line in lines:
+        try:
+            objects.append(json.loads(line))
+        except ValueError:
+            plain.append(line)
+    return objects, plain
+
+
+def test_uvicorn_lines_access_log_and_crash_are_json_and_exported(tmp_path: Path) -> None:
+    port = free_port()
+    with otlp_sink() as sink:
+        env = base_env(**sink_env(sink, OTEL_SERVICE_NAME="server-logs-uvicorn", OTEL_BSP_SCHEDULE_DELAY="200"))
+        service = start(
+            "uvicorn",
+            ["meshwatch-run", "uvicorn", "pricing:app", "--port", str(port)],
+            env,
+            tmp_path,
+            port=port,
+            ready_path="/price/1",
+        )
+        with running(service):
+            assert _get(f"{service.url}/price/7") == 200
+            assert _get(f"{service.url}/boom") == 500
+
+            def exported() -> bool:
+                with sink.lock:
+                    bodies = [str(r.body) for r in sink.logs]
+                return any("GET /price/7" in b for b in bodies) and any("Exception in ASGI" in b for b in bodies)
+
+            eventually(exported, timeout=20, what="uvicorn's access line and crash at the sink")
+        objects, plain = _printed(service.log)
+    assert not plain, f"lines that are not JSON: {plain[:5]}"
+    by_message = {o["message"]: o for o in objects}
+    assert any(m.startswith("Started server process") for m in by_message), "uvicorn's start-up line as JSON"
+    access = next(o for o in objects if o["logger"] == "uvicorn.access" and "GET /price/7" in o["message"])
+    assert access["trace_id"], "the access line carries the request's trace id"
+    crash = next(o for o in objects if o["message"].startswith("Exception in ASGI application"))
+    assert crash["exception"]["type"] == "RuntimeError" and "pricing exploded" in crash["exception"]["message"]
+    with sink.lock:
+        shipped = [r for r in sink.logs if str(r.body).startswith("Exception in ASGI application")]
+        spans = {s.trace_id for s in sink.spans if s.attributes.get("url.path") == "/price/7"}
+    assert shipped and shipped[0].attributes.get("exception.type") == "RuntimeError"
+    assert access["trace_id"] in spans
+
+
+def test_gunicorn_lines_are_json_and_exported(tmp_path: Path) -> None:
+    port = free_port()
+    with otlp_sink() as sink:
+        env = base_env(**sink_env(sink, OTEL_SERVICE_NAME="server-logs-gunicorn", OTEL_BSP_SCHEDULE_DELAY="200"))
+        argv = ["meshwatch-run", "gunicorn", "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "inventory:app"]
+        service = start("gunicorn", argv, env, tmp_path, port=port, ready_path="/stock/1")
+        with running(service):
+            assert _get(f"{service.url}/stock/5") == 200
+
+            def exported() -> bool:
+                with sink.lock:
+                    bodies = [str(r.body) for r in sink.logs]
+                return any("Booting worker" in b for b in bodies) and any("/stock/5" in b for b in bodies)
+
+            eventually(exported, timeout=20, what="gunicorn's boot line and access line at the sink")
+        objects, plain = _printed(service.log)
+    assert not plain, f"lines that are not JSON: {plain[:5]}"
+    assert any(o["logger"] == "gunicorn.error" and o["message"].startswith("Booting worker") for o in objects)
+    assert any(o["logger"] == "gunicorn.access" and "/stock/5" in o["message"] for o in objects)
