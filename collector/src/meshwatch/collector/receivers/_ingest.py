@@ -17,6 +17,7 @@ from ..batch import Batch
 from ..component import Consumer, PartiallyAccepted, Refused
 from ..signals import ITEM_NAMES, Signal
 from ..telemetry import Telemetry
+from ._validate import remove_invalid
 
 __all__ = ["Outcome", "Ingest", "PARTIAL_FIELDS"]
 
@@ -83,6 +84,15 @@ class Ingest:
             )
         if items == 0:
             return Outcome(True, 0)
+        invalid, problem = remove_invalid(signal, batch.message)
+        if invalid:
+            # Refused one by one, so a bad span cannot take its neighbours with it later,
+            # when the exporter merges queued requests into one send the backend refuses.
+            self.telemetry.refused(self.receiver, transport, signal.value, "invalid_id", invalid)
+            batch.mark_modified()
+            items -= invalid
+            if items == 0:
+                return Outcome(True, invalid, "invalid_id", problem, rejected=invalid)
         try:
             consumer.consume(batch)
         except Refused as refused:
@@ -93,12 +103,15 @@ class Ingest:
             self.telemetry.refused(self.receiver, transport, signal.value, partial.reason, rejected)
             if items - rejected:
                 self.telemetry.accepted(self.receiver, transport, signal.value, items - rejected)
-            return Outcome(True, items, partial.reason, str(partial), rejected=rejected)
+            message = f"{problem}; {partial}" if invalid else str(partial)
+            return Outcome(True, items + invalid, partial.reason, message, rejected=rejected + invalid)
         except Exception as exc:  # a bug downstream must not take the receiver down; the sender retries
             log.exception("%s: pipeline error on %d %s", self.receiver, items, ITEM_NAMES[signal])
             self.telemetry.refused(self.receiver, transport, signal.value, "internal_error", items)
             return Outcome(False, items, "internal_error", f"internal error: {type(exc).__name__}", True, 1.0)
         self.telemetry.accepted(self.receiver, transport, signal.value, items)
+        if invalid:
+            return Outcome(True, items + invalid, "invalid_id", problem, rejected=invalid)
         return Outcome(True, items)
 
 

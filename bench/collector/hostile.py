@@ -1,0 +1,182 @@
+"""Hostile-input figures for issue 11: a bad neighbour, and a flood of concurrent calls.
+
+bad-neighbour: 100 valid one-span traces and, in their middle, one request whose span
+has a 5-byte trace id, sent over OTLP/gRPC to a meshwatch-collector whose ``otlp``
+exporter (one consumer, 2 s linger, so all of them are merged into one send) points at
+a real Jaeger. Printed: valid traces found in Jaeger, dead-letter lines, and the
+answer the bad request got.
+
+flood: 1000 concurrent OTLP/gRPC calls (one thread each, released together) at a
+collector whose exporter points at a closed port (so nothing drains and the workers
+stay busy). Printed: outcomes by status code, how many refusals carried a RetryInfo,
+and the collector's refused counter by reason.
+
+    .venv/bin/python bench/collector/hostile.py bad-neighbour
+    .venv/bin/python bench/collector/hostile.py flood [--calls 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from meshwatch.collector.testing import free_port, start_collector
+from meshwatch.stack.runner import Stack
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def _request(trace_id: bytes, span_id: bytes = b"\x00" * 7 + b"\x01") -> bytes:
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    attr = rs.resource.attributes.add()
+    attr.key, attr.value.string_value = "service.name", "bench-hostile"
+    span = rs.scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = trace_id, span_id, "GET /"
+    span.start_time_unix_nano = time.time_ns()
+    span.end_time_unix_nano = span.start_time_unix_nano + 1_000_000
+    return request.SerializeToString()
+
+
+def _in_jaeger(url: str, trace_id: bytes) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/traces/{trace_id.hex()}", timeout=10) as response:
+            return bool(json.loads(response.read()).get("data"))
+    except urllib.error.HTTPError:
+        return False
+
+
+def bad_neighbour(workdir: Path) -> None:
+    import os
+
+    stack = Stack(workdir / "stack")
+    try:
+        jaeger = stack.start("jaeger")
+        exporter = {
+            "endpoint": jaeger.urls["otlp_grpc"],
+            "tls": {"insecure": True},
+            "sending_queue": {"num_consumers": 1},
+            "batch": {"linger": "2s"},
+        }
+        config = {
+            "receivers": {"otlp": {}},
+            "exporters": {"otlp/jaeger": exporter},
+            "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/jaeger"]}}},
+        }
+        collector = start_collector(config, workdir / "collector")
+        try:
+            good = [os.urandom(16) for _ in range(100)]
+            with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+                export = channel.unary_unary(EXPORT)
+                for i, trace_id in enumerate(good):
+                    export(_request(trace_id), timeout=10)
+                    if i == 49:
+                        try:
+                            answer = export(_request(b"\x01\x02\x03\x04\x05"), timeout=10)
+                            bad_answer = f"OK, response {answer!r}"
+                        except grpc.RpcError as error:
+                            bad_answer = f"{error.code().name}: {error.details()}"
+            deadline = time.monotonic() + 20
+            found = 0
+            while time.monotonic() < deadline:
+                found = sum(_in_jaeger(jaeger.url, t) for t in good)
+                if found == len(good):
+                    break
+                time.sleep(1)
+            dead = collector.storage_dir / "deadletter"
+            letters = [line for path in dead.glob("*.jsonl") for line in path.read_text().splitlines()]
+            items = sum(json.loads(line)["items"] for line in letters)
+            print(f"bad request answered: {bad_answer}")
+            print(f"valid traces in Jaeger: {found} of {len(good)}")
+            print(f"dead-letter lines: {len(letters)} holding {items} spans")
+        finally:
+            collector.stop()
+    finally:
+        stack.down()
+
+
+def flood(workdir: Path, calls: int) -> None:
+    config = {
+        "receivers": {"otlp": {}},
+        "exporters": {"otlp/void": {"endpoint": f"127.0.0.1:{free_port()}", "tls": {"insecure": True}}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/void"]}}},
+    }
+    collector = start_collector(config, workdir / "collector")
+    try:
+        outcomes: Counter[str] = Counter()
+        with_retry_info = 0
+        lock = threading.Lock()
+        go = threading.Event()
+        body = _request(b"\x11" * 16)
+        channel = grpc.insecure_channel(collector.grpc_endpoint)
+        grpc.channel_ready_future(channel).result(timeout=10)
+        export = channel.unary_unary(EXPORT)
+
+        def one() -> None:
+            nonlocal with_retry_info
+            go.wait()
+            try:
+                export(body, timeout=60)
+                code, hint = "OK", False
+            except grpc.RpcError as error:
+                code, hint = error.code().name, _has_retry_info(error)
+            with lock:
+                outcomes[code] += 1
+                with_retry_info += hint
+
+        threads = [threading.Thread(target=one) for _ in range(calls)]
+        for thread in threads:
+            thread.start()
+        go.set()
+        for thread in threads:
+            thread.join()
+        channel.close()
+        refusals = calls - outcomes["OK"]
+        print(f"calls: {calls}; outcomes: {dict(outcomes)}")
+        print(f"refusals with RetryInfo: {with_retry_info} of {refusals}")
+        counted = {
+            labels: value
+            for (name, labels), value in collector.metrics().items()
+            if name == "meshwatch_receiver_refused_items_total" and value
+        }
+        print(f"collector's refused counter: {counted}")
+    finally:
+        collector.stop()
+
+
+def _has_retry_info(error: grpc.RpcError) -> bool:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    return True
+    return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["bad-neighbour", "flood"])
+    parser.add_argument("--calls", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="meshwatch-hostile-") as tmp:
+        if args.what == "bad-neighbour":
+            bad_neighbour(Path(tmp))
+        else:
+            flood(Path(tmp), args.calls)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""One bad request must not take its neighbours with it (issue 11, finding 1).
+
+A span with a 5-byte trace id is refused by Jaeger ("invalid TraceID length") for
+the whole request it travels in. Two defences, each tested against the real Jaeger:
+
+* the receiver refuses just the bad spans (OTLP ``partial_success``) and keeps the
+  rest, so what reaches the queue is what the backend takes;
+* should a bad request reach the queue anyway (queued before this check existed, or
+  a rule the receiver does not know), the exporter splits a merged send that the
+  backend refused for good, so only the offending original request is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from meshwatch.stack.testing import eventually
+
+from ._helpers import jaeger_exporter, jaeger_span_count, random_trace_ids, span_request, traces_config
+
+pytestmark = pytest.mark.integration
+
+TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+GOOD = 100
+
+
+def _bad_request() -> bytes:
+    """One span whose trace id is 5 bytes long: Jaeger refuses the whole request carrying it."""
+    request = ExportTraceServiceRequest.FromString(span_request(random_trace_ids(1), service="bad-neighbour"))
+    request.resource_spans[0].scope_spans[0].spans[0].trace_id = b"\x01\x02\x03\x04\x05"
+    return request.SerializeToString()
+
+
+def _all_in_jaeger(jaeger, trace_ids: list[bytes]) -> int:
+    return sum(1 for trace_id in trace_ids if jaeger_span_count(jaeger, trace_id) == 1)
+
+
+def _dead_letters(storage: Path) -> list[dict]:
+    lines: list[dict] = []
+    for path in sorted((storage / "deadletter").glob("*.jsonl")):
+        lines.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+    return lines
+
+
+def test_receiver_refuses_only_the_bad_span_and_every_good_trace_reaches_jaeger(collector_factory, jaeger) -> None:
+    # One consumer lingering 2 s: all 101 requests are merged into one send, the worst case.
+    exporter = jaeger_exporter(jaeger, sending_queue={"num_consumers": 1}, batch={"linger": "2s"})
+    collector = collector_factory(traces_config(jaeger, exporter=exporter))
+    trace_ids = random_trace_ids(GOOD)
+    with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+        export = channel.unary_unary(TRACES)
+        for i, trace_id in enumerate(trace_ids):
+            export(span_request([trace_id], service="bad-neighbour"), timeout=10)
+            if i == GOOD // 2:
+                answer = ExportTraceServiceResponse.FromString(export(_bad_request(), timeout=10))
+    # the bad span is refused by name, in the OTLP way, and counted
+    assert answer.partial_success.rejected_spans == 1
+    assert "trace_id" in answer.partial_success.error_message
+    assert "16 bytes" in answer.partial_success.error_message
+    refused = collector.metric(
+        "meshwatch_receiver_refused_items_total", transport="grpc", signal="traces", reason="invalid_id"
+    )
+    assert refused == 1
+    delivered = eventually(
+        lambda: _all_in_jaeger(jaeger, trace_ids) == GOOD or None, timeout=30, what="all good traces in Jaeger"
+    )
+    assert delivered
+    assert _dead_letters(collector.storage_dir) == []
