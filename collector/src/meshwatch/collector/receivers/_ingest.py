@@ -62,6 +62,15 @@ class Ingest:
         self.telemetry.refused(self.receiver, transport, signal.value, reason, items)
         return Outcome(False, items, reason, message)
 
+    def push_back(self, transport: str, signal: Signal, reason: str, message: str, retry_after: float = 1.0) -> Outcome:
+        """Count a request refused as backpressure before it was read: the sender retries it.
+
+        Answered like a full queue (gRPC RESOURCE_EXHAUSTED + ``RetryInfo``, HTTP 429 +
+        ``Retry-After``) and, like every request refused unread, counted as 1 item.
+        """
+        self.telemetry.refused(self.receiver, transport, signal.value, reason, 1)
+        return Outcome(False, 1, reason, message, retryable=True, retry_after=retry_after)
+
     def protobuf(self, transport: str, signal: Signal, raw: bytes, peer: str = "") -> Outcome:
         try:
             batch = Batch.from_bytes(signal, raw, receiver=self.receiver, transport=transport, peer=peer)
