@@ -20,7 +20,6 @@ body, so such a request is read whole first; the concurrency limit bounds how ma
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import threading
@@ -33,7 +32,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
 from ..signals import Signal
-from ._ingest import Ingest, Outcome, response_message
+from ._ingest import Ingest, Outcome, bearer_matches, response_message
 
 __all__ = ["GrpcTransport", "SERVICES"]
 
@@ -156,9 +155,11 @@ class GrpcTransport:
         """None to serve the call, else the counted refusal (called on gRPC's polling thread)."""
         if self._token is not None:
             given = [value for key, value in metadata or () if key == "authorization"]
-            expected = f"Bearer {self._token}".encode()
-            first = given[0].encode() if given and isinstance(given[0], str) else (given[0] if given else b"")
-            if not given or not hmac.compare_digest(first, expected):
+            if len(given) > 1:
+                return self.ingest.refuse(
+                    "grpc", signal, "unauthenticated", "more than one authorization value; send exactly one"
+                )
+            if not given or not bearer_matches(given[0], self._token):
                 return self.ingest.refuse("grpc", signal, "unauthenticated", "missing or wrong bearer token")
         assert self._pool is not None
         if self._pool.in_flight >= self.max_concurrent_requests:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import socket
@@ -28,7 +27,7 @@ from google.rpc import status_pb2
 
 from ..batch import Batch
 from ..signals import Signal
-from ._ingest import Ingest, Outcome, response_message
+from ._ingest import Ingest, Outcome, bearer_matches, response_message
 from ._otlp_json import parse_json_request, response_json
 
 __all__ = ["HttpTransport"]
@@ -147,8 +146,15 @@ class HttpTransport:
             await self._answer(send, 405, as_json, 12, "OTLP/HTTP takes POST", extra=[(b"allow", b"POST")])
             return
         if self._token is not None:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, f"Bearer {self._token}".encode()):
+            given = [value for key, value in scope["headers"] if key == b"authorization"]
+            if len(given) > 1:
+                # Proxies and servers disagree on which of two values counts: refuse, never guess.
+                outcome = self.ingest.refuse(
+                    "http", signal, "unauthenticated", "more than one Authorization header; send exactly one"
+                )
+                await self._answer(send, 401, as_json, 16, outcome.message)
+                return
+            if not given or not bearer_matches(given[0], self._token):
                 outcome = self.ingest.refuse("http", signal, "unauthenticated", "missing or wrong bearer token")
                 await self._answer(send, 401, as_json, 16, outcome.message)
                 return

@@ -7,6 +7,7 @@ live here once.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from ..signals import ITEM_NAMES, Signal
 from ..telemetry import Telemetry
 from ._validate import remove_invalid
 
-__all__ = ["Outcome", "Ingest", "PARTIAL_FIELDS"]
+__all__ = ["Outcome", "Ingest", "PARTIAL_FIELDS", "bearer_matches"]
 
 log = logging.getLogger("meshwatch.collector.receiver")
 
@@ -140,3 +141,13 @@ def response_message(signal: Signal, outcome: Outcome) -> Any:
         setattr(response.partial_success, PARTIAL_FIELDS[signal], outcome.rejected)
         response.partial_success.error_message = outcome.message
     return response
+
+
+def bearer_matches(given: str | bytes, token: str) -> bool:
+    """Whether an ``Authorization`` value carries ``token`` (scheme case-insensitive, RFC 6750 §2.1)."""
+    value = given.decode("latin-1") if isinstance(given, bytes) else given
+    scheme, _, credentials = value.strip().partition(" ")
+    # Compared in constant time, as bytes (compare_digest refuses non-ASCII str).
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode("latin-1", "replace"), token.encode()
+    )
