@@ -4,14 +4,16 @@ bad-neighbour: 100 valid one-span traces and, in their middle, one request whose
 has a 5-byte trace id, sent over OTLP/gRPC to a meshwatch-collector whose ``otlp``
 exporter (one consumer, 2 s linger, so all of them are merged into one send) points at
 a real Jaeger. Printed: valid traces found in Jaeger, dead-letter lines, and the
-answer the bad request got.
+answer the bad request got. With ``--into-queue`` the same 101 requests are put
+straight into an in-process ``otlp`` exporter's queue (past the receiver's checks), so
+what is measured is the exporter's handling of a merged send Jaeger refuses.
 
 flood: 1000 concurrent OTLP/gRPC calls (one thread each, released together) at a
 collector whose exporter points at a closed port (so nothing drains and the workers
 stay busy). Printed: outcomes by status code, how many refusals carried a RetryInfo,
 and the collector's refused counter by reason.
 
-    .venv/bin/python bench/collector/hostile.py bad-neighbour
+    .venv/bin/python bench/collector/hostile.py bad-neighbour [--into-queue]
     .venv/bin/python bench/collector/hostile.py flood [--calls 1000]
 """
 
@@ -58,7 +60,50 @@ def _in_jaeger(url: str, trace_id: bytes) -> bool:
         return False
 
 
-def bad_neighbour(workdir: Path) -> None:
+def _wait_for(jaeger_url: str, good: list[bytes]) -> int:
+    deadline = time.monotonic() + 20
+    found = 0
+    while time.monotonic() < deadline:
+        found = sum(_in_jaeger(jaeger_url, t) for t in good)
+        if found == len(good):
+            break
+        time.sleep(1)
+    return found
+
+
+def _letters(storage: Path) -> tuple[int, int]:
+    lines = [line for path in (storage / "deadletter").glob("*.jsonl") for line in path.read_text().splitlines()]
+    return len(lines), sum(json.loads(line)["items"] for line in lines)
+
+
+def bad_neighbour_in_queue(workdir: Path, exporter_config: dict, jaeger_url: str) -> None:
+    import os
+
+    from meshwatch.collector.batch import Batch
+    from meshwatch.collector.component import ComponentId, CreateSettings
+    from meshwatch.collector.exporters.otlp import factory
+    from meshwatch.collector.host import CollectorHost
+    from meshwatch.collector.signals import Signal
+
+    settings = CreateSettings(ComponentId("otlp", "jaeger"), Signal.TRACES)
+    exporter = factory.create(settings, factory.config_model.model_validate(exporter_config), None)
+    exporter.start(CollectorHost(workdir))
+    try:
+        good = [os.urandom(16) for _ in range(100)]
+        for i, trace_id in enumerate(good):
+            exporter.consume(Batch.from_bytes(Signal.TRACES, _request(trace_id)))
+            if i == 49:
+                exporter.consume(Batch.from_bytes(Signal.TRACES, _request(b"\x01\x02\x03\x04\x05")))
+        found = _wait_for(jaeger_url, good)
+    finally:
+        exporter.shutdown(5)
+    lines, items = _letters(workdir)
+    print("bad request put straight into the exporter's queue")
+    print(f"valid traces in Jaeger: {found} of {len(good)}")
+    print(f"dead-letter lines: {lines} holding {items} spans")
+
+
+def bad_neighbour(workdir: Path, into_queue: bool) -> None:
     import os
 
     stack = Stack(workdir / "stack")
@@ -70,6 +115,9 @@ def bad_neighbour(workdir: Path) -> None:
             "sending_queue": {"num_consumers": 1},
             "batch": {"linger": "2s"},
         }
+        if into_queue:
+            bad_neighbour_in_queue(workdir / "exporter", exporter, jaeger.url)
+            return
         config = {
             "receivers": {"otlp": {}},
             "exporters": {"otlp/jaeger": exporter},
@@ -88,19 +136,11 @@ def bad_neighbour(workdir: Path) -> None:
                             bad_answer = f"OK, response {answer!r}"
                         except grpc.RpcError as error:
                             bad_answer = f"{error.code().name}: {error.details()}"
-            deadline = time.monotonic() + 20
-            found = 0
-            while time.monotonic() < deadline:
-                found = sum(_in_jaeger(jaeger.url, t) for t in good)
-                if found == len(good):
-                    break
-                time.sleep(1)
-            dead = collector.storage_dir / "deadletter"
-            letters = [line for path in dead.glob("*.jsonl") for line in path.read_text().splitlines()]
-            items = sum(json.loads(line)["items"] for line in letters)
+            found = _wait_for(jaeger.url, good)
+            lines, items = _letters(collector.storage_dir)
             print(f"bad request answered: {bad_answer}")
             print(f"valid traces in Jaeger: {found} of {len(good)}")
-            print(f"dead-letter lines: {len(letters)} holding {items} spans")
+            print(f"dead-letter lines: {lines} holding {items} spans")
         finally:
             collector.stop()
     finally:
@@ -169,10 +209,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["bad-neighbour", "flood"])
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--into-queue", action="store_true", help="bad-neighbour: bypass the receiver")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshwatch-hostile-") as tmp:
         if args.what == "bad-neighbour":
-            bad_neighbour(Path(tmp))
+            bad_neighbour(Path(tmp), args.into_queue)
         else:
             flood(Path(tmp), args.calls)
     sys.stdout.flush()

@@ -12,7 +12,9 @@ the whole request it travels in. Two defences, each tested against the real Jaeg
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -22,6 +24,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from meshwatch.collector.batch import Batch
+from meshwatch.collector.component import ComponentId, CreateSettings
+from meshwatch.collector.exporters.otlp import factory as otlp_factory
+from meshwatch.collector.host import CollectorHost
+from meshwatch.collector.signals import Signal
 from meshwatch.stack.testing import eventually
 
 from ._helpers import jaeger_exporter, jaeger_span_count, random_trace_ids, span_request, traces_config
@@ -74,3 +81,43 @@ def test_receiver_refuses_only_the_bad_span_and_every_good_trace_reaches_jaeger(
     )
     assert delivered
     assert _dead_letters(collector.storage_dir) == []
+
+
+def test_exporter_dead_letters_only_the_request_jaeger_refuses(tmp_path: Path, jaeger) -> None:
+    """The bad request is put straight into the exporter's queue (past the receiver's check)."""
+    settings = CreateSettings(ComponentId("otlp", "jaeger"), Signal.TRACES)
+    config = otlp_factory.config_model.model_validate(
+        jaeger_exporter(
+            jaeger,
+            sending_queue={"num_consumers": 1, "fsync": "never"},
+            batch={"linger": "1s"},
+            retry_on_failure={"initial_interval": "50ms", "max_interval": "200ms"},
+        )
+    )
+    host = CollectorHost(tmp_path)
+    exporter = otlp_factory.create(settings, config, None)
+    exporter.start(host)
+    trace_ids = random_trace_ids(GOOD)
+    bad = _bad_request()
+    try:
+        for i, trace_id in enumerate(trace_ids):
+            exporter.consume(Batch.from_bytes(Signal.TRACES, span_request([trace_id], service="bad-neighbour")))
+            if i == GOOD // 2:
+                exporter.consume(Batch.from_bytes(Signal.TRACES, bad))
+        eventually(
+            lambda: _all_in_jaeger(jaeger, trace_ids) == GOOD or None, timeout=30, what="all good traces in Jaeger"
+        )
+        eventually(lambda: _dead_letters(tmp_path), timeout=10, what="a dead letter")
+        time.sleep(0.5)  # nothing else follows it
+        letters = _dead_letters(tmp_path)
+        assert len(letters) == 1, letters
+        assert letters[0]["items"] == 1
+        assert "invalid TraceID length" in letters[0]["error"], letters[0]["error"]  # Jaeger's own words
+        assert base64.b64decode(letters[0]["request_protobuf_base64"]) == bad
+        labels = {"exporter": "otlp/jaeger", "signal": "traces"}
+        registry = host.telemetry().registry
+        dropped = registry.get_sample_value("meshwatch_exporter_dropped_items_total", {**labels, "reason": "rejected"})
+        assert dropped == 1
+        assert registry.get_sample_value("meshwatch_exporter_sent_items_total", labels) == GOOD
+    finally:
+        exporter.shutdown(5)
