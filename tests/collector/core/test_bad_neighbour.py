@@ -27,6 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from meshwatch.collector.batch import Batch
 from meshwatch.collector.component import ComponentId, CreateSettings
 from meshwatch.collector.exporters.otlp import factory as otlp_factory
+from meshwatch.collector.exporters.otlphttp import factory as otlphttp_factory
 from meshwatch.collector.host import CollectorHost
 from meshwatch.collector.signals import Signal
 from meshwatch.stack.testing import eventually
@@ -83,19 +84,20 @@ def test_receiver_refuses_only_the_bad_span_and_every_good_trace_reaches_jaeger(
     assert _dead_letters(collector.storage_dir) == []
 
 
-def test_exporter_dead_letters_only_the_request_jaeger_refuses(tmp_path: Path, jaeger) -> None:
+@pytest.mark.parametrize("kind", ["otlp", "otlphttp"])
+def test_exporter_dead_letters_only_the_request_jaeger_refuses(tmp_path: Path, jaeger, kind: str) -> None:
     """The bad request is put straight into the exporter's queue (past the receiver's check)."""
-    settings = CreateSettings(ComponentId("otlp", "jaeger"), Signal.TRACES)
-    config = otlp_factory.config_model.model_validate(
-        jaeger_exporter(
-            jaeger,
-            sending_queue={"num_consumers": 1, "fsync": "never"},
-            batch={"linger": "1s"},
-            retry_on_failure={"initial_interval": "50ms", "max_interval": "200ms"},
-        )
-    )
+    factory = otlp_factory if kind == "otlp" else otlphttp_factory
+    settings = CreateSettings(ComponentId(kind, "jaeger"), Signal.TRACES)
+    common = {
+        "sending_queue": {"num_consumers": 1, "fsync": "never"},
+        "batch": {"linger": "1s"},
+        "retry_on_failure": {"initial_interval": "50ms", "max_interval": "200ms"},
+    }
+    http = {"endpoint": jaeger.urls["otlp_http"], **common}
+    config = factory.config_model.model_validate(jaeger_exporter(jaeger, **common) if kind == "otlp" else http)
     host = CollectorHost(tmp_path)
-    exporter = otlp_factory.create(settings, config, None)
+    exporter = factory.create(settings, config, None)
     exporter.start(host)
     trace_ids = random_trace_ids(GOOD)
     bad = _bad_request()
@@ -112,9 +114,9 @@ def test_exporter_dead_letters_only_the_request_jaeger_refuses(tmp_path: Path, j
         letters = _dead_letters(tmp_path)
         assert len(letters) == 1, letters
         assert letters[0]["items"] == 1
-        assert "invalid TraceID length" in letters[0]["error"], letters[0]["error"]  # Jaeger's own words
+        assert "TraceID" in letters[0]["error"], letters[0]["error"]  # Jaeger's own words
         assert base64.b64decode(letters[0]["request_protobuf_base64"]) == bad
-        labels = {"exporter": "otlp/jaeger", "signal": "traces"}
+        labels = {"exporter": f"{kind}/jaeger", "signal": "traces"}
         registry = host.telemetry().registry
         dropped = registry.get_sample_value("meshwatch_exporter_dropped_items_total", {**labels, "reason": "rejected"})
         assert dropped == 1
