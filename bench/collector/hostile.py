@@ -15,6 +15,13 @@ and the collector's refused counter by reason.
 
     .venv/bin/python bench/collector/hostile.py bad-neighbour [--into-queue]
     .venv/bin/python bench/collector/hostile.py flood [--calls 1000]
+    .venv/bin/python bench/collector/hostile.py reference-backlog [--spans 30000]
+
+reference-backlog: the reference OpenTelemetry Collector (v0.165, built by
+``meshwatch-stack install otelcol``) with 300 queue consumers forwards a backlog of
+one-trace requests (10 spans each) through meshwatch-collector into a real Jaeger.
+Printed: spans the reference collector acknowledged, what it counted as failed
+(dropped), and how many of the traces are complete in Jaeger.
 """
 
 from __future__ import annotations
@@ -196,6 +203,125 @@ def flood(workdir: Path, calls: int) -> None:
         collector.stop()
 
 
+def reference_backlog(workdir: Path, spans: int) -> None:
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    from meshwatch.collector.testing import scrape
+    from meshwatch.stack import binary
+
+    stack = Stack(workdir / "stack")
+    reference = None
+    try:
+        jaeger = stack.start("jaeger")
+        exporter = {"endpoint": jaeger.urls["otlp_grpc"], "tls": {"insecure": True}}
+        config = {
+            "receivers": {"otlp": {"protocols": {"grpc": {}}}},
+            "exporters": {"otlp/jaeger": exporter},
+            "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/jaeger"]}}},
+        }
+        collector = start_collector(config, workdir / "collector")
+        port, metrics_port = free_port(), free_port()
+        reference_config = {
+            "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{port}"}}}},
+            "exporters": {
+                "otlp": {
+                    "endpoint": collector.grpc_endpoint,
+                    "tls": {"insecure": True},
+                    "sending_queue": {"num_consumers": 300, "queue_size": 100_000},
+                }
+            },
+            "service": {
+                "telemetry": {
+                    "logs": {"level": "warn"},
+                    "metrics": {
+                        "level": "normal",
+                        "readers": [
+                            {"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": metrics_port}}}}
+                        ],
+                    },
+                },
+                "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp"]}},
+            },
+        }
+        (workdir / "otelcol.yaml").write_text(yaml.safe_dump(reference_config))
+        log = (workdir / "otelcol.log").open("wb")
+        reference = subprocess.Popen(
+            [str(binary("otelcol")), "--config", str(workdir / "otelcol.yaml")], stdout=log, stderr=subprocess.STDOUT
+        )
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        export = channel.unary_unary(EXPORT)
+        template = _request_of(b"\xa5" * 16, 10)
+        acked: list[bytes] = []
+        lock = threading.Lock()
+
+        def send(_: int) -> None:
+            trace_id = os.urandom(16)
+            try:
+                export(template.replace(b"\xa5" * 16, trace_id), timeout=30)
+            except grpc.RpcError:
+                return
+            with lock:
+                acked.append(trace_id)
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(send, range(spans // 10)))
+        channel.close()
+
+        def reference_metric(name: str) -> float:
+            values = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+            return sum(v for (n, _), v in values.items() if n == name)
+
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            sent = reference_metric("otelcol_exporter_sent_spans_total")
+            failed = reference_metric("otelcol_exporter_send_failed_spans_total")
+            if sent + failed >= len(acked) * 10:
+                break
+            time.sleep(2)
+
+        def complete(trace_id: bytes) -> bool:
+            try:
+                with urllib.request.urlopen(f"{jaeger.url}/api/traces/{trace_id.hex()}", timeout=10) as response:
+                    data = json.loads(response.read()).get("data") or []
+            except urllib.error.HTTPError:
+                return False
+            return bool(data) and len({s["spanID"] for s in data[0]["spans"]}) == 10
+
+        time.sleep(2)
+        with ThreadPoolExecutor(8) as pool:
+            found = sum(pool.map(complete, acked))
+        refused = {
+            labels: value
+            for (name, labels), value in collector.metrics().items()
+            if name == "meshwatch_receiver_refused_items_total" and value
+        }
+        print(f"spans acknowledged by the reference collector: {len(acked) * 10}")
+        print(f"reference collector: sent {sent:.0f}, failed (dropped) {failed:.0f}")
+        print(f"meshwatch refused: {refused}")
+        print(f"traces complete in Jaeger: {found} of {len(acked)} ({(len(acked) - found) * 10} spans lost)")
+        collector.stop()
+    finally:
+        if reference is not None:
+            reference.terminate()
+            reference.wait(30)
+        stack.down()
+
+
+def _request_of(trace_id: bytes, spans: int) -> bytes:
+    request = ExportTraceServiceRequest.FromString(_request(trace_id))
+    template = request.resource_spans[0].scope_spans[0].spans[0]
+    for i in range(1, spans):
+        span = request.resource_spans[0].scope_spans[0].spans.add()
+        span.CopyFrom(template)
+        span.span_id = (i + 1).to_bytes(8, "big")
+    return request.SerializeToString()
+
+
 def _has_retry_info(error: grpc.RpcError) -> bool:
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
@@ -207,15 +333,18 @@ def _has_retry_info(error: grpc.RpcError) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["bad-neighbour", "flood"])
+    parser.add_argument("what", choices=["bad-neighbour", "flood", "reference-backlog"])
+    parser.add_argument("--spans", type=int, default=30_000)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--into-queue", action="store_true", help="bad-neighbour: bypass the receiver")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshwatch-hostile-") as tmp:
         if args.what == "bad-neighbour":
             bad_neighbour(Path(tmp), args.into_queue)
-        else:
+        elif args.what == "flood":
             flood(Path(tmp), args.calls)
+        else:
+            reference_backlog(Path(tmp), args.spans)
     sys.stdout.flush()
 
 
