@@ -128,6 +128,60 @@ def test_bearer_token_auth(collector_factory, jaeger) -> None:
     assert token not in collector.config_path.read_text()  # the file holds the ${env:...} reference
 
 
+def _post_with_headers(url: str, body: bytes, headers: list[tuple[str, str]]) -> int:
+    """POST with repeated header names (urllib cannot send a header twice)."""
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest("POST", parts.path)
+        for key, value in [("Content-Type", "application/x-protobuf"), ("Content-Length", str(len(body))), *headers]:
+            connection.putheader(key, value)
+        connection.endheaders(body)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def authed(collector_factory, jaeger):
+    token = "tok-8d2e6f0a4c1b"
+    config = traces_config(jaeger, receiver={"auth": {"bearer_token": "${env:TEST_OTLP_TOKEN}"}})
+    return collector_factory(config, env={"TEST_OTLP_TOKEN": token}), token
+
+
+def test_the_bearer_scheme_is_case_insensitive(authed) -> None:
+    collector, token = authed
+    body = span_request(random_trace_ids(1))
+    for scheme in ("bearer", "BEARER", "bEaReR"):  # RFC 6750 §2.1, RFC 9110 §11.1
+        assert (
+            _post_with_headers(f"{collector.http_url}/v1/traces", body, [("Authorization", f"{scheme} {token}")]) == 200
+        )
+        _grpc_export(collector.grpc_endpoint, body, metadata=(("authorization", f"{scheme} {token}"),))
+    assert collector.metric("meshwatch_receiver_accepted_items_total") == 6
+
+
+def test_two_authorization_values_are_refused_on_both_transports(authed) -> None:
+    collector, token = authed
+    body = span_request(random_trace_ids(1))
+    pairs = [(f"Bearer {token}", "Bearer wrong"), ("Bearer wrong", f"Bearer {token}"), (f"Bearer {token}",) * 2]
+    for first, second in pairs:  # whichever of them is right: the two transports used to pick differently
+        status = _post_with_headers(
+            f"{collector.http_url}/v1/traces", body, [("Authorization", first), ("Authorization", second)]
+        )
+        assert status == 401, (first, second)
+        with pytest.raises(grpc.RpcError) as error:
+            _grpc_export(collector.grpc_endpoint, body, metadata=(("authorization", first), ("authorization", second)))
+        assert error.value.code() is grpc.StatusCode.UNAUTHENTICATED, (first, second)
+        assert "more than one authorization value" in error.value.details().lower()
+    refused = "meshwatch_receiver_refused_items_total"
+    assert collector.metric(refused, transport="http", reason="unauthenticated") == 3
+    assert collector.metric(refused, transport="grpc", reason="unauthenticated") == 3
+    assert collector.metric("meshwatch_receiver_accepted_items_total") == 0
+
+
 def test_full_queue_pushes_back_with_retry_hints(collector_factory, tmp_path) -> None:
     """No backend reachable and a small queue: once full, senders are told to come back later."""
     from meshwatch.collector.testing import free_port

@@ -7,6 +7,7 @@ retried, dead-lettered with their reason, counted.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -209,4 +210,64 @@ def test_linger_merges_requests_that_arrive_close_together(tmp_path: Path) -> No
         time.sleep(0.02)
     eventually(lambda: sender.spans() == 50, timeout=10, what="all spans sent")
     assert sender.calls <= 2  # one send (two if the first record was picked up before the rest arrived)
+    exporter.shutdown(5)
+
+
+class PoisonRefuser:
+    """A backend that refuses, as a whole, any request carrying a span named ``poison``."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def start(self, host) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def send(self, batch: Batch) -> SendResult:
+        request = ExportTraceServiceRequest.FromString(batch.raw)
+        names = [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        with self.lock:
+            self.calls += 1
+            if "poison" in names:
+                raise PermanentError("invalid_argument", "invalid TraceID length")
+            self.delivered.extend(names)
+        return SendResult()
+
+
+def _poisoned(n_spans: int, tag: int) -> bytes:
+    request = ExportTraceServiceRequest.FromString(_request(n_spans, tag))
+    request.resource_spans[0].scope_spans[0].spans[0].name = "poison"
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize("poisoned", [{7}, {0, 31}, {3, 4, 5}], ids=["one", "first-and-last", "three-adjacent"])
+def test_a_refused_merged_send_is_split_so_only_the_bad_requests_are_dead_lettered(
+    tmp_path: Path, poisoned: set[int]
+) -> None:
+    sender = PoisonRefuser()
+    exporter, host = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1}, batch={"linger": 0.5})
+    bad: dict[int, bytes] = {}
+    for tag in range(32):
+        body = _poisoned(10, tag) if tag in poisoned else _request(10, tag)
+        bad.update({tag: body} if tag in poisoned else {})
+        exporter.consume(Batch.from_bytes(Signal.TRACES, body))
+    good = [f"op-{tag}" for tag in range(32) if tag not in poisoned]
+    eventually(lambda: sorted(set(sender.delivered)) == sorted(good), timeout=10, what="every good request sent")
+    labels = {"exporter": "test/x", "signal": "traces"}
+    expected_dropped = 10 * len(poisoned)
+    eventually(
+        lambda: _value(host, "meshwatch_exporter_dropped_items_total", reason="rejected", **labels) == expected_dropped
+    )
+    eventually(lambda: _value(host, "meshwatch_queue_size_items", **labels) == 0, timeout=5, what="queue empty")
+    assert len(sender.delivered) == 10 * len(good)  # every good span once: a refused send delivered nothing
+    assert _value(host, "meshwatch_exporter_sent_items_total", **labels) == 10 * len(good)
+    lines = [json.loads(line) for line in (tmp_path / "deadletter" / "test-x.jsonl").read_text().splitlines()]
+    replayed = sorted(base64.b64decode(line["request_protobuf_base64"]) for line in lines)
+    assert replayed == sorted(bad.values())  # exactly the poisoned requests, each whole, nothing else
+    assert all(line["items"] == 10 and line["reason"] == "invalid_argument" for line in lines)
+    assert sender.calls <= 1 + 2 * len(poisoned) * 6  # a bisection, not one send per request
     exporter.shutdown(5)

@@ -11,9 +11,11 @@ to send one batch) into a component the pipeline hands batches to:
   request, so merging costs one ``bytes.join``), call ``sender.send`` and act on the
   outcome: success removes the records; ``TransientError`` (or a ``SendResult.retry``)
   retries with exponential backoff and jitter, never sooner than the backend's
-  ``retry_after``; ``PermanentError`` and ``SendResult.rejected`` items go to the
-  dead-letter file ``<storage>/deadletter/<exporter>.jsonl`` with their reason and are
-  counted as ``dropped{reason="rejected"}``; ``retry_on_failure.max_elapsed_time`` gives
+  ``retry_after``; a ``PermanentError`` for a merged send splits it in halves and sends
+  those (recursively), so only the request at fault is refused; ``PermanentError`` for
+  one request and ``SendResult.rejected`` items go to the dead-letter file
+  ``<storage>/deadletter/<exporter>.jsonl`` with their reason and are counted as
+  ``dropped{reason="rejected"}``; ``retry_on_failure.max_elapsed_time`` gives
   up on a batch (``dropped{reason="expired"}``).
 * A restart resumes from disk; records being sent at a crash are sent again
   (at-least-once; duplicates are rare, loss of acknowledged data does not happen).
@@ -228,6 +230,7 @@ class QueuedExporter:
         retry = self.config.retry_on_failure
         started = time.monotonic()
         attempt = 0
+        whole = True  # ``batch`` is exactly ``records``, merged
         while True:
             wait: float | None = None
             try:
@@ -239,6 +242,11 @@ class QueuedExporter:
                 reason, message = exc.reason, str(exc)
             except PermanentError as exc:
                 self._set_up(1)
+                if whole and len(records) > 1:
+                    # A merged send is refused as a whole for what may be one bad request in
+                    # it: split it and send the halves, down to the request at fault, so only
+                    # that one is dead-lettered (log2(n) extra sends per bad request).
+                    return self._split(records, exc)
                 self._reject_whole(batch, exc.reason, str(exc))
                 self._queue.ack(records)
                 return True
@@ -250,6 +258,7 @@ class QueuedExporter:
                     return True
                 self._count_failed("partial", result.retry.items)
                 batch, wait = result.retry, result.retry_after
+                whole = False  # only some of the records' items are left: no longer splittable
                 reason, message = "partial", f"{result.retry.items} items must be sent again"
             elapsed = time.monotonic() - started
             if not retry.enabled or (retry.max_elapsed_time and elapsed >= retry.max_elapsed_time):
@@ -274,6 +283,17 @@ class QueuedExporter:
             interrupt = self._draining if isinstance(self._queue, DiskQueue) else self._stop
             if interrupt.wait(delay) or self._stop.is_set():
                 return False  # leave the records un-acknowledged
+
+    def _split(self, records: list[Record], error: PermanentError) -> bool:
+        """Deliver the two halves of a refused merged send, each on its own (and split again if refused)."""
+        log.info(
+            "%s: backend refused a merged send of %d requests for good (%s); sending it in halves to find the bad one",
+            self.id,
+            len(records),
+            error.reason,
+        )
+        middle = len(records) // 2
+        return self._deliver(records[:middle]) and self._deliver(records[middle:])
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         retry = self.config.retry_on_failure

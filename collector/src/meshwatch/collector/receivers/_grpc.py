@@ -6,13 +6,24 @@ the very same bytes. Refusals carry the OTLP spec's status codes: INVALID_ARGUME
 for bad data, UNAUTHENTICATED, and RESOURCE_EXHAUSTED (queue full, memory limit) or
 UNAVAILABLE (shutting down) with a ``RetryInfo`` detail, so the sender backs off and
 retries instead of dropping.
+
+Admission happens before a request's body is read, in a server interceptor: a call
+over ``max_concurrent_requests`` (served or waiting for a worker) is refused with
+RESOURCE_EXHAUSTED + ``RetryInfo`` and counted (``concurrency_limit``), and a call
+without the right bearer token with UNAUTHENTICATED. gRPC's own concurrency cap is
+not used: it answers RESOURCE_EXHAUSTED with no retry hint, which senders (the
+OpenTelemetry Collector among them) treat as permanent, and counts nothing. For the
+same reason gRPC's message-size limit is off: our handler answers every oversized
+request with the documented INVALID_ARGUMENT and counts it (gRPC has no streaming
+body, so such a request is read whole first; the concurrency limit bounds how many).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
+import threading
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -21,7 +32,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
 from ..signals import Signal
-from ._ingest import Ingest, Outcome, response_message
+from ._ingest import Ingest, Outcome, bearer_matches, response_message
 
 __all__ = ["GrpcTransport", "SERVICES"]
 
@@ -34,6 +45,55 @@ SERVICES = {
 }
 
 
+class _CountingPool(futures.ThreadPoolExecutor):
+    """A thread pool that knows how many calls it serves or holds (gRPC submits one task per call)."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self.in_flight = 0
+        self._count_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)  # also runs for a task cancelled at shutdown
+        return future
+
+    def _done(self, _future: Any) -> None:
+        with self._count_lock:
+            self.in_flight -= 1
+
+
+class _Gate(grpc.ServerInterceptor):
+    """Refuses a call before its body is read: unauthenticated, or over the concurrency limit."""
+
+    def __init__(self, transport: GrpcTransport) -> None:
+        self.transport = transport
+        self._methods = {f"/{service}/Export": signal for signal, service in SERVICES.items()}
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        signal = self._methods.get(handler_call_details.method)
+        if signal is None:
+            return continuation(handler_call_details)  # UNIMPLEMENTED, from gRPC
+        outcome = self.transport.admit(signal, handler_call_details.invocation_metadata)
+        if outcome is None:
+            return continuation(handler_call_details)
+
+        # A request-streaming handler never reads the request: refusing costs no body.
+        def refuse(_requests: Any, context: grpc.ServicerContext) -> bytes:
+            if outcome.reason == "unauthenticated":
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, outcome.message)
+            GrpcTransport._abort(context, outcome)
+            return b""  # not reached: abort raises
+
+        return grpc.stream_unary_rpc_method_handler(refuse)
+
+
 class GrpcTransport:
     def __init__(
         self,
@@ -43,14 +103,18 @@ class GrpcTransport:
         max_request_bytes: int,
         bearer_token: str | None,
         max_workers: int = 16,
+        max_concurrent_requests: int | None = None,
     ) -> None:
         self.ingest = ingest
         self.endpoint = endpoint
         self.max_request_bytes = max_request_bytes
-        self._token = f"Bearer {bearer_token}".encode() if bearer_token else None
+        self._token = bearer_token
         self._server: grpc.Server | None = None
+        self._pool: _CountingPool | None = None
         self.port = 0
         self._max_workers = max_workers
+        #: Calls served or waiting for a worker; more are refused with RESOURCE_EXHAUSTED + RetryInfo.
+        self.max_concurrent_requests = max_concurrent_requests or max_workers * 8
 
     def start(self) -> None:
         handlers = [
@@ -60,17 +124,18 @@ class GrpcTransport:
             )
             for signal in Signal
         ]
+        self._pool = _CountingPool(max_workers=self._max_workers, thread_name_prefix="otlp-grpc")
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="otlp-grpc"),
+            self._pool,
             handlers=handlers,
+            interceptors=[_Gate(self)],
             options=[
-                # Above our own limit, so our handler answers (and counts) oversized requests;
-                # only requests over twice the limit are refused by gRPC itself.
-                ("grpc.max_receive_message_length", 2 * self.max_request_bytes),
+                # No gRPC limit: our handler answers (and counts) oversized requests of any size.
+                ("grpc.max_receive_message_length", -1),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),  # a port already in use is an error, not shared
             ],
-            maximum_concurrent_rpcs=self._max_workers * 8,
+            # No maximum_concurrent_rpcs: _Gate refuses first, with a retry hint, and counts.
         )
         try:
             port = server.add_insecure_port(self.endpoint)
@@ -86,11 +151,28 @@ class GrpcTransport:
         if self._server is not None:
             self._server.stop(grace).wait(grace + 1)
 
+    def admit(self, signal: Signal, metadata: Any) -> Outcome | None:
+        """None to serve the call, else the counted refusal (called on gRPC's polling thread)."""
+        if self._token is not None:
+            given = [value for key, value in metadata or () if key == "authorization"]
+            if len(given) > 1:
+                return self.ingest.refuse(
+                    "grpc", signal, "unauthenticated", "more than one authorization value; send exactly one"
+                )
+            if not given or not bearer_matches(given[0], self._token):
+                return self.ingest.refuse("grpc", signal, "unauthenticated", "missing or wrong bearer token")
+        assert self._pool is not None
+        if self._pool.in_flight >= self.max_concurrent_requests:
+            return self.ingest.push_back(
+                "grpc",
+                signal,
+                "concurrency_limit",
+                f"more than {self.max_concurrent_requests} concurrent requests; retry later",
+            )
+        return None
+
     def _handler(self, signal: Signal) -> Any:
         def export(request: bytes, context: grpc.ServicerContext) -> bytes:
-            if self._token is not None and not self._authorized(context):
-                outcome = self.ingest.refuse("grpc", signal, "unauthenticated", "missing or wrong bearer token")
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, outcome.message)
             if len(request) > self.max_request_bytes:
                 outcome = self.ingest.refuse(
                     "grpc",
@@ -107,14 +189,6 @@ class GrpcTransport:
             return b""  # not reached: abort raises
 
         return export
-
-    def _authorized(self, context: grpc.ServicerContext) -> bool:
-        assert self._token is not None
-        for key, value in context.invocation_metadata():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(given, self._token)
-        return False
 
     @staticmethod
     def _abort(context: grpc.ServicerContext, outcome: Outcome) -> None:

@@ -4,8 +4,9 @@
 ``application/json`` bodies, optionally gzip-compressed. Answers per the OTLP spec:
 400 malformed, 401 unauthenticated, 413 too large (checked on the compressed and the
 decompressed size, so a zip bomb is stopped after ``max_request_body_size`` bytes of
-output), 415 unsupported content type, 429 (queue full, memory limit) or 503
-(shutting down) with ``Retry-After``; error bodies are a ``google.rpc.Status`` in the
+output), 415 unsupported content type, 429 (queue full, memory limit, more than
+``max_concurrent_requests`` requests in progress) or 503 (shutting down) with
+``Retry-After``; error bodies are a ``google.rpc.Status`` in the
 request's encoding. Decoding and the durable write run on a thread pool, so the event
 loop keeps accepting while a batch waits for its fsync.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import socket
@@ -27,7 +27,7 @@ from google.rpc import status_pb2
 
 from ..batch import Batch
 from ..signals import Signal
-from ._ingest import Ingest, Outcome, response_message
+from ._ingest import Ingest, Outcome, bearer_matches, response_message
 from ._otlp_json import parse_json_request, response_json
 
 __all__ = ["HttpTransport"]
@@ -52,13 +52,17 @@ class HttpTransport:
         bearer_token: str | None,
         paths: dict[Signal, str],
         max_workers: int = 16,
+        max_concurrent_requests: int | None = None,
         on_fatal: Any = None,
     ) -> None:
         self._on_fatal = on_fatal
         self.ingest = ingest
         self.endpoint = endpoint
         self.max_request_bytes = max_request_bytes
-        self._token = f"Bearer {bearer_token}".encode() if bearer_token else None
+        self._token = bearer_token
+        #: Requests in progress (read, decoded, or waiting for the durable write); more get 429.
+        self.max_concurrent_requests = max_concurrent_requests or max_workers * 8
+        self._in_flight = 0  # only touched on the event loop's thread
         self.routes = {path: signal for signal, path in paths.items()}
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-http")
         self._server: Any = None
@@ -142,11 +146,44 @@ class HttpTransport:
             await self._answer(send, 405, as_json, 12, "OTLP/HTTP takes POST", extra=[(b"allow", b"POST")])
             return
         if self._token is not None:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._token):
+            given = [value for key, value in scope["headers"] if key == b"authorization"]
+            if len(given) > 1:
+                # Proxies and servers disagree on which of two values counts: refuse, never guess.
+                outcome = self.ingest.refuse(
+                    "http", signal, "unauthenticated", "more than one Authorization header; send exactly one"
+                )
+                await self._answer(send, 401, as_json, 16, outcome.message)
+                return
+            if not given or not bearer_matches(given[0], self._token):
                 outcome = self.ingest.refuse("http", signal, "unauthenticated", "missing or wrong bearer token")
                 await self._answer(send, 401, as_json, 16, outcome.message)
                 return
+        if self._in_flight >= self.max_concurrent_requests:
+            outcome = self.ingest.push_back(
+                "http",
+                signal,
+                "concurrency_limit",
+                f"more than {self.max_concurrent_requests} concurrent requests; retry later",
+            )
+            await self._reply(send, signal, outcome, as_json)
+            return
+        self._in_flight += 1
+        try:
+            await self._serve(scope, receive, send, signal, headers, as_json, ctype, ctype_raw)
+        finally:
+            self._in_flight -= 1
+
+    async def _serve(  # noqa: PLR0917
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        signal: Signal,
+        headers: dict[bytes, bytes],
+        as_json: bool,
+        ctype: str,
+        ctype_raw: str,
+    ) -> None:
         if ctype not in (_PROTOBUF, _JSON):
             outcome = self.ingest.refuse(
                 "http",

@@ -7,6 +7,7 @@ live here once.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,9 @@ from ..batch import Batch
 from ..component import Consumer, PartiallyAccepted, Refused
 from ..signals import ITEM_NAMES, Signal
 from ..telemetry import Telemetry
+from ._validate import remove_invalid
 
-__all__ = ["Outcome", "Ingest", "PARTIAL_FIELDS"]
+__all__ = ["Outcome", "Ingest", "PARTIAL_FIELDS", "bearer_matches"]
 
 log = logging.getLogger("meshwatch.collector.receiver")
 
@@ -61,6 +63,15 @@ class Ingest:
         self.telemetry.refused(self.receiver, transport, signal.value, reason, items)
         return Outcome(False, items, reason, message)
 
+    def push_back(self, transport: str, signal: Signal, reason: str, message: str, retry_after: float = 1.0) -> Outcome:
+        """Count a request refused as backpressure before it was read: the sender retries it.
+
+        Answered like a full queue (gRPC RESOURCE_EXHAUSTED + ``RetryInfo``, HTTP 429 +
+        ``Retry-After``) and, like every request refused unread, counted as 1 item.
+        """
+        self.telemetry.refused(self.receiver, transport, signal.value, reason, 1)
+        return Outcome(False, 1, reason, message, retryable=True, retry_after=retry_after)
+
     def protobuf(self, transport: str, signal: Signal, raw: bytes, peer: str = "") -> Outcome:
         try:
             batch = Batch.from_bytes(signal, raw, receiver=self.receiver, transport=transport, peer=peer)
@@ -83,6 +94,15 @@ class Ingest:
             )
         if items == 0:
             return Outcome(True, 0)
+        invalid, problem = remove_invalid(signal, batch.message)
+        if invalid:
+            # Refused one by one, so a bad span cannot take its neighbours with it later,
+            # when the exporter merges queued requests into one send the backend refuses.
+            self.telemetry.refused(self.receiver, transport, signal.value, "invalid_id", invalid)
+            batch.mark_modified()
+            items -= invalid
+            if items == 0:
+                return Outcome(True, invalid, "invalid_id", problem, rejected=invalid)
         try:
             consumer.consume(batch)
         except Refused as refused:
@@ -93,12 +113,15 @@ class Ingest:
             self.telemetry.refused(self.receiver, transport, signal.value, partial.reason, rejected)
             if items - rejected:
                 self.telemetry.accepted(self.receiver, transport, signal.value, items - rejected)
-            return Outcome(True, items, partial.reason, str(partial), rejected=rejected)
+            message = f"{problem}; {partial}" if invalid else str(partial)
+            return Outcome(True, items + invalid, partial.reason, message, rejected=rejected + invalid)
         except Exception as exc:  # a bug downstream must not take the receiver down; the sender retries
             log.exception("%s: pipeline error on %d %s", self.receiver, items, ITEM_NAMES[signal])
             self.telemetry.refused(self.receiver, transport, signal.value, "internal_error", items)
             return Outcome(False, items, "internal_error", f"internal error: {type(exc).__name__}", True, 1.0)
         self.telemetry.accepted(self.receiver, transport, signal.value, items)
+        if invalid:
+            return Outcome(True, items + invalid, "invalid_id", problem, rejected=invalid)
         return Outcome(True, items)
 
 
@@ -118,3 +141,13 @@ def response_message(signal: Signal, outcome: Outcome) -> Any:
         setattr(response.partial_success, PARTIAL_FIELDS[signal], outcome.rejected)
         response.partial_success.error_message = outcome.message
     return response
+
+
+def bearer_matches(given: str | bytes, token: str) -> bool:
+    """Whether an ``Authorization`` value carries ``token`` (scheme case-insensitive, RFC 6750 §2.1)."""
+    value = given.decode("latin-1") if isinstance(given, bytes) else given
+    scheme, _, credentials = value.strip().partition(" ")
+    # Compared in constant time, as bytes (compare_digest refuses non-ASCII str).
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode("latin-1", "replace"), token.encode()
+    )

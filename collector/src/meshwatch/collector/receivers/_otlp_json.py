@@ -20,7 +20,6 @@ from ..signals import REQUEST_TYPES, Signal
 __all__ = ["parse_json_request", "response_json"]
 
 _ID_KEYS = {"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"}
-_ID_LENGTHS = {"traceId": 16, "trace_id": 16}
 
 
 def _fix_ids(node: Any) -> None:
@@ -34,9 +33,8 @@ def _fix_ids(node: Any) -> None:
                     raw = bytes.fromhex(value)
                 except ValueError:
                     raise ValueError(f"{key} {value!r} is not a hex string") from None
-                expected = _ID_LENGTHS.get(key, 8)
-                if len(raw) != expected:
-                    raise ValueError(f"{key} {value!r} must be {expected * 2} hex digits")
+                # A wrong length is not a decoding error: the receiver refuses just that span
+                # or log record (``_validate``), as it does for protobuf.
                 node[key] = base64.b64encode(raw).decode()
             elif isinstance(value, dict | list):
                 _fix_ids(value)

@@ -40,6 +40,9 @@ class GrpcProtocol(_Strict):
     endpoint: str = "127.0.0.1:4317"
     #: Threads serving requests (each waits for its batch to be durable before answering).
     max_workers: int = Field(16, ge=1, le=256)
+    #: Requests served or waiting for a thread; more are refused with RESOURCE_EXHAUSTED +
+    #: RetryInfo (counted as ``concurrency_limit``). Default: 8 per worker.
+    max_concurrent_requests: int | None = Field(None, ge=1)
 
 
 class HttpProtocol(_Strict):
@@ -48,6 +51,8 @@ class HttpProtocol(_Strict):
     metrics_url_path: str = "/v1/metrics"
     logs_url_path: str = "/v1/logs"
     max_workers: int = Field(16, ge=1, le=256)
+    #: Requests in progress; more get 429 + Retry-After (``concurrency_limit``). Default: 8 per worker.
+    max_concurrent_requests: int | None = Field(None, ge=1)
 
 
 class Protocols(_Strict):
@@ -99,6 +104,7 @@ class OtlpReceiver:
                 max_request_bytes=size,
                 bearer_token=token,
                 max_workers=protocols.grpc.max_workers,
+                max_concurrent_requests=protocols.grpc.max_concurrent_requests,
             )
             self.grpc.start()
             log.info("%s: OTLP/gRPC on %s", self.id, protocols.grpc.endpoint)
@@ -115,6 +121,7 @@ class OtlpReceiver:
                 bearer_token=token,
                 paths=paths,
                 max_workers=protocols.http.max_workers,
+                max_concurrent_requests=protocols.http.max_concurrent_requests,
                 on_fatal=lambda exc: host.report_fatal(self.id, exc),
             )
             try:
