@@ -256,3 +256,33 @@ def test_a_metric_exporter_that_failed_to_build_is_retried_at_the_next_export() 
     assert fan_out._current() == [built]
     assert fan_out._current() == [built]
     assert len(attempts) == 2  # built once it worked, not again
+
+
+def test_check_lists_entry_point_instrumentors_as_opentelemetry_instrument_finds_them() -> None:
+    """Celery and pika are not in meshwatch's table: they come from their installed entry points."""
+    pytest.importorskip("opentelemetry.instrumentation.pika")
+    pytest.importorskip("opentelemetry.instrumentation.celery")
+    lines = {line.split()[0]: line for line in _run("--check").stdout.splitlines()[1:] if line.startswith("  ")}
+    assert "available" in lines["django"]
+    assert "available" in lines["celery"] and "opentelemetry-instrumentation-celery" in lines["celery"]
+    assert "available" in lines["pika"] and "opentelemetry-instrumentation-pika" in lines["pika"]
+    assert "httpx2" not in lines, "an entry point of a package meshwatch's table covers is not listed twice"
+
+
+@pytest.mark.parametrize(("disabled", "expected"), [("", "instrumented"), ("pika", "skipped")])
+def test_init_applies_entry_point_instrumentors_unless_disabled(disabled: str, expected: str) -> None:
+    pytest.importorskip("opentelemetry.instrumentation.pika")
+    code = (
+        "import json, meshwatch; s = meshwatch.init(service_name='ep', traces_exporter='none', "
+        "metrics_exporter='none', logs_exporter='none'); "
+        "print(json.dumps({'instrumented': s.instrumented, 'skipped': s.skipped}))"
+    )
+    env = base_env(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=disabled) if disabled else base_env()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    import json
+
+    status = json.loads(next(line for line in out.splitlines() if line.startswith('{"instrumented"')))
+    if expected == "instrumented":
+        assert "pika" in status["instrumented"]
+    else:
+        assert "pika" not in status["instrumented"] and status["skipped"]["pika"] == "disabled by configuration"
