@@ -173,6 +173,12 @@ PARAMS: dict[str, ConfigParam] = {
     "asgi_internal_spans": ConfigParam(
         ("MESHWATCH_ASGI_INTERNAL_SPANS",), False, _bool, doc="one span per ASGI send/receive message (costly)"
     ),
+    "sdk_fast_path": ConfigParam(
+        ("MESHWATCH_SDK_FAST_PATH",),
+        True,
+        _bool,
+        doc="meshwatch's faster span class and OTLP encoder where checked equal to the SDK's; false: the SDK's own",
+    ),
     "broker_polling_spans": ConfigParam(
         ("MESHWATCH_BROKER_POLLING_SPANS",),
         False,
@@ -255,6 +261,7 @@ class Settings:
     fastapi_native: bool = True
     asgi_internal_spans: bool = False
     broker_polling_spans: bool = False
+    sdk_fast_path: bool = True
     log_stdout: bool = True
     log_level: str | None = None
     log_capture: bool = True

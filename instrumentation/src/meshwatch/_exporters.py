@@ -59,8 +59,11 @@ def exporter_factory(settings: Settings, signal: str, kind: str) -> Callable[[],
     protocol = settings.protocol_for(signal)
     # Imported here, on init()'s thread, not in build(): build() runs on an export thread,
     # and a worker forked while that thread was importing inherits a half-imported module.
-    from ._otlp import encode_logs, encode_spans
+    from ._sdk_fence import sdk_parts
     from ._transport import GrpcSender, HttpSender, OTLPExporter
+
+    parts = sdk_parts(fast_path=settings.sdk_fast_path)  # meshwatch's encoder where checked, else the SDK's
+    encode = parts.encode_spans if signal == "traces" else parts.encode_logs
 
     def build() -> Any:
         endpoint = settings.endpoint_for(signal)
@@ -85,7 +88,7 @@ def exporter_factory(settings: Settings, signal: str, kind: str) -> Callable[[],
                 compression=settings.compression,
                 certificate=settings.certificate,
             )
-        return OTLPExporter(encode_spans if signal == "traces" else encode_logs, sender)
+        return OTLPExporter(encode, sender)
 
     return build
 

@@ -38,9 +38,9 @@ from ._metrics import HTTP_DURATION_BUCKETS, FanOutMetricExporter, build_meter_p
 from ._red import RedMetrics
 from ._redact import Redactor
 from ._resource import build_resource
+from ._sdk_fence import sdk_parts
 from ._server_logs import hook_server_logging
 from ._signals import flush_on_stop_signals
-from ._span import MeshwatchTracerProvider
 from ._traces import MeshwatchSpanProcessor, SwitchableSampler, build_propagator, build_sampler, redact_spans
 
 __all__ = ["Status", "force_flush", "init", "instrument", "shutdown", "state"]
@@ -170,7 +170,9 @@ def _log_batcher(settings: Settings) -> BoundedBatcher[Any] | None:
 
 def _install_providers(st: _State, *, capture_metrics: bool) -> None:
     settings = st.settings
-    st.tracer_provider = MeshwatchTracerProvider(
+    # meshwatch's faster span class where it is checked to record what the SDK's does, else the SDK's
+    provider_class = sdk_parts(fast_path=settings.sdk_fast_path).tracer_provider
+    st.tracer_provider = provider_class(
         sampler=st.sampler,
         resource=st.resource,
         shutdown_on_exit=False,
