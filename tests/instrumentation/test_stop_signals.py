@@ -43,7 +43,8 @@ def _serve_then_signal(
         code = service.process.wait(30)
     except subprocess.TimeoutExpired:
         service.stop(1)
-        raise AssertionError(f"{name} did not stop within 30 s of the signal") from None
+        tail = service.log.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"{name} did not stop within 30 s of the signal:\n{tail}") from None
     return code, service.log.read_text(errors="replace")
 
 
