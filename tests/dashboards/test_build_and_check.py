@@ -171,4 +171,5 @@ def test_helpers() -> None:
     assert promql_metric_names(expr) == {"foo_bucket", "bar"}
     metrics = contract_metrics()
     assert {"http_server_request_duration_seconds_bucket", "meshwatch_queue_size_items", "target_info"} <= metrics
-    assert json.dumps(MODELS["slo"])  # the committed JSON is plain JSON
+    # the committed JSON is plain JSON: it survives a round trip unchanged
+    assert json.loads(json.dumps(MODELS["slo"])) == MODELS["slo"]
