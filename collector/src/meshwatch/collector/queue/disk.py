@@ -3,24 +3,36 @@
 Layout of a queue folder::
 
     segment-000000000001.q   records, appended (see ``_record`` for the framing)
-    segment-000000000002.q   a new segment every ``segment_bytes`` and at every open
+    segment-000000000002.q   a new segment every ``segment_bytes``, at every open and after an fsync error
     cursor                   position of the oldest record not yet acknowledged
 
 Why it is built this way:
 
-* **Acknowledge after durable.** ``put`` writes the record, then waits until it is
-  fsynced according to the policy: ``always`` (group commit: concurrent writers share
-  one fsync, whoever arrives while one runs waits for the next), ``interval`` (a
-  flusher fsyncs at most every ``fsync_interval``; writers wait for it) or ``never``
-  (the page cache: survives a crash of the process, not of the machine).
-* **Never stall on a bad file.** At open every record after the cursor is read back
-  and its CRC checked. At the first bad or torn record the segment is truncated
-  there, the loss is counted (``corrupt_items``) and start-up goes on; the OTel
-  Collector's file_storage stalls instead (core #9451).
-* **At-least-once, in order of writing.** Records are handed out in order; the
-  cursor only moves past records every worker is done with, so after a crash the
-  records that were being sent are sent again (duplicates, never loss). Segments
-  wholly behind the cursor are deleted.
+* **Acknowledge after durable, at the cost of one fsync.** ``put`` writes the record,
+  then waits for an ``fdatasync`` that started after the write (group commit). A writer
+  that finds no fsync running starts one at once; writers that arrive while it runs are
+  committed together by the next one, which starts as soon as it ends. A lone sequential
+  sender waits one fsync; N concurrent senders share fsyncs. ``always`` and ``interval``
+  are the same policy: the old ``interval`` (a flusher every ``fsync_interval``) made a
+  sequential sender wait for the next tick, ~50 ms per request, and a tick cannot batch
+  more than group commit already does under load (see docs/collector.md). ``never``
+  acknowledges after the write to the page cache (survives a crash of the process, not
+  of the machine). A record is handed to the exporter only once it is durable.
+* **A failed fsync is never retried.** After an ``fdatasync`` error the kernel may have
+  dropped the dirty pages and a second fsync would report success for data that is not
+  on disk. The writers it was to cover are refused (retryable: the sender keeps the data),
+  the segment's unsynced tail is cut off, and writing goes on in a new segment.
+* **Directory entries are durable too.** The folder is fsynced after a segment is created
+  (before anything in it is acknowledged) and after segments are deleted (the cursor is
+  fsynced first, so a deleted segment is never still needed).
+* **Never stall on a bad file.** At open every record after the cursor is read back and
+  its CRC checked. At the first bad or torn record the segment is truncated there, the
+  loss is counted (``corrupt_items``) and start-up goes on; the OTel Collector's
+  file_storage stalls instead (core #9451).
+* **At-least-once, in order of writing.** Records are handed out in order; the cursor
+  only moves past records every worker is done with, so after a crash the records that
+  were being sent are sent again (duplicates, never loss). Segments wholly behind the
+  cursor are deleted.
 """
 
 from __future__ import annotations
@@ -54,6 +66,17 @@ def _segment_name(number: int) -> str:
     return f"segment-{number:012d}.q"
 
 
+class _Commit:
+    """A written record waiting for the fsync that covers it (``done``), or refused (``error``)."""
+
+    __slots__ = ("done", "error", "record")
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+        self.done = False
+        self.error: Refused | None = None
+
+
 class DiskQueue:
     """Bounded in items and bytes; safe for many writers and many readers (threads)."""
 
@@ -71,7 +94,10 @@ class DiskQueue:
         self.directory = Path(directory)
         self.max_items = max_items
         self.max_bytes = max_bytes
+        if fsync not in ("always", "interval", "never"):
+            raise ValueError(f"fsync must be always, interval or never, not {fsync!r}")
         self.fsync = fsync
+        #: Kept for configuration compatibility; group commit needs no timer (see the module docstring).
         self.fsync_interval = fsync_interval
         self.segment_bytes = segment_bytes
         self.name = name or str(directory)
@@ -81,30 +107,33 @@ class DiskQueue:
         #: Records found at open (they will be sent again).
         self.recovered_items = 0
 
+        #: fdatasync errors seen; each one refused its waiting writers and started a new segment.
+        self.fsync_errors = 0
+
+        self._durable_writes = fsync != "never"
         self._lock = threading.Lock()
         self._readable = threading.Condition(self._lock)
-        self._pending: deque[Record] = deque()  # not yet handed out, in order
+        self._synced = threading.Condition(self._lock)  # a group fsync ended
+        self._unsynced: deque[_Commit] = deque()  # written to the current segment, not yet durable, in order
+        self._syncing = False
+        self._pending: deque[Record] = deque()  # durable, not yet handed out, in order
         self._outstanding: deque[Record] = deque()  # handed out, in order, some maybe done
         self._items = 0
         self._bytes = 0
         self._closed = False
         self._read_fds: dict[int, int] = {}
 
-        # group commit state
-        self._sync_cond = threading.Condition()
-        self._write_seq = 0
-        self._synced_seq = 0
-        self._syncing = False
+        self._write_fd = -1  # -1: no segment open for writing (creating one failed); the next put retries
+        self._write_segment = 0
+        self._write_offset = 0
+        self._durable_offset = 0  # end of the last durable record in the write segment
 
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._dir_fd = os.open(self.directory, os.O_RDONLY)
         self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
         self._cursor: tuple[int, int] = (0, 0)
         self._recover()
-        self._open_new_segment(self._last_segment + 1)
-        self._flusher: threading.Thread | None = None
-        if fsync == "interval":
-            self._flusher = threading.Thread(target=self._flush_loop, name=f"queue-fsync {self.name}", daemon=True)
-            self._flusher.start()
+        self._start_segment(self._last_segment + 1)
 
     # --- recovery -------------------------------------------------------------------------
 
@@ -131,16 +160,13 @@ class DiskQueue:
         for number in segments:
             path = self.directory / _segment_name(number)
             if number < cursor[0]:
-                path.unlink(missing_ok=True)  # wholly acknowledged before the last stop
-                continue
+                continue  # wholly acknowledged before the last stop: deleted below
             start = cursor[1] if number == cursor[0] else 0
             self._scan_segment(number, path, start)
         first = self._pending[0] if self._pending else None
         self._cursor = (first.segment, first.offset) if first else (self._last_segment + 1, 0)
         self._write_cursor(*self._cursor)
-        for number in segments:
-            if number < self._cursor[0]:
-                (self.directory / _segment_name(number)).unlink(missing_ok=True)
+        self._delete_segments([number for number in segments if number < self._cursor[0]])
         self.recovered_items = self._items
         if self.recovered_items or self.corrupt_records:
             log.info(
@@ -215,20 +241,63 @@ class DiskQueue:
 
     # --- writing --------------------------------------------------------------------------
 
-    def _open_new_segment(self, number: int) -> None:
-        path = self.directory / _segment_name(number)
-        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    def _fsync_dir(self) -> None:
+        """Make the folder's entries (segments created or deleted) durable."""
+        if self._durable_writes:
+            os.fsync(self._dir_fd)
+
+    def _start_segment(self, number: int) -> None:
+        """Open segment ``number`` for appending; its directory entry is durable before it is used."""
+        fd = os.open(self.directory / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._fsync_dir()
+            offset = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        self._write_fd = fd
         self._write_segment = number
-        self._write_offset = os.fstat(self._write_fd).st_size
+        self._write_offset = self._durable_offset = offset
         self._last_segment = number
-        self._write_state = (self._write_fd, self._write_seq)
+
+    def _next_segment_locked(self) -> None:
+        """Writing moves to a new segment; a failure is a retryable refusal (the next put tries again)."""
+        try:
+            self._start_segment(self._last_segment + 1)
+        except OSError as exc:
+            raise Refused(
+                "queue_io_error",
+                f"exporter queue {self.name}: cannot create a segment: {exc.strerror or exc}",
+                retryable=True,
+            ) from exc
+
+    def _delete_segments(self, numbers: list[int]) -> None:
+        """Delete segments wholly behind the cursor (called with the lock held, or during open)."""
+        if not numbers:
+            return
+        if self._durable_writes:
+            try:  # the cursor that makes them unneeded reaches the disk before they leave it
+                os.fsync(self._cursor_fd)
+            except OSError as exc:  # a stale cursor on disk only means duplicates after a power cut
+                log.warning("queue %s: fsync of the cursor failed: %s", self.name, exc)
+        for number in numbers:
+            fd = self._read_fds.pop(number, None)
+            if fd is not None:
+                os.close(fd)
+            (self.directory / _segment_name(number)).unlink(missing_ok=True)
+        try:
+            self._fsync_dir()
+        except OSError as exc:  # deleted segments may come back after a power cut: resent, not lost
+            log.warning("queue %s: fsync of the queue folder failed: %s", self.name, exc)
 
     def put(self, payload: bytes, items: int) -> None:
         """Append one record; return once it is durable per the fsync policy.
 
         Raises ``Refused("queue_full", retryable=True)`` when the limits would be passed
         (a record larger than the limits is still taken when the queue is empty, so a
-        big batch cannot be refused forever).
+        big batch cannot be refused forever), and ``Refused("queue_io_error",
+        retryable=True)`` when the fsync that was to cover the record failed (nothing of
+        the record is kept; the next put goes to a new segment).
         """
         now = time.time()
         header = frame_header(payload, items, now)
@@ -243,8 +312,8 @@ class DiskQueue:
                     retryable=True,
                     retry_after=self._retry_hint(),
                 )
-            if self._write_offset >= self.segment_bytes:
-                self._roll_segment()
+            if self._write_fd < 0 or self._write_offset >= self.segment_bytes:
+                self._roll_locked()
             written = os.writev(self._write_fd, [header, payload])
             if written != size:  # a short write on a regular file means the disk is full
                 with contextlib.suppress(OSError):
@@ -252,68 +321,114 @@ class DiskQueue:
                 raise Refused("queue_full", f"exporter queue {self.name}: disk full", retryable=True)
             record = Record(self._write_segment, self._write_offset, len(payload), items, now)
             self._write_offset += size
-            self._pending.append(record)
             self._items += items
             self._bytes += size
-            self._write_seq += 1
-            seq = self._write_seq
-            self._write_state = (self._write_fd, seq)
-            self._readable.notify()
-        self._wait_durable(seq)
+            if not self._durable_writes:
+                self._pending.append(record)
+                self._readable.notify()
+                return
+            commit = _Commit(record)
+            self._unsynced.append(commit)
+            while not commit.done:
+                if self._syncing:
+                    self._synced.wait()  # the running fsync may not cover this record: wait for the next
+                else:
+                    self._sync_locked()
+            if commit.error is not None:
+                raise commit.error
 
     def _retry_hint(self) -> float:
         """Seconds a refused sender should wait: longer the older the queue's head is."""
-        head = self._outstanding[0] if self._outstanding else (self._pending[0] if self._pending else None)
+        head = self._head()
         age = time.time() - head.enqueued_at if head else 0.0
         return float(min(30.0, max(1.0, age / 10)))
 
-    def _roll_segment(self) -> None:
-        # Called with the write lock held. Wait for a running group fsync to finish with
-        # the old descriptor, then swap descriptors while holding ``_sync_cond`` so a
-        # syncer never sees a closed one. (Lock order: ``_lock`` then ``_sync_cond``;
-        # the syncer takes only ``_sync_cond``.)
-        with self._sync_cond:
-            while self._syncing:
-                self._sync_cond.wait()
-            if self.fsync != "never":
-                os.fdatasync(self._write_fd)
-            os.close(self._write_fd)
-            self._open_new_segment(self._write_segment + 1)
-            self._synced_seq = self._write_seq
-            self._sync_cond.notify_all()
+    def _sync_locked(self) -> None:
+        """One group fsync covering every record written so far (called holding the lock).
 
-    def _wait_durable(self, seq: int) -> None:
-        if self.fsync == "never":
-            return
-        with self._sync_cond:
-            while self._synced_seq < seq:
-                if self.fsync == "always" and not self._syncing:
-                    self._sync_once_locked()
-                else:
-                    self._sync_cond.wait(1.0)
-                    if self._closed and self._synced_seq < seq:
-                        raise Refused("shutting_down", "the collector is shutting down", retryable=True)
-
-    def _sync_once_locked(self) -> None:
-        """One fsync covering every record written so far (called holding ``_sync_cond``)."""
+        The lock is released during the fsync, so writers go on appending; they are
+        covered by the next one. Only one runs at a time (``_syncing``), and the write
+        segment is never swapped while it runs.
+        """
+        fd = self._write_fd
+        covered = len(self._unsynced)
         self._syncing = True
-        fd, target = self._write_state
-        self._sync_cond.release()
+        self._lock.release()
+        error: OSError | None = None
         try:
             os.fdatasync(fd)
+        except OSError as exc:
+            error = exc
         finally:
-            self._sync_cond.acquire()
+            self._lock.acquire()
             self._syncing = False
-        self._synced_seq = max(self._synced_seq, target)
-        self._sync_cond.notify_all()
+        if error is None:
+            for _ in range(covered):
+                commit = self._unsynced.popleft()
+                commit.done = True
+                self._pending.append(commit.record)
+            if covered:
+                self._durable_offset = commit.record.offset + commit.record.size
+                self._readable.notify(covered)
+        else:
+            self._fail_segment_locked(error)
+        self._synced.notify_all()
 
-    def _flush_loop(self) -> None:
-        while not self._closed:
-            time.sleep(self.fsync_interval)
-            with self._sync_cond:
-                if self._synced_seq < self._write_seq and not self._syncing:
-                    with contextlib.suppress(OSError):
-                        self._sync_once_locked()
+    def _fail_segment_locked(self, error: OSError, *, write_on: bool = True) -> None:
+        """An fsync of the write segment failed: refuse its unsynced records, write on in a new segment."""
+        self.fsync_errors += 1
+        refused = len(self._unsynced)
+        log.error(
+            "queue %s: fdatasync of %s failed (%s); refusing %d waiting writes (senders retry) "
+            "and writing on in a new segment",
+            self.name,
+            _segment_name(self._write_segment),
+            error.strerror or error,
+            refused,
+        )
+        message = f"exporter queue {self.name}: the write could not be made durable ({error.strerror or error})"
+        while self._unsynced:
+            commit = self._unsynced.popleft()
+            self._items -= commit.record.items
+            self._bytes -= commit.record.size
+            commit.error = Refused("queue_io_error", message, retryable=True)
+            commit.done = True
+        # The kernel may have dropped those pages: never fsync this descriptor again (a
+        # second fsync could report success for them), and cut the refused records off so
+        # a restart does not resend data the senders were told to retry.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._write_fd, self._durable_offset)
+        with contextlib.suppress(OSError):
+            os.close(self._write_fd)
+        self._write_fd = -1
+        self._write_offset = self._durable_offset
+        if not write_on:
+            return
+        try:
+            self._next_segment_locked()
+        except Refused as exc:
+            log.error("queue %s: %s; the next write tries again", self.name, exc)
+
+    def _roll_locked(self) -> None:
+        """Move writing to a new segment (called from ``put`` holding the lock).
+
+        Every record of the current segment is made durable (or refused) first, so the
+        unsynced records always belong to the write segment and a running fsync never
+        sees its descriptor closed.
+        """
+        while self._syncing or self._unsynced:
+            if self._syncing:
+                self._synced.wait()
+            else:
+                self._sync_locked()
+        if self._closed:
+            raise Refused("shutting_down", "the collector is shutting down", retryable=True)
+        if self._write_fd >= 0:
+            if self._write_offset < self.segment_bytes:
+                return  # another writer rolled it, or a failed fsync started a new one
+            os.close(self._write_fd)
+            self._write_fd = -1
+        self._next_segment_locked()
 
     # --- reading --------------------------------------------------------------------------
 
@@ -369,24 +484,29 @@ class DiskQueue:
                 moved = True
             if not moved:
                 return
-            head = self._outstanding[0] if self._outstanding else (self._pending[0] if self._pending else None)
+            head = self._head()
             cursor = (head.segment, head.offset) if head else (self._write_segment, self._write_offset)
             old_segment = self._cursor[0]
             self._cursor = cursor
-            if not self._closed:
-                self._write_cursor(*cursor)
-            for number in range(old_segment, cursor[0]):
-                fd = self._read_fds.pop(number, None)
-                if fd is not None:
-                    os.close(fd)
-                (self.directory / _segment_name(number)).unlink(missing_ok=True)
+            if self._closed:
+                return
+            self._write_cursor(*cursor)
+            self._delete_segments(list(range(old_segment, cursor[0])))
 
     # --- state ----------------------------------------------------------------------------
+
+    def _head(self) -> Record | None:
+        """The oldest record still in the queue (being sent, waiting, or waiting for its fsync)."""
+        if self._outstanding:
+            return self._outstanding[0]
+        if self._pending:
+            return self._pending[0]
+        return self._unsynced[0].record if self._unsynced else None
 
     def stats(self) -> tuple[int, int, int, int, float]:
         """``(items, max_items, bytes, max_bytes, oldest_age_seconds)``."""
         with self._lock:
-            head = self._outstanding[0] if self._outstanding else (self._pending[0] if self._pending else None)
+            head = self._head()
             age = max(0.0, time.time() - head.enqueued_at) if head else 0.0
             return self._items, self.max_items, self._bytes, self.max_bytes, age
 
@@ -400,18 +520,25 @@ class DiskQueue:
                 return
             self._closed = True
             self._readable.notify_all()
-            with contextlib.suppress(OSError):
-                os.fsync(self._write_fd)
-            os.close(self._write_fd)
+            while self._syncing:
+                self._synced.wait()
+            if self._write_fd >= 0:
+                try:
+                    os.fsync(self._write_fd)
+                except OSError as exc:
+                    self._fail_segment_locked(exc, write_on=False)
+                for commit in self._unsynced:  # durable now: their writers are acknowledged
+                    commit.done = True
+                self._unsynced.clear()
+                if self._write_fd >= 0:
+                    os.close(self._write_fd)
+                    self._write_fd = -1
+            self._synced.notify_all()
             self._write_cursor(*self._cursor)
             with contextlib.suppress(OSError):
                 os.fsync(self._cursor_fd)
             os.close(self._cursor_fd)
+            os.close(self._dir_fd)
             for fd in self._read_fds.values():
                 os.close(fd)
             self._read_fds.clear()
-        with self._sync_cond:
-            self._synced_seq = self._write_seq
-            self._sync_cond.notify_all()
-        if self._flusher is not None:
-            self._flusher.join(timeout=5)
