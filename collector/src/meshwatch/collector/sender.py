@@ -101,11 +101,12 @@ class QueueSettings(_Strict):
     queue_size: int = Field(1_000_000, ge=1)
     #: Limit in bytes on disk.
     max_bytes: int = Field(512 * 1024 * 1024, ge=1024)
-    #: When a write is made durable before the sender is acknowledged:
-    #: ``always`` fsyncs every batch (group commit), ``interval`` fsyncs at most every
-    #: ``fsync_interval`` (acks wait for it), ``never`` leaves it to the OS (survives a
-    #: process crash, not a power cut).
+    #: When a write is made durable before the sender is acknowledged: ``interval`` and
+    #: ``always`` (the same policy) ack after an fdatasync that covers the batch, shared by
+    #: concurrent writers (group commit); ``never`` leaves it to the OS (survives a process
+    #: crash, not a power cut).
     fsync: Literal["always", "interval", "never"] = "interval"
+    #: Accepted for compatibility; no effect since group commit (see docs/collector.md).
     fsync_interval: Duration = Field(0.05, gt=0, le=10)
     #: Folder for the queue files; default ``<storage_dir>/queues/<exporter id>``.
     directory: str | None = None

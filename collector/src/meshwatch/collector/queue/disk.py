@@ -66,6 +66,14 @@ def _segment_name(number: int) -> str:
     return f"segment-{number:012d}.q"
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class _Commit:
     """A written record waiting for the fsync that covers it (``done``), or refused (``error``)."""
 
@@ -129,6 +137,8 @@ class DiskQueue:
         self._durable_offset = 0  # end of the last durable record in the write segment
 
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._durable_writes:  # the folder's own entry, in case it was just created
+            _fsync_path(self.directory.parent)
         self._dir_fd = os.open(self.directory, os.O_RDONLY)
         self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
         self._cursor: tuple[int, int] = (0, 0)
@@ -362,6 +372,7 @@ class DiskQueue:
         finally:
             self._lock.acquire()
             self._syncing = False
+            self._synced.notify_all()  # whoever waits and is not covered starts the next one
         if error is None:
             for _ in range(covered):
                 commit = self._unsynced.popleft()
@@ -372,7 +383,6 @@ class DiskQueue:
                 self._readable.notify(covered)
         else:
             self._fail_segment_locked(error)
-        self._synced.notify_all()
 
     def _fail_segment_locked(self, error: OSError, *, write_on: bool = True) -> None:
         """An fsync of the write segment failed: refuse its unsynced records, write on in a new segment."""
