@@ -20,6 +20,7 @@ median of the rounds is reported. Raw results (every round) go to ``--output``
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from meshwatch.collector.queue import DiskQueue
+from meshwatch.collector.queue import DiskQueue, disk
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "queue-fsync-latency.json"
@@ -197,6 +198,11 @@ def main() -> None:
                 "summary": summary,
                 "runs": [asdict(r) for r in runs],
                 "commit": _commit(),
+                # which queue code ran (a run against another checkout names that one)
+                "queue_source": {
+                    "path": str(Path(disk.__file__).resolve()),
+                    "sha256": hashlib.sha256(Path(disk.__file__).read_bytes()).hexdigest(),
+                },
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
                 "queue_dir": str(args.dir or tempfile.gettempdir()),
                 "args": {k: str(v) for k, v in vars(args).items()},
