@@ -389,12 +389,12 @@ class DiskQueue:
         self.fsync_errors += 1
         refused = len(self._unsynced)
         log.error(
-            "queue %s: fdatasync of %s failed (%s); refusing %d waiting writes (senders retry) "
-            "and writing on in a new segment",
+            "queue %s: fdatasync of %s failed (%s); refusing %d waiting writes (senders retry)%s",
             self.name,
             _segment_name(self._write_segment),
             error.strerror or error,
             refused,
+            "; writing on in a new segment" if write_on else "",
         )
         message = f"exporter queue {self.name}: the write could not be made durable ({error.strerror or error})"
         while self._unsynced:
