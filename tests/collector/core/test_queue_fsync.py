@@ -82,26 +82,29 @@ def test_no_ack_before_the_fsync_that_covers_the_record(tmp_path: Path, monkeypa
     first = _Putter(queue, b"a" * 100, events)
     first.start()
     assert entered.wait(5), "a writer that finds no fsync running starts one at once"
-    second = _Putter(queue, b"b" * 100, events)
-    second.start()  # arrives while the first fsync runs
-    _wait_for(lambda: _segment_bytes(tmp_path) == 2 * (HEADER + 100))
+    later = [_Putter(queue, bytes([c]) * 100, events) for c in b"bc"]
+    for putter in later:
+        putter.start()  # they arrive while the first fsync runs
+    _wait_for(lambda: _segment_bytes(tmp_path) == 3 * (HEADER + 100))
     time.sleep(0.1)
-    assert not first.returned.is_set() and not second.returned.is_set(), "acknowledged before its fsync ended"
+    assert not any(p.returned.is_set() for p in [first, *later]), "acknowledged before its fsync ended"
     assert queue.get(10, 1 << 20, timeout=0.05) == [], "a record was handed to the exporter before it was durable"
 
     gate.set()
-    assert first.returned.wait(5) and second.returned.wait(5)
-    assert first.error is None and second.error is None
+    for putter in [first, *later]:
+        assert putter.returned.wait(5) and putter.error is None
     position = {event[:2] if event[0] != "ack" else event: i for i, event in enumerate(events)}
     sync1 = next(e for e in events if e[:2] == ("sync", 1))
     assert sync1[2] == HEADER + 100, "the first fsync covered only the first record"
     assert position[("ack", b"a" * 100)] > position[("synced", 1)]
-    # The second record was written after the first fsync began: only a later fsync covers it.
-    covering = [e for e in events if e[0] == "sync" and e[2] >= 2 * (HEADER + 100)]
-    assert covering, "no fsync covered the second record"
-    assert position[("ack", b"b" * 100)] > position[("synced", covering[0][1])]
+    # b and c were written after the first fsync began: only a later fsync covers them ...
+    for payload, end in ((b"b" * 100, 2 * (HEADER + 100)), (b"c" * 100, 3 * (HEADER + 100))):
+        covering = [e for e in events if e[0] == "sync" and e[2] >= end]
+        assert covering, f"no fsync covered {payload[:1]!r}"
+        assert position[("ack", payload)] > position[("synced", covering[0][1])]
+    # ... and one fsync commits both together.
     assert calls[0] == 2
-    assert [r.payload for r in queue.get(10, 1 << 20, timeout=1)] == [b"a" * 100, b"b" * 100]
+    assert [r.payload for r in queue.get(10, 1 << 20, timeout=1)] == [bytes([c]) * 100 for c in b"abc"]
     queue.close()
 
 
