@@ -140,8 +140,9 @@ def test_a_sequential_writer_is_not_slowed_by_the_default_policy(tmp_path: Path)
     assert median_default <= 1.5 * median_always + 0.002
 
 
+@pytest.mark.parametrize("segment_bytes", [32 << 20, 2000], ids=["one-segment", "rolling-every-10-puts"])
 @pytest.mark.parametrize("fsync", ["always", "interval"])
-def test_concurrent_writers_share_fsyncs(tmp_path: Path, monkeypatch, fsync: str) -> None:
+def test_concurrent_writers_share_fsyncs(tmp_path: Path, monkeypatch, fsync: str, segment_bytes: int) -> None:
     real = os.fdatasync
     calls = [0]
 
@@ -151,12 +152,15 @@ def test_concurrent_writers_share_fsyncs(tmp_path: Path, monkeypatch, fsync: str
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", slow_disk)
-    queue = DiskQueue(tmp_path, max_items=10**6, max_bytes=1 << 30, fsync=fsync)
+    queue = DiskQueue(tmp_path, max_items=10**6, max_bytes=1 << 30, fsync=fsync, segment_bytes=segment_bytes)
     writers, each = 8, 25
+    latencies: list[float] = []
 
     def write(n: int) -> None:
         for i in range(each):
-            queue.put(f"{n}-{i}".encode(), items=1)
+            start = time.perf_counter()
+            queue.put(f"{n}-{i}".encode().ljust(180, b"."), items=1)
+            latencies.append(time.perf_counter() - start)
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
     began = time.perf_counter()
@@ -165,11 +169,17 @@ def test_concurrent_writers_share_fsyncs(tmp_path: Path, monkeypatch, fsync: str
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
-    print(f"\n{writers * each} puts from {writers} writers: {calls[0]} fdatasyncs in {elapsed:.2f} s")
-    assert calls[0] <= writers * each / 3, "concurrent writers did not share fsyncs"
+    print(
+        f"\n{writers * each} puts from {writers} writers: {calls[0]} fdatasyncs in {elapsed:.2f} s, "
+        f"slowest put {max(latencies) * 1e3:.1f} ms"
+    )
+    assert calls[0] <= writers * each / 2, "concurrent writers did not share fsyncs"
+    # A writer that rolls the segment waits for that segment's fsync, not for a lull in the
+    # writes to the next one (which under load may never come).
+    assert max(latencies) < 0.25
     queue.close()
     assert sorted(_drain(DiskQueue(tmp_path, max_items=10**6, max_bytes=1 << 30))) == sorted(
-        f"{n}-{i}".encode() for n in range(writers) for i in range(each)
+        f"{n}-{i}".encode().ljust(180, b".") for n in range(writers) for i in range(each)
     )
 
 

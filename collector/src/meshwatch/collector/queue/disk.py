@@ -120,6 +120,7 @@ class DiskQueue:
 
         self._durable_writes = fsync != "never"
         self._lock = threading.Lock()
+        self._files_lock = threading.Lock()  # the cursor and folder descriptors, while segments are deleted
         self._readable = threading.Condition(self._lock)
         self._synced = threading.Condition(self._lock)  # a group fsync ended
         self._unsynced: deque[_Commit] = deque()  # written to the current segment, not yet durable, in order
@@ -282,23 +283,27 @@ class DiskQueue:
             ) from exc
 
     def _delete_segments(self, numbers: list[int]) -> None:
-        """Delete segments wholly behind the cursor (called with the lock held, or during open)."""
+        """Delete segments wholly behind the cursor (their read descriptors already closed).
+
+        Runs without the queue lock (two fsyncs, once per segment, would stall every
+        writer); ``_files_lock`` keeps ``close`` from closing the descriptors meanwhile.
+        """
         if not numbers:
             return
-        if self._durable_writes:
-            try:  # the cursor that makes them unneeded reaches the disk before they leave it
-                os.fsync(self._cursor_fd)
-            except OSError as exc:  # a stale cursor on disk only means duplicates after a power cut
-                log.warning("queue %s: fsync of the cursor failed: %s", self.name, exc)
-        for number in numbers:
-            fd = self._read_fds.pop(number, None)
-            if fd is not None:
-                os.close(fd)
-            (self.directory / _segment_name(number)).unlink(missing_ok=True)
-        try:
-            self._fsync_dir()
-        except OSError as exc:  # deleted segments may come back after a power cut: resent, not lost
-            log.warning("queue %s: fsync of the queue folder failed: %s", self.name, exc)
+        with self._files_lock:
+            fsync = self._durable_writes and not self._closed  # close() fsyncs the cursor itself
+            if fsync:
+                try:  # the cursor that makes them unneeded reaches the disk before they leave it
+                    os.fsync(self._cursor_fd)
+                except OSError as exc:  # a stale cursor on disk only means duplicates after a power cut
+                    log.warning("queue %s: fsync of the cursor failed: %s", self.name, exc)
+            for number in numbers:
+                (self.directory / _segment_name(number)).unlink(missing_ok=True)
+            if fsync:
+                try:
+                    self._fsync_dir()
+                except OSError as exc:  # deleted segments may come back after a power cut: resent, not lost
+                    log.warning("queue %s: fsync of the queue folder failed: %s", self.name, exc)
 
     def put(self, payload: bytes, items: int) -> None:
         """Append one record; return once it is durable per the fsync policy.
@@ -426,16 +431,19 @@ class DiskQueue:
         unsynced records always belong to the write segment and a running fsync never
         sees its descriptor closed.
         """
-        while self._syncing or self._unsynced:
+        segment = self._write_segment
+        # Only this segment's records matter: once another writer has rolled, writes to the
+        # new segment must not keep this one waiting.
+        while self._write_segment == segment and self._write_fd >= 0 and (self._syncing or self._unsynced):
             if self._syncing:
                 self._synced.wait()
             else:
                 self._sync_locked()
         if self._closed:
             raise Refused("shutting_down", "the collector is shutting down", retryable=True)
+        if self._write_segment != segment:
+            return  # another writer rolled it, or a failed fsync started a new one
         if self._write_fd >= 0:
-            if self._write_offset < self.segment_bytes:
-                return  # another writer rolled it, or a failed fsync started a new one
             os.close(self._write_fd)
             self._write_fd = -1
         self._next_segment_locked()
@@ -501,7 +509,12 @@ class DiskQueue:
             if self._closed:
                 return
             self._write_cursor(*cursor)
-            self._delete_segments(list(range(old_segment, cursor[0])))
+            doomed = list(range(old_segment, cursor[0]))
+            for number in doomed:
+                fd = self._read_fds.pop(number, None)
+                if fd is not None:
+                    os.close(fd)
+        self._delete_segments(doomed)
 
     # --- state ----------------------------------------------------------------------------
 
@@ -545,10 +558,11 @@ class DiskQueue:
                     self._write_fd = -1
             self._synced.notify_all()
             self._write_cursor(*self._cursor)
-            with contextlib.suppress(OSError):
-                os.fsync(self._cursor_fd)
-            os.close(self._cursor_fd)
-            os.close(self._dir_fd)
+            with self._files_lock:
+                with contextlib.suppress(OSError):
+                    os.fsync(self._cursor_fd)
+                os.close(self._cursor_fd)
+                os.close(self._dir_fd)
             for fd in self._read_fds.values():
                 os.close(fd)
             self._read_fds.clear()
