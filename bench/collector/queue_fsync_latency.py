@@ -144,6 +144,12 @@ def _commit() -> str:
         return "unknown"
 
 
+def queue_source() -> dict[str, str]:
+    """Which queue code ran: a run with ``PYTHONPATH`` pointing at another checkout names that one."""
+    path = Path(disk.__file__).resolve()
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--puts", type=int, default=1000, help="puts per policy per round (per mode)")
@@ -152,6 +158,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=8, help="writers in the concurrent mode (0: skip it)")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--dir", type=Path, default=None, help="where the queue lives (default: a temporary folder)")
+    parser.add_argument("--label", default="", help="stored with the results (e.g. which checkout ran)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="raw results (JSON)")
     args = parser.parse_args()
 
@@ -198,11 +205,8 @@ def main() -> None:
                 "summary": summary,
                 "runs": [asdict(r) for r in runs],
                 "commit": _commit(),
-                # which queue code ran (a run against another checkout names that one)
-                "queue_source": {
-                    "path": str(Path(disk.__file__).resolve()),
-                    "sha256": hashlib.sha256(Path(disk.__file__).read_bytes()).hexdigest(),
-                },
+                "label": args.label,
+                "queue_source": queue_source(),
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
                 "queue_dir": str(args.dir or tempfile.gettempdir()),
                 "args": {k: str(v) for k, v in vars(args).items()},
