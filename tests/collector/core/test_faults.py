@@ -3,14 +3,20 @@
 * the collector killed with SIGKILL under load and restarted loses nothing it acknowledged;
 * Jaeger stopped for 20 s under load and restarted receives everything afterwards
   (the 60 s outage is ``bench/collector/outage.py``, with its numbers in docs/benchmarks.md);
-* duplicates (records being sent at the crash, sent again) stay under 1%.
+* duplicates (records being sent at the crash, sent again) stay under 1%;
+* fdatasync failing with EIO inside the collector refuses with a retry hint, and once it
+  works again nothing acknowledged is lost, across a SIGKILL too.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
+import textwrap
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +24,7 @@ import pytest
 from meshwatch.stack.runner import Server, Stack, wait_http
 from meshwatch.stack.testing import eventually, start_or_fail
 
-from ._helpers import SpanLoad, check_all_arrived, jaeger_exporter
+from ._helpers import SpanLoad, check_all_arrived, jaeger_exporter, random_trace_ids, span_request
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +174,64 @@ def test_sigterm_stops_within_its_budget_and_the_queue_survives_for_the_next_sta
     collector.restart()
     result = check_all_arrived(jaeger, load.acked, SPANS, timeout=60)
     assert result["missing_spans"] == 0 and result["duplicate_spans"] == 0, result
+
+
+_EIO_HOOK = """
+import errno, os
+
+_real_fdatasync, _trigger = os.fdatasync, os.environ["MESHWATCH_TEST_EIO_WHILE"]
+
+
+def _fdatasync(fd):
+    if os.path.exists(_trigger):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    _real_fdatasync(fd)
+
+
+os.fdatasync = _fdatasync
+"""
+
+
+def test_fsync_errors_refuse_with_a_retry_hint_and_lose_nothing_acknowledged(
+    collector_factory, jaeger, tmp_path: Path
+) -> None:
+    """EIO from ``fdatasync`` in the real collector (a ``sitecustomize`` hook, on while a file exists)."""
+    hook = tmp_path / "eio-hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(_EIO_HOOK))
+    trigger = tmp_path / "eio-now"
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+        "MESHWATCH_TEST_EIO_WHILE": str(trigger),
+    }
+    collector = collector_factory(_config(jaeger), env=env)
+    load = SpanLoad(collector.grpc_endpoint, spans=SPANS).start()
+    eventually(lambda: len(load.acked) >= 100, timeout=60, what="load flowing")
+
+    trigger.touch()  # the disk starts failing every fdatasync
+    eventually(lambda: load.refused.get("RESOURCE_EXHAUSTED", 0) >= 20, timeout=30, what="refusals while fsync fails")
+    http = urllib.request.Request(
+        f"{collector.http_url}/v1/traces",
+        data=span_request(random_trace_ids(1)),
+        headers={"Content-Type": "application/x-protobuf"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(http, timeout=10)
+    assert answer.value.code == 429 and float(answer.value.headers["Retry-After"]) >= 1
+    refused = collector.metric("meshwatch_receiver_refused_items_total", reason="queue_io_error")
+    assert refused >= 20 * SPANS
+
+    trigger.unlink()  # the disk works again: accepted again, without a restart
+    acked_at = len(load.acked)
+    eventually(lambda: len(load.acked) >= acked_at + 100, timeout=60, what="accepted again")
+    collector.kill()  # and what was acknowledged survives a crash
+    collector.restart()
+    time.sleep(2)
+    load.stop()
+    result = check_all_arrived(jaeger, load.acked, SPANS)
+    log = collector.log_path.read_text()
+    print(f"\nEIO: {result}; sender saw {load.refused}; refused {refused:.0f} spans as queue_io_error")
+    assert result["missing_spans"] == 0, result
+    assert result["duplicate_spans"] < 0.01 * load.acked_spans, result
+    assert "fdatasync of segment-" in log and "Input/output error" in log
+    assert log.count("fdatasync of segment-") < 10, "every failed write was logged"

@@ -60,6 +60,8 @@ _SEGMENT = re.compile(r"^segment-(\d{12})\.q$")
 _CURSOR = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
 #: A header claiming more items than this is garbage, not a count.
 _SANE_ITEMS = 50_000_000
+#: Seconds between two log lines about I/O errors.
+_IO_LOG_EVERY = 10.0
 
 
 def _segment_name(number: int) -> str:
@@ -117,6 +119,8 @@ class DiskQueue:
 
         #: fdatasync errors seen; each one refused its waiting writers and started a new segment.
         self.fsync_errors = 0
+        self._io_logged_at = -_IO_LOG_EVERY
+        self._io_unlogged = 0
 
         self._durable_writes = fsync != "never"
         self._lock = threading.Lock()
@@ -393,7 +397,7 @@ class DiskQueue:
         """An fsync of the write segment failed: refuse its unsynced records, write on in a new segment."""
         self.fsync_errors += 1
         refused = len(self._unsynced)
-        log.error(
+        self._log_io_error(
             "queue %s: fdatasync of %s failed (%s); refusing %d waiting writes (senders retry)%s",
             self.name,
             _segment_name(self._write_segment),
@@ -422,7 +426,19 @@ class DiskQueue:
         try:
             self._next_segment_locked()
         except Refused as exc:
-            log.error("queue %s: %s; the next write tries again", self.name, exc)
+            self._log_io_error("queue %s: %s; the next write tries again", self.name, exc)
+
+    def _log_io_error(self, message: str, *args: object) -> None:
+        """Log an I/O error, at most once per ``_IO_LOG_EVERY`` seconds (a dying disk fails every write)."""
+        now = time.monotonic()
+        if now - self._io_logged_at < _IO_LOG_EVERY:
+            self._io_unlogged += 1
+            return
+        if self._io_unlogged:
+            message += f" ({self._io_unlogged} more I/O errors since the last message)"
+        log.error(message, *args)
+        self._io_logged_at = now
+        self._io_unlogged = 0
 
     def _roll_locked(self) -> None:
         """Move writing to a new segment (called from ``put`` holding the lock).
