@@ -8,13 +8,19 @@ queue, so this is the queue's put→ack latency plus gRPC and decoding. Requests
 collector per policy and round; the median of the rounds is reported and the raw figures
 go to ``--output`` (default ``bench/results/queue-fsync-e2e.json``) with the git commit.
 
-    .venv/bin/python bench/collector/queue_fsync_e2e.py [--requests 200] [--rounds 3]
+``--compare NAME=DIR`` adds a variant whose collectors run the code in ``DIR`` (put first
+on their ``PYTHONPATH``, e.g. ``git archive <commit> collector/src | tar -x -C DIR`` and
+``DIR/collector/src``), interleaved with the current code in every round, so a before /
+after comparison sees the same moments of a busy machine.
+
+    .venv/bin/python bench/collector/queue_fsync_e2e.py [--requests 200] [--rounds 3] [--compare before=DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -50,6 +56,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="sequential requests per size, policy and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--label", default="", help="stored with the results (e.g. which checkout ran)")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=DIR", help="another code variant")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -61,10 +68,16 @@ def main() -> None:
     sink = start_collector(sink_config, base / "sink")
     big = realistic_request("bench-queue-e2e")
     bodies = {512: big, 50: _first_spans(big, 50)}
+    variants: dict[str, str] = {"current": ""}
+    for spec in args.compare:
+        name, _, folder = spec.partition("=")
+        variants[name] = str(Path(folder).resolve())
     runs: list[dict] = []
     try:
         for round_ in range(args.rounds):
-            for policy in POLICIES if round_ % 2 == 0 else POLICIES[::-1]:
+            order = [(v, p) for v in variants for p in POLICIES]
+            for variant, policy in order if round_ % 2 == 0 else order[::-1]:
+                path = os.pathsep.join(filter(None, [variants[variant], os.environ.get("PYTHONPATH", "")]))
                 exporter = {
                     "endpoint": sink.grpc_endpoint,
                     "tls": {"insecure": True},
@@ -74,7 +87,7 @@ def main() -> None:
                     "exporters": {"otlp/sink": exporter},
                     "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/sink"]}}},
                 }
-                collector = start_collector(config, base / f"r{round_}-{policy}")
+                collector = start_collector(config, base / f"r{round_}-{variant}-{policy}", env={"PYTHONPATH": path})
                 channel = grpc.insecure_channel(collector.grpc_endpoint)
                 export = channel.unary_unary(EXPORT)
                 try:
@@ -87,6 +100,7 @@ def main() -> None:
                             export(body, timeout=10)
                             latencies.append((time.perf_counter() - start) * 1000)
                         run = {
+                            "variant": variant,
                             "round": round_,
                             "policy": policy,
                             "spans_per_request": spans,
@@ -96,7 +110,7 @@ def main() -> None:
                         }
                         runs.append(run)
                         print(
-                            f"round {round_} {policy:<8} {spans:>3} spans  p50 {run['p50_ms']:7.3f} ms  "
+                            f"round {round_} {variant:<8} {policy:<8} {spans:>3} spans  p50 {run['p50_ms']:7.3f} ms  "
                             f"p99 {run['p99_ms']:7.3f} ms",
                             flush=True,
                         )
@@ -108,18 +122,20 @@ def main() -> None:
 
     summary = []
     print(f"\nmedians of {args.rounds} rounds, {args.requests} sequential requests each:")
-    print(f"{'policy':<8} {'spans':>5} {'p50 ms':>8} {'p99 ms':>8}")
-    for spans in bodies:
-        for policy in POLICIES:
-            rows = [r for r in runs if r["policy"] == policy and r["spans_per_request"] == spans]
-            row = {
-                "policy": policy,
-                "spans_per_request": spans,
-                "p50_ms": round(statistics.median(r["p50_ms"] for r in rows), 3),
-                "p99_ms": round(statistics.median(r["p99_ms"] for r in rows), 3),
-            }
-            summary.append(row)
-            print(f"{policy:<8} {spans:>5} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
+    print(f"{'variant':<8} {'policy':<8} {'spans':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    for spans, variant, policy in ((s, v, p) for s in bodies for v in variants for p in POLICIES):
+        rows = [
+            r for r in runs if r["variant"] == variant and r["policy"] == policy and r["spans_per_request"] == spans
+        ]
+        row = {
+            "variant": variant,
+            "policy": policy,
+            "spans_per_request": spans,
+            "p50_ms": round(statistics.median(r["p50_ms"] for r in rows), 3),
+            "p99_ms": round(statistics.median(r["p99_ms"] for r in rows), 3),
+        }
+        summary.append(row)
+        print(f"{variant:<8} {policy:<8} {spans:>5} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
@@ -129,6 +145,7 @@ def main() -> None:
                 "label": args.label,
                 "commit": commit(),
                 "queue_source": queue_source(),
+                "variants": variants,
                 "args": {k: str(v) for k, v in vars(args).items()},
             },
             indent=2,
