@@ -331,7 +331,7 @@ class DiskQueue:
                     retryable=True,
                     retry_after=self._retry_hint(),
                 )
-            if self._write_fd < 0 or self._write_offset >= self.segment_bytes:
+            while self._write_fd < 0 or self._write_offset >= self.segment_bytes:  # until a segment takes it
                 self._roll_locked()
             written = os.writev(self._write_fd, [header, payload])
             if written != size:  # a short write on a regular file means the disk is full
