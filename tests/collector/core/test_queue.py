@@ -186,6 +186,9 @@ def test_memory_queue_has_the_same_behaviour() -> None:
         queue.put(b"b", items=3)
     taken = queue.get(10, 1 << 20, timeout=0.1)
     assert [r.payload for r in taken] == [b"a"]
-    assert queue.stats()[4] >= 0
+    items, max_items, size, max_bytes, age = queue.stats()
+    assert (items, max_items, max_bytes) == (3, 5, 1 << 20), "taken but not acked: still held"
+    assert size >= len(b"a")  # the payload and the record's own overhead
+    assert 0.0 <= age < 5.0
     queue.ack(taken)
     assert queue.stats()[0] == 0
