@@ -78,7 +78,8 @@ class RunningCollector:
             if protocols.get("grpc"):
                 self.grpc_endpoints[rid] = self._resolve(protocols["grpc"]["endpoint"])
             if protocols.get("http"):
-                self.http_urls[rid] = f"http://{self._resolve(protocols['http']['endpoint'])}"
+                scheme = "https" if protocols["http"].get("tls") else "http"
+                self.http_urls[rid] = f"{scheme}://{self._resolve(protocols['http']['endpoint'])}"
 
     def _resolve(self, value: str) -> str:
         """``${VAR:-default}`` / ``${env:VAR}`` as the collector will substitute them with this env."""
@@ -98,7 +99,7 @@ class RunningCollector:
 
     @property
     def http_url(self) -> str:
-        """``http://127.0.0.1:PORT`` of the first otlp receiver's HTTP server."""
+        """``http://127.0.0.1:PORT`` of the first otlp receiver's HTTP server (``https://`` with ``tls``)."""
         return next(iter(self.http_urls.values()))
 
     # --- lifecycle -------------------------------------------------------------------------

@@ -1,22 +1,61 @@
-"""What the OTLP exporters share: reading ``partial_success`` from an export response."""
+"""What the OTLP exporters share: client TLS settings and reading ``partial_success`` from a response."""
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..batch import Batch
 from ..sender import SendResult
 from ..signals import Signal
 
-__all__ = ["partial_rejections", "RESPONSE_TYPES", "ENDPOINT_HINT"]
+__all__ = ["partial_rejections", "RESPONSE_TYPES", "ENDPOINT_HINT", "ClientTls", "read_tls_file"]
 
 ENDPOINT_HINT = "host:port of the OTLP backend"
+
+
+class ClientTls(BaseModel):
+    """Client TLS, named as the OpenTelemetry Collector's ``configtls`` client settings.
+
+    ``ca_file`` verifies the server (default: the system roots); ``cert_file`` and
+    ``key_file`` (both or neither) are the client certificate a server asking for
+    mTLS verifies; ``insecure_skip_verify`` keeps TLS but accepts any server
+    certificate (test setups only).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both (a client certificate) or neither")
+        if self.insecure_skip_verify and self.ca_file:
+            raise ValueError(
+                "insecure_skip_verify accepts any server certificate, so ca_file would be ignored: drop one"
+            )
+        return self
+
+
+def read_tls_file(where: str, key: str, path: str | None) -> bytes | None:
+    """The bytes of a configured TLS file, or an ``OSError`` naming the setting (never the content)."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise OSError(f"{where}: tls.{key} {path!r}: {exc.strerror or exc}") from None
+
 
 RESPONSE_TYPES: dict[Signal, Any] = {
     Signal.TRACES: ExportTraceServiceResponse,

@@ -8,12 +8,22 @@ UNAUTHENTICATED and PERMISSION_DENIED are treated as transient too (a credential
 mistake should not destroy queued data: fix it and the queue drains); the rest
 (INVALID_ARGUMENT, UNIMPLEMENTED, ...) is permanent.
 
+``tls.insecure_skip_verify: true`` is refused when the config is loaded: grpcio's Python API
+(``grpc.ssl_channel_credentials``) always verifies the server's certificate chain
+and has no switch to turn that off (gRPC core's TLS credentials with a custom
+verifier are not exposed to Python). Give the server's CA as ``ca_file``, or use
+``otlphttp``, which supports ``insecure_skip_verify``.
+
 Config::
 
     exporters:
       otlp/jaeger:
         endpoint: 127.0.0.1:4317      # or http://host:port (plaintext), https://host:port (TLS)
-        tls: {insecure: true}         # plaintext; else TLS with the system roots or ca_file
+        tls:
+          insecure: true              # plaintext; else TLS, verified with the system roots or ca_file
+          ca_file: /etc/meshwatch/ca.pem
+          cert_file: client.pem       # with key_file: a client certificate (mTLS)
+          key_file: client-key.pem
         headers: {x-tenant: demo}
         compression: none             # or gzip
         timeout: 10s
@@ -25,13 +35,12 @@ Config::
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
 from ..batch import Batch
 from ..component import CreateSettings, Host, Kind
@@ -39,7 +48,7 @@ from ..queued_exporter import QueuedExporter, queued_exporter
 from ..receivers._grpc import SERVICES
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
-from ._otlp_common import ENDPOINT_HINT, partial_rejections
+from ._otlp_common import ENDPOINT_HINT, ClientTls, partial_rejections, read_tls_file
 
 __all__ = ["factory", "OtlpExporterConfig", "GrpcSender"]
 
@@ -58,12 +67,24 @@ _TRANSIENT = {
 }
 
 
-class TlsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_NO_SKIP_VERIFY = (
+    "not supported by the otlp (gRPC) exporter: grpcio's Python API always verifies the server's "
+    "certificate chain and has no option to skip it (gRPC core's custom-verifier TLS credentials are not "
+    "exposed to Python); set tls.ca_file to the CA that signed the server's certificate, or use the "
+    "otlphttp exporter, which supports insecure_skip_verify"
+)
+
+
+class TlsSettings(ClientTls):
+    #: Plaintext gRPC (no TLS at all); an ``http://`` / ``https://`` endpoint decides by itself.
     insecure: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+
+    @field_validator("insecure_skip_verify")
+    @classmethod
+    def _no_skip_verify(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(_NO_SKIP_VERIFY)
+        return value
 
 
 class OtlpExporterConfig(ExporterSettings):
@@ -121,8 +142,12 @@ class GrpcSender:
         options = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0)]
         if self.secure:
             tls = self.config.tls
-            read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
-            creds = grpc.ssl_channel_credentials(read(tls.ca_file), read(tls.key_file), read(tls.cert_file))
+            where = f"otlp exporter to {self.target}"
+            creds = grpc.ssl_channel_credentials(
+                read_tls_file(where, "ca_file", tls.ca_file),
+                read_tls_file(where, "key_file", tls.key_file),
+                read_tls_file(where, "cert_file", tls.cert_file),
+            )
             self._channel = grpc.secure_channel(self.target, creds, options=options)
         else:
             self._channel = grpc.insecure_channel(self.target, options=options)

@@ -13,35 +13,40 @@ Config::
         traces_endpoint: null               # full URL, overrides endpoint for traces (same for metrics/logs)
         headers: {}
         compression: none                   # or gzip
-        tls: {insecure_skip_verify: false, ca_file: null}
+        tls:
+          ca_file: null                     # verify the server with this CA (default: the system roots)
+          cert_file: null                   # with key_file: a client certificate (mTLS)
+          key_file: null
+          insecure_skip_verify: false       # TLS without verifying the server (test setups only)
+
+TLS files are loaded at start, so a missing or mismatched file stops the collector
+with a message naming the setting instead of failing every send.
 """
 
 from __future__ import annotations
 
 import email.utils
+import ssl
 import time
 import zlib
 from typing import Any, Literal
 
 import urllib3
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..batch import Batch
 from ..component import CreateSettings, Host, Kind
 from ..queued_exporter import QueuedExporter, queued_exporter
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
-from ._otlp_common import partial_rejections
+from ._otlp_common import ClientTls, partial_rejections
 
 __all__ = ["factory", "OtlpHttpExporterConfig", "HttpSender"]
 
 _TRANSIENT_STATUS = {429, 502, 503, 504}
 
 
-class HttpTls(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    insecure_skip_verify: bool = False
-    ca_file: str | None = None
+HttpTls = ClientTls
 
 
 class OtlpHttpExporterConfig(ExporterSettings):
@@ -90,11 +95,29 @@ class HttpSender:
 
     def start(self, host: Host) -> None:
         tls: dict[str, Any] = {}
-        if self.config.tls.insecure_skip_verify:
-            tls["cert_reqs"] = "CERT_NONE"
-        elif self.config.tls.ca_file:
-            tls["ca_certs"] = self.config.tls.ca_file
+        if self.url.startswith("https://"):
+            tls["ssl_context"] = self._ssl_context()
         self._pool = urllib3.PoolManager(maxsize=self.config.sending_queue.num_consumers, retries=False, **tls)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """The client context, built once at start: a bad file fails here, naming the setting."""
+        tls = self.config.tls
+        where = f"otlphttp exporter to {redact_url(self.url)}"
+        try:
+            context = ssl.create_default_context(cafile=tls.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise OSError(f"{where}: tls.ca_file {tls.ca_file!r}: {_ssl_reason(exc)}") from None
+        if tls.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if tls.cert_file and tls.key_file:
+            try:
+                context.load_cert_chain(tls.cert_file, tls.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise OSError(
+                    f"{where}: tls.cert_file {tls.cert_file!r} / tls.key_file {tls.key_file!r}: {_ssl_reason(exc)}"
+                ) from None
+        return context
 
     def send(self, batch: Batch) -> SendResult:
         assert self._pool is not None
@@ -122,6 +145,17 @@ class HttpSender:
     def shutdown(self) -> None:
         if self._pool is not None:
             self._pool.clear()
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """OpenSSL's reason or the OS error, never a file's content."""
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without ``user:password@`` and without its query string."""
+    parts = urllib3.util.parse_url(url)
+    return parts._replace(auth=None, query=None, fragment=None).url
 
 
 class _Factory:

@@ -16,6 +16,13 @@ OpenTelemetry Collector among them) treat as permanent, and counts nothing. For 
 same reason gRPC's message-size limit is off: our handler answers every oversized
 request with the documented INVALID_ARGUMENT and counts it (gRPC has no streaming
 body, so such a request is read whole first; the concurrency limit bounds how many).
+
+TLS: ``grpc.dynamic_ssl_server_credentials``, whose fetcher gRPC calls before every
+new connection's handshake; it returns a new certificate configuration only when the
+files changed (``ServerCertificates.poll``). grpcio's Python API has no TLS version
+setting (its BoringSSL always negotiates 1.2 or 1.3), so ``min_version: "1.3"`` is
+enforced per call instead: a call on a TLS 1.2 connection is refused with
+PERMISSION_DENIED before its body is read, and counted (``tls_version``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from ..signals import Signal
 from ._ingest import Ingest, Outcome, bearer_matches, response_message
+from ._tls import ServerCertificates
 
 __all__ = ["GrpcTransport", "SERVICES"]
 
@@ -82,7 +90,9 @@ class _Gate(grpc.ServerInterceptor):
             return continuation(handler_call_details)  # UNIMPLEMENTED, from gRPC
         outcome = self.transport.admit(signal, handler_call_details.invocation_metadata)
         if outcome is None:
-            return continuation(handler_call_details)
+            if not self.transport.tls13_only:
+                return continuation(handler_call_details)
+            return self._tls13_only(signal, continuation(handler_call_details))
 
         # A request-streaming handler never reads the request: refusing costs no body.
         def refuse(_requests: Any, context: grpc.ServicerContext) -> bytes:
@@ -92,6 +102,24 @@ class _Gate(grpc.ServerInterceptor):
             return b""  # not reached: abort raises
 
         return grpc.stream_unary_rpc_method_handler(refuse)
+
+    def _tls13_only(self, signal: Signal, handler: Any) -> Any:
+        """The call's handler behind a check of its connection's TLS version (read from the auth context)."""
+        serve = handler.unary_unary
+
+        def gated(requests: Any, context: grpc.ServicerContext) -> bytes:
+            version = b"".join(context.auth_context().get("ssl_tls_version") or [b"unknown"]).decode()
+            if version != "TLSv1.3":
+                outcome = self.transport.ingest.refuse(
+                    "grpc",
+                    signal,
+                    "tls_version",
+                    f"this receiver requires TLS 1.3 (min_version); the connection is {version}",
+                )
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, outcome.message)
+            return serve(next(requests), context)
+
+        return grpc.stream_unary_rpc_method_handler(gated)
 
 
 class GrpcTransport:
@@ -104,8 +132,12 @@ class GrpcTransport:
         bearer_token: str | None,
         max_workers: int = 16,
         max_concurrent_requests: int | None = None,
+        tls: ServerCertificates | None = None,
     ) -> None:
         self.ingest = ingest
+        self.tls = tls
+        #: min_version "1.3": calls on TLS 1.2 connections are refused (gRPC cannot refuse the handshake).
+        self.tls13_only = tls is not None and tls.tls.min_version == "1.3"
         self.endpoint = endpoint
         self.max_request_bytes = max_request_bytes
         self._token = bearer_token
@@ -138,7 +170,15 @@ class GrpcTransport:
             # No maximum_concurrent_rpcs: _Gate refuses first, with a retry hint, and counts.
         )
         try:
-            port = server.add_insecure_port(self.endpoint)
+            if self.tls is None:
+                port = server.add_insecure_port(self.endpoint)
+            else:
+                credentials = grpc.dynamic_ssl_server_credentials(
+                    self._certificate_configuration(),
+                    self._fetch_certificate_configuration,
+                    require_client_authentication=self.tls.require_client_cert,
+                )
+                port = server.add_secure_port(self.endpoint, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen for OTLP/gRPC on {self.endpoint}: {exc}") from None
         if not port:
@@ -146,6 +186,19 @@ class GrpcTransport:
         self.port = port
         server.start()
         self._server = server
+
+    def _certificate_configuration(self) -> Any:
+        assert self.tls is not None
+        cert, key, client_ca = self.tls.files
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
+
+    def _fetch_certificate_configuration(self) -> Any:
+        """Called by gRPC before each new connection's handshake: a new configuration if the files changed."""
+        try:
+            return self._certificate_configuration() if self.tls is not None and self.tls.poll() else None
+        except Exception as exc:  # an exception here would fail the handshake: keep the current certificate
+            log.warning("OTLP/gRPC on %s: TLS reload failed, keeping the current certificate: %s", self.endpoint, exc)
+            return None
 
     def stop(self, grace: float) -> None:
         if self._server is not None:

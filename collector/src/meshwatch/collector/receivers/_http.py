@@ -9,6 +9,11 @@ output), 415 unsupported content type, 429 (queue full, memory limit, more than
 ``Retry-After``; error bodies are a ``google.rpc.Status`` in the
 request's encoding. Decoding and the durable write run on a thread pool, so the event
 loop keeps accepting while a batch waits for its fsync.
+
+TLS: uvicorn serves our own ``SSLContext``; its SNI callback, which OpenSSL calls on
+every ClientHello (with or without a server name), first looks whether the
+certificate files changed (``ServerCertificates.poll``) and hands the connection the
+context of the files now in service, so a rotated certificate needs no restart.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import logging
 import math
 import socket
+import ssl
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +35,7 @@ from ..batch import Batch
 from ..signals import Signal
 from ._ingest import Ingest, Outcome, bearer_matches, response_message
 from ._otlp_json import parse_json_request, response_json
+from ._tls import ServerCertificates
 
 __all__ = ["HttpTransport"]
 
@@ -54,8 +61,10 @@ class HttpTransport:
         max_workers: int = 16,
         max_concurrent_requests: int | None = None,
         on_fatal: Any = None,
+        tls: ServerCertificates | None = None,
     ) -> None:
         self._on_fatal = on_fatal
+        self.tls = tls
         self.ingest = ingest
         self.endpoint = endpoint
         self.max_request_bytes = max_request_bytes
@@ -99,6 +108,9 @@ class HttpTransport:
             timeout_keep_alive=30,
             server_header=False,
         )
+        if self.tls is not None:
+            config.load()  # then our context, not one uvicorn would build from file names
+            config.ssl = self._ssl_context(self.tls)
         self._server = uvicorn.Server(config)
         ready = threading.Event()
 
@@ -120,6 +132,20 @@ class HttpTransport:
         self._thread = threading.Thread(target=run, name=f"otlp-http {self.endpoint}", daemon=True)
         self._thread.start()
         ready.wait(10)
+
+    @staticmethod
+    def _ssl_context(tls: ServerCertificates) -> ssl.SSLContext:
+        first = tls.server_context()
+
+        def on_hello(connection: Any, _server_name: str | None, _context: ssl.SSLContext) -> None:
+            tls.poll()
+            current = tls.context
+            if current is not None and current is not connection.context:
+                connection.context = current  # this handshake goes on with the current certificate
+
+        first.sni_callback = on_hello
+        tls.context = first
+        return first
 
     def stop(self, grace: float) -> None:
         if self._server is not None:

@@ -6,12 +6,20 @@ Config (names as the OpenTelemetry Collector's where they exist)::
       otlp:
         protocols:
           grpc: {endpoint: 127.0.0.1:4317}      # omit a protocol to turn it off
-          http: {endpoint: 127.0.0.1:4318}
+          http:
+            endpoint: 0.0.0.0:4318
+            tls:                                # per protocol, as the OpenTelemetry Collector's
+              cert_file: /etc/meshwatch/server.pem
+              key_file: /etc/meshwatch/server-key.pem
+              client_ca_file: /etc/meshwatch/ca.pem   # optional: mTLS
+              min_version: "1.2"                # or "1.3"
         auth: {bearer_token: ${env:MESHWATCH_OTLP_TOKEN}}   # optional
         max_request_body_size: 16777216         # bytes, after decompression
 
 With no ``protocols`` key both run on their defaults. A protocol written with an
-empty value (``grpc:``) runs on its defaults.
+empty value (``grpc:``) runs on its defaults. TLS files are re-read when they change
+(see ``_tls``). A protocol listening beyond loopback without ``tls`` is logged as a
+warning at start: its data and bearer token would cross the network in clear text.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from ..signals import Signal
 from ._grpc import GrpcTransport
 from ._http import HttpTransport
 from ._ingest import Ingest
+from ._tls import ServerCertificates, ServerTls, is_loopback
 
 __all__ = ["factory", "OtlpReceiverConfig"]
 
@@ -43,6 +52,7 @@ class GrpcProtocol(_Strict):
     #: Requests served or waiting for a thread; more are refused with RESOURCE_EXHAUSTED +
     #: RetryInfo (counted as ``concurrency_limit``). Default: 8 per worker.
     max_concurrent_requests: int | None = Field(None, ge=1)
+    tls: ServerTls | None = None
 
 
 class HttpProtocol(_Strict):
@@ -53,6 +63,7 @@ class HttpProtocol(_Strict):
     max_workers: int = Field(16, ge=1, le=256)
     #: Requests in progress; more get 429 + Retry-After (``concurrency_limit``). Default: 8 per worker.
     max_concurrent_requests: int | None = Field(None, ge=1)
+    tls: ServerTls | None = None
 
 
 class Protocols(_Strict):
@@ -97,7 +108,9 @@ class OtlpReceiver:
         token = self.config.auth.bearer_token.get_secret_value() if self.config.auth.bearer_token else None
         size = self.config.max_request_body_size
         protocols = self.config.protocols
+        self._warn_plaintext()
         if protocols.grpc is not None:
+            grpc_tls = protocols.grpc.tls
             self.grpc = GrpcTransport(
                 ingest,
                 protocols.grpc.endpoint,
@@ -105,15 +118,27 @@ class OtlpReceiver:
                 bearer_token=token,
                 max_workers=protocols.grpc.max_workers,
                 max_concurrent_requests=protocols.grpc.max_concurrent_requests,
+                tls=ServerCertificates(grpc_tls, f"{self.id}: protocols.grpc.tls") if grpc_tls else None,
             )
             self.grpc.start()
-            log.info("%s: OTLP/gRPC on %s", self.id, protocols.grpc.endpoint)
+            log.info("%s: OTLP/gRPC on %s%s", self.id, protocols.grpc.endpoint, _tls_note(grpc_tls))
         if protocols.http is not None:
             paths = {
                 Signal.TRACES: protocols.http.traces_url_path,
                 Signal.METRICS: protocols.http.metrics_url_path,
                 Signal.LOGS: protocols.http.logs_url_path,
             }
+            http_tls = protocols.http.tls
+            try:
+                http_certs = (
+                    ServerCertificates(http_tls, f"{self.id}: protocols.http.tls", alpn=["http/1.1"])
+                    if http_tls
+                    else None
+                )
+            except OSError:
+                if self.grpc is not None:
+                    self.grpc.stop(0)
+                raise
             self.http = HttpTransport(
                 ingest,
                 protocols.http.endpoint,
@@ -123,6 +148,7 @@ class OtlpReceiver:
                 max_workers=protocols.http.max_workers,
                 max_concurrent_requests=protocols.http.max_concurrent_requests,
                 on_fatal=lambda exc: host.report_fatal(self.id, exc),
+                tls=http_certs,
             )
             try:
                 self.http.start()
@@ -130,7 +156,23 @@ class OtlpReceiver:
                 if self.grpc is not None:
                     self.grpc.stop(0)
                 raise
-            log.info("%s: OTLP/HTTP on %s", self.id, protocols.http.endpoint)
+            log.info("%s: OTLP/HTTP on %s%s", self.id, protocols.http.endpoint, _tls_note(http_tls))
+
+    def _warn_plaintext(self) -> None:
+        """One warning line for the protocols that listen beyond loopback without TLS."""
+        exposed = [
+            f"OTLP/{name} on {proto.endpoint}"
+            for name, proto in (("gRPC", self.config.protocols.grpc), ("HTTP", self.config.protocols.http))
+            if proto is not None and proto.tls is None and not is_loopback(proto.endpoint)
+        ]
+        if exposed:
+            log.warning(
+                "%s: %s reachable beyond loopback without TLS: telemetry%s crosses the network in clear text; "
+                "set protocols.<grpc|http>.tls (cert_file, key_file) or listen on 127.0.0.1",
+                self.id,
+                " and ".join(exposed),
+                " and the bearer token" if self.config.auth.bearer_token else "",
+            )
 
     def shutdown(self, timeout: float) -> None:
         """Stop accepting; requests in flight finish (their batches are durable or refused)."""
@@ -139,6 +181,12 @@ class OtlpReceiver:
             self.grpc.stop(grace)
         if self.http is not None:
             self.http.stop(grace)
+
+
+def _tls_note(tls: ServerTls | None) -> str:
+    if tls is None:
+        return ""
+    return f" (TLS >= {tls.min_version}{', client certificates required' if tls.client_ca_file else ''})"
 
 
 class _Factory:
