@@ -96,9 +96,9 @@ class ServerCertificates:
     ``context`` an ``ssl.SSLContext`` built from them (for HTTP, offering ``alpn``).
     """
 
-    def __init__(self, tls: ServerTls, where: str, alpn: list[str] | None = None) -> None:
+    def __init__(self, tls: ServerTls, receiver: str, setting: str, alpn: list[str] | None = None) -> None:
         self.tls = tls
-        self.where = where
+        self.where = f"{receiver}: {setting}"  # for the log; a start-up error names the setting only
         self.alpn = alpn
         self.paths = [tls.cert_file, tls.key_file] + ([tls.client_ca_file] if tls.client_ca_file else [])
         self._lock = threading.Lock()
@@ -108,7 +108,7 @@ class ServerCertificates:
         try:
             self._load()
         except (OSError, ValueError) as exc:
-            raise OSError(f"{where}: cannot load the TLS certificate: {exc}") from None
+            raise OSError(f"{setting}: cannot load the TLS certificate: {exc}") from None
 
     @property
     def require_client_cert(self) -> bool:

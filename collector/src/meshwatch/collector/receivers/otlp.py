@@ -118,7 +118,7 @@ class OtlpReceiver:
                 bearer_token=token,
                 max_workers=protocols.grpc.max_workers,
                 max_concurrent_requests=protocols.grpc.max_concurrent_requests,
-                tls=ServerCertificates(grpc_tls, f"{self.id}: protocols.grpc.tls") if grpc_tls else None,
+                tls=ServerCertificates(grpc_tls, str(self.id), "protocols.grpc.tls") if grpc_tls else None,
             )
             self.grpc.start()
             log.info("%s: OTLP/gRPC on %s%s", self.id, protocols.grpc.endpoint, _tls_note(grpc_tls))
@@ -131,7 +131,7 @@ class OtlpReceiver:
             http_tls = protocols.http.tls
             try:
                 http_certs = (
-                    ServerCertificates(http_tls, f"{self.id}: protocols.http.tls", alpn=["http/1.1"])
+                    ServerCertificates(http_tls, str(self.id), "protocols.http.tls", alpn=["http/1.1"])
                     if http_tls
                     else None
                 )
