@@ -486,3 +486,32 @@ def test_plaintext_beyond_loopback_is_one_warning_line(caplog):
     assert len(one) == 1 and "OTLP/HTTP on 10.0.0.7:4318" in one[0] and "gRPC" not in one[0]
     assert warnings({"grpc": {"endpoint": "127.0.0.1:4317"}, "http": {"endpoint": "localhost:4318"}}) == []
     assert warnings({"grpc": {"endpoint": "0.0.0.0:4317", "tls": tls}}) == []
+
+
+def test_a_collector_bound_beyond_loopback_without_tls_logs_one_warning_line(tmp_path):
+    """The real process, at start. Its ports are held on 127.0.0.1 by the test, so its 0.0.0.0
+    binds fail right after the warning: nothing ever listens beyond loopback."""
+    holders = []
+    for _ in range(2):
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        holders.append(holder)
+    grpc_port, http_port = (h.getsockname()[1] for h in holders)
+    config = _tls_config({}, {})
+    config["receivers"]["otlp"]["protocols"] = {
+        "grpc": {"endpoint": f"0.0.0.0:{grpc_port}"},
+        "http": {"endpoint": f"0.0.0.0:{http_port}"},
+    }
+    try:
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            start_collector(config, tmp_path / "collector", timeout=30)
+    finally:
+        for holder in holders:
+            holder.close()
+    lines = [
+        line for line in (tmp_path / "collector" / "collector.log").read_text().splitlines() if "clear text" in line
+    ]
+    assert len(lines) == 1, lines
+    assert '"level":"warning"' in lines[0]
+    assert f"OTLP/gRPC on 0.0.0.0:{grpc_port} and OTLP/HTTP on 0.0.0.0:{http_port}" in lines[0]
