@@ -9,6 +9,7 @@ only gRPC client) an HTTP/2 client of its own over Python's ``ssl`` (``h2``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -535,3 +536,22 @@ def test_http_receiver_sends_no_session_tickets(collector_factory, pki):
     session = conn.sock.session
     assert session is None or not session.has_ticket
     conn.close()
+
+
+def test_failed_handshakes_write_no_log_lines(collector_factory, pki):
+    """A scanner or a plaintext client retrying: gRPC core alone wrote one plain-text
+    stderr line per failed handshake (50 connections, 50 lines outside the JSON log)."""
+    collector = collector_factory(_tls_config(_server_tls(pki), _server_tls(pki)))
+    for endpoint in (collector.grpc_endpoint, collector.http_url.removeprefix("https://")):
+        host, port = endpoint.split(":")
+        for _ in range(50):
+            with socket.create_connection((host, int(port)), timeout=5) as raw:
+                raw.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00" * 64)
+                with contextlib.suppress(OSError):
+                    raw.recv(100)
+    assert grpc_export(collector.grpc_endpoint, ca=pki.ca_file) == grpc.StatusCode.OK
+    assert http_export(collector.http_url, client_context(pki.ca_file)) == 200
+    collector.stop()
+    lines = collector.log_path.read_text(errors="replace").splitlines()
+    assert [line for line in lines if "Handshake failed" in line or "SSL" in line] == []
+    assert [line for line in lines if not line.startswith(("{", "debug:", "  "))] == []

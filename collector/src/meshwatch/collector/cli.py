@@ -49,6 +49,10 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # gRPC core writes one plain-text stderr line per failed TLS handshake (a scanner, a
+    # plaintext client retrying): a log flood outside the JSON log. Set before grpc loads;
+    # GRPC_VERBOSITY=INFO or DEBUG in the environment still brings its lines back.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from .config import ConfigError, load_config
     from .logs import configure_logging
 
