@@ -159,7 +159,11 @@ def _tls_config(grpc_tls: dict | None, http_tls: dict | None, *, exporters: dict
     return {
         "receivers": {"otlp": {"protocols": protocols}},
         "exporters": exporters,
-        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": list(exporters)}}},
+        # Exporters that cannot deliver (on purpose) should not hold the test's teardown.
+        "service": {
+            "pipelines": {"traces": {"receivers": ["otlp"], "exporters": list(exporters)}},
+            "shutdown_timeout": "1s",
+        },
     }
 
 
@@ -412,10 +416,11 @@ receivers:
       http: {tls: {cert_file: s.pem, key_file: k.pem, ca_file: ca.pem}}
 exporters:
   otlp: {endpoint: "127.0.0.1:4317", tls: {insecure_skip_verify: true}}
+  otlp/plain: {endpoint: "127.0.0.1:4317", tls: {insecure: true, ca_file: ca.pem}}
   otlphttp: {endpoint: "https://127.0.0.1:4318", tls: {cert_file: c.pem}}
 service:
   pipelines:
-    traces: {receivers: [otlp], exporters: [otlp, otlphttp]}
+    traces: {receivers: [otlp], exporters: [otlp, otlp/plain, otlphttp]}
 """
     )
     with pytest.raises(ConfigError) as caught:
@@ -427,6 +432,10 @@ service:
     assert "exporters.otlp.tls.insecure_skip_verify: Value error, not supported by the otlp (gRPC) exporter" in problems
     assert "grpcio's Python API always verifies the server's certificate chain" in problems
     assert "exporters.otlphttp.tls: Value error, cert_file and key_file go together" in problems
+    assert (
+        "exporters.otlp/plain.tls: Value error, insecure: true is plaintext gRPC, so ca_file would be ignored"
+        in problems
+    )
 
 
 @pytest.mark.parametrize(

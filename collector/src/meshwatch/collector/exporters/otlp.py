@@ -40,7 +40,7 @@ from typing import Any, Literal
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..batch import Batch
 from ..component import CreateSettings, Host, Kind
@@ -78,6 +78,13 @@ _NO_SKIP_VERIFY = (
 class TlsSettings(ClientTls):
     #: Plaintext gRPC (no TLS at all); an ``http://`` / ``https://`` endpoint decides by itself.
     insecure: bool = False
+
+    @model_validator(mode="after")
+    def _plaintext_has_no_files(self) -> TlsSettings:
+        given = [key for key in ("ca_file", "cert_file", "key_file") if getattr(self, key)]
+        if self.insecure and given:
+            raise ValueError(f"insecure: true is plaintext gRPC, so {', '.join(given)} would be ignored: drop one")
+        return self
 
     @field_validator("insecure_skip_verify")
     @classmethod
