@@ -138,7 +138,10 @@ class HttpTransport:
         first = tls.server_context()
 
         def on_hello(connection: Any, _server_name: str | None, _context: ssl.SSLContext) -> None:
-            tls.poll()
+            try:
+                tls.poll()
+            except Exception as exc:  # raising here would fail the handshake: keep the current certificate
+                log.warning("OTLP/HTTP: TLS reload failed, keeping the current certificate: %s", exc)
             current = tls.context
             if current is not None and current is not connection.context:
                 connection.context = current  # this handshake goes on with the current certificate
