@@ -123,6 +123,18 @@ def test_overflow_series_expire_like_the_others() -> None:
     assert store.footprint() == (0, 0) and store.families() == []
 
 
+def test_what_an_overflow_series_remembers_is_bounded_too() -> None:
+    store = SeriesStore(cardinality_limit=3)  # remembers 100 x 3 label sets by their hash
+    t0 = time.time_ns()
+    _, dropped = store.fold(request([wide_counter("burst", [1.0] * 400, t=t0, start=t0 - NS)]))
+    assert store.footprint() == (3, 300)
+    assert dropped == {"cardinality_limit": 98}  # cumulative: the next point's increase could not be known
+    assert _overflow_value(_series(store, "burst_total")) == 300.0
+    # Deltas need no memory of the label set: all of them are added.
+    store.fold(request([wide_counter("jobs", [1.0] * 400, t=t0, start=t0 - NS, temporality=DELTA)]))
+    assert _overflow_value(_series(store, "jobs_total")) == 398.0
+
+
 def test_no_limit_when_zero() -> None:
     store = SeriesStore(cardinality_limit=0)
     t0 = time.time_ns()

@@ -22,11 +22,14 @@ from typing import Any
 
 from ..processors._telemetry import Telemetry
 
-__all__ = ["OVERFLOW_LABEL", "DEFAULT_LIMIT", "Generations", "OverflowReport"]
+__all__ = ["OVERFLOW_LABEL", "DEFAULT_LIMIT", "TRACKED_PER_LIMIT", "Generations", "OverflowReport"]
 
 #: ``otel.metric.overflow`` translated to a Prometheus label name.
 OVERFLOW_LABEL = "otel_metric_overflow"
 DEFAULT_LIMIT = 2000
+#: Label sets an overflow series remembers (by hash, ~0.2 KB each), per unit of the limit:
+#: 200,000 (~40 MB) for the default limit, so even a burst that never ends stays bounded.
+TRACKED_PER_LIMIT = 100
 
 
 class Generations:

@@ -32,9 +32,11 @@ series included: a label set first seen when the metric is full goes into its on
 ``{otel_metric_overflow="true"}`` series (``Overflow``), which adds up what it is
 given as the OpenTelemetry SDK's overflow point does: delta points are added;
 cumulative sums and histograms add their increase since the same label set's last
-point (remembered by a 64-bit hash, ~0.2 KB each instead of ~1.5 KB for a series);
-gauges keep the last value. Summaries and cumulative exponential histograms cannot
-be merged that way: their overflowed points are dropped (``cardinality_limit``).
+point (remembered by a 64-bit hash, ~0.2 KB each instead of ~1 KB for a series, at
+most ``TRACKED_PER_LIMIT`` times the limit per metric); gauges keep the last value.
+Summaries, cumulative exponential histograms, and cumulative points of label sets
+beyond what is remembered cannot be added up that way: those overflowed points are
+dropped (``cardinality_limit``).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
 
 from ..processors._otlp import any_to_string, format_float
-from ._cardinality import DEFAULT_LIMIT, OVERFLOW_LABEL, Generations
+from ._cardinality import DEFAULT_LIMIT, OVERFLOW_LABEL, TRACKED_PER_LIMIT, Generations
 from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name
 
 __all__ = ["SeriesStore", "Overflow"]
@@ -105,12 +107,15 @@ def _histogram_counts(point: Any) -> tuple[tuple[float, ...], list[int]]:
 class Overflow:
     """A metric's one ``otel_metric_overflow="true"`` series and the label sets folded into it."""
 
-    __slots__ = ("seen", "series")
+    __slots__ = ("max_tracked", "seen", "series")
 
-    def __init__(self, labels: dict[str, str], period: float, now: float) -> None:
+    def __init__(self, labels: dict[str, str], period: float, now: float, max_tracked: int) -> None:
         self.series = _Series({**labels, OVERFLOW_LABEL: "true"})
         #: label-set hash -> (time of its last point, its last cumulative state or None)
         self.seen = Generations(period, now)
+        #: Label sets remembered at most; beyond, only points that need no memory (gauges,
+        #: deltas) are added, cumulative ones are dropped (``cardinality_limit``).
+        self.max_tracked = max_tracked
 
     def add(self, data: str, point: Any, key: int, *, delta: bool, monotonic: bool, now: float) -> str | None:
         """Fold one point in; returns ``None``, or why it was dropped."""
@@ -118,6 +123,9 @@ class Overflow:
         last = self.seen.get(key)
         if last is not None and ((stamp <= last[0]) if delta else (stamp < last[0])):
             return "out_of_order"
+        track = last is not None or len(self.seen) < self.max_tracked
+        if not track and not delta and data != "gauge":
+            return "cardinality_limit"  # its increase could not be told from its next point
         series = self.series
         state: Any = None
         if data == "gauge":
@@ -157,7 +165,8 @@ class Overflow:
             series.sum = (series.sum or 0.0) + point.sum
         else:  # summaries, cumulative exponential histograms: no way to add them up
             return "cardinality_limit"
-        self.seen.set(key, (stamp, state))
+        if track:
+            self.seen.set(key, (stamp, state))
         if not series.time:
             series.start = point.start_time_unix_nano
         series.time = max(series.time, stamp)
@@ -464,7 +473,9 @@ class SeriesStore:
         self, family: _Family, data: str, point: Any, key: int, *, delta: bool, now: float, dropped: Any
     ) -> bool:
         if family.overflow is None:
-            family.overflow = Overflow(self.const_labels, self.expiration, now)
+            family.overflow = Overflow(
+                self.const_labels, self.expiration, now, TRACKED_PER_LIMIT * self.cardinality_limit
+            )
         monotonic = family.type == "counter"
         reason = family.overflow.add(data, point, key, delta=delta, monotonic=monotonic, now=now)
         if reason is not None:

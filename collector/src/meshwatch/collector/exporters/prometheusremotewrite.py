@@ -54,7 +54,7 @@ from ..component import Component, CreateSettings, Host, Kind
 from ..processors._otlp import any_to_string, format_float
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
-from ._cardinality import DEFAULT_LIMIT, Generations, OverflowReport
+from ._cardinality import DEFAULT_LIMIT, TRACKED_PER_LIMIT, Generations, OverflowReport
 from ._durations import parse_duration
 from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name
 from ._prom_store import Overflow, _Exp, _Series
@@ -127,7 +127,12 @@ class SeriesLimit:
         with self._lock:
             entry = self._overflow.get(name)
             if entry is None:
-                entry = self._overflow[name] = [data, Overflow({}, self.expiration, now), 0, False]
+                entry = self._overflow[name] = [
+                    data,
+                    Overflow({}, self.expiration, now, TRACKED_PER_LIMIT * self.limit),
+                    0,
+                    False,
+                ]
             elif entry[0] != data:
                 return "type_conflict"
             reason = entry[1].add(data, point, key, delta=False, monotonic=monotonic, now=now)
