@@ -53,6 +53,9 @@ from ._telemetry_exporter import ExporterCounters
 __all__ = ["PrometheusConfig", "PrometheusExporter", "factory"]
 
 log = logging.getLogger("meshwatch.collector.exporter.prometheus")
+#: Memory of one series in the store (measured: ~1 KB with six labels) and of one label
+#: set remembered by its hash in an overflow series; for the memory limiter's estimate.
+SERIES_BYTES, TRACKED_BYTES = 1024, 200
 
 
 class ResourceToTelemetry(BaseModel):
@@ -127,13 +130,21 @@ class PrometheusExporter:
         self._server: Any = None
         self._counters = ExporterCounters(str(self.id), "metrics")
         self._accepting = False
+        self._telemetry: Any = None
         self.port = 0
+
+    def held_bytes(self) -> int:
+        """Batches waiting to be folded and the series held (an estimate), for the memory limiter."""
+        series, tracked = self.store.footprint()
+        return self._pending_bytes + series * SERIES_BYTES + tracked * TRACKED_BYTES
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self, host: Host) -> None:
         self._counters.bind(host)
         self.overflow.bind(host)
+        self._telemetry = host.telemetry()
+        self._telemetry.register_held(f"exporter {self.id}/metrics", self.held_bytes)
         address, _, port = self.config.endpoint.rpartition(":")
         address = address.strip("[]") or "127.0.0.1"
         try:
@@ -149,6 +160,8 @@ class PrometheusExporter:
 
     def shutdown(self, timeout: float) -> None:
         self._accepting = False
+        if self._telemetry is not None:
+            self._telemetry.unregister_held(f"exporter {self.id}/metrics")
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
