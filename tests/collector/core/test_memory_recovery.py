@@ -1,4 +1,4 @@
-"""The memory limiter recovers by itself (issue 11, finding 3).
+"""Memory that stays bounded and comes back (issue 11, findings 3 and 4).
 
 A burst of large legal requests (15 MiB each, under the 16 MiB request limit) takes a
 real collector process over its memory limiter's soft limit, so it refuses. Once the
@@ -6,6 +6,10 @@ burst is over and the collector holds nothing, it must accept again within secon
 although CPython and glibc keep much of the memory the burst used unless asked to give
 it back. The RSS before the burst, at its peak, right after it and after the idle
 period are printed (``pytest -s``) for the record.
+
+And a cardinality burst (200,000 label values of one metric into the ``prometheus``
+exporter) must not stop the traces pipeline behind the same memory limiter: the
+series limit keeps the exporter small, and the limiter sees what it holds.
 """
 
 from __future__ import annotations
@@ -140,3 +144,68 @@ def test_the_limiter_refuses_under_a_burst_and_accepts_again_once_idle(collector
         f"still refusing {RECOVER_WITHIN:.0f} s after the burst with nothing held (RSS {rss_after_idle:.0f} MiB); "
         f"log:\n{collector.log_tail()}"
     )
+
+
+METRICS = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+
+
+def _label_burst(first: int, count: int) -> bytes:
+    """A cumulative counter with ``count`` points, one per ``user.id`` value from ``first`` on."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    attr = rm.resource.attributes.add()
+    attr.key, attr.value.string_value = "service.name", "burst"
+    metric = rm.scope_metrics.add().metrics.add(name="logins", unit="1")
+    metric.sum.aggregation_temporality = 2  # cumulative
+    metric.sum.is_monotonic = True
+    now = time.time_ns()
+    for index in range(first, first + count):
+        point = metric.sum.data_points.add(start_time_unix_nano=now - 10**9, time_unix_nano=now, as_int=1)
+        label = point.attributes.add()
+        label.key, label.value.string_value = "user.id", f"user-{index}"
+    return request.SerializeToString()
+
+
+def test_a_cardinality_burst_in_one_metric_does_not_stop_the_traces_pipeline(collector_factory) -> None:
+    limiter = {"limit_mib": 250, "spike_limit_mib": 50, "check_interval": "200ms"}  # soft limit 200 MiB
+    collector = collector_factory(
+        {
+            "processors": {"memory_limiter": limiter},
+            "exporters": {"debug": {"verbosity": "basic"}, "prometheus": {"endpoint": "127.0.0.1:0"}},
+            "service": {
+                "pipelines": {
+                    "traces": {"receivers": ["otlp"], "processors": ["memory_limiter"], "exporters": ["debug"]},
+                    "metrics": {"receivers": ["otlp"], "processors": ["memory_limiter"], "exporters": ["prometheus"]},
+                }
+            },
+        }
+    )
+    pid = collector.process.pid
+    rss_before = _rss_mib(pid)
+    with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+        export_metrics = channel.unary_unary(METRICS)
+        export_traces = channel.unary_unary(TRACES)
+        for first in range(0, 200_000, 10_000):  # 200,000 label values, as in the issue's run
+            export_metrics(_label_burst(first, 10_000), timeout=60)
+        time.sleep(2.0)  # folded, and the limiter has looked
+        rss_after = _rss_mib(pid)
+        answers = []
+        for _ in range(10):
+            try:
+                export_traces(span_request([os.urandom(16)], spans_per_trace=10), timeout=10)
+                answers.append("OK")
+            except grpc.RpcError as error:
+                answers.append(error.code().name)
+            time.sleep(0.2)
+    refused = len(answers) - answers.count("OK")
+    overflowed = collector.metric("meshwatch_exporter_overflowed_points_total", exporter="prometheus")
+    held = collector.metric("meshwatch_collector_held_bytes", component="exporter prometheus/metrics")
+    print(
+        f"\n200,000 label values of one metric: RSS {rss_before:.1f} -> {rss_after:.1f} MiB, "
+        f"prometheus exporter holds {held / 2**20:.1f} MiB (estimate), {overflowed:.0f} points overflowed, "
+        f"{refused} of 10 trace requests refused"
+    )
+    assert refused == 0, answers
+    assert overflowed == 200_000 - 1999
