@@ -104,6 +104,7 @@ class OverflowReport:
                 return
             if len(self._warned) > 10_000:  # names themselves bursting: keep this bounded too
                 self._warned.clear()
+                self._pending = {metric: self._pending[metric]}
             self._warned[metric] = now
             count = self._pending.pop(metric)
         self.log.warning(
