@@ -434,6 +434,7 @@ class RemoteWriteSender:
         self._pool: urllib3.PoolManager | None = None
         self.limit = SeriesLimit(config.cardinality_limit, config.metric_expiration)
         self.overflow = OverflowReport(exporter, log)
+        self._overflow_warned = -60.0
 
     def start(self, host: Host | None = None) -> None:
         self._pool = urllib3.PoolManager(num_pools=2, maxsize=4, retries=False)
@@ -471,7 +472,12 @@ class RemoteWriteSender:
                 self._post(request)
             except (TransientError, PermanentError) as exc:
                 self.limit.unsent(entries)  # cumulative: the next write carries the whole total
-                log.warning("%s: overflow series not written this time (%s)", self.url, exc)
+                now = time.monotonic()
+                if now - self._overflow_warned >= 60.0:  # at most one line a minute
+                    self._overflow_warned = now
+                    log.warning(
+                        "%s: overflow series not written this time, will be with the next send (%s)", self.url, exc
+                    )
 
     def _post(self, write_request: Any) -> None:
         import cramjam
