@@ -1,4 +1,4 @@
-"""memory_limiter: refuses retryably above its soft limit, passes data below it (real RSS of this process)."""
+"""memory_limiter: refuses retryably while the collector holds too much, passes data otherwise (real RSS)."""
 
 from __future__ import annotations
 
@@ -35,19 +35,97 @@ def _limiter(limit_mib: int, spike_mib: int, sink: _Sink) -> tuple[MemoryLimiter
     return limiter, host
 
 
-def test_refuses_above_the_soft_limit_and_reports_its_limit() -> None:
+def test_refuses_above_the_soft_limit_while_data_is_held_and_reports_its_limit() -> None:
     used_mib = rss_bytes() // 2**20
     sink = _Sink()
     limiter, host = _limiter(used_mib + 10, 20, sink)  # soft limit 10 MiB below what this process uses
     try:
+        held = {"bytes": 50 * 2**20}
+        host.telemetry().register_held("exporter test", lambda: held["bytes"])
+        limiter.check()
         with pytest.raises(Refused) as refused:
             limiter.consume(Batch.from_bytes(Signal.TRACES, b""))
         assert refused.value.reason == "memory_limit" and refused.value.retryable
         assert sink.batches == 0
         gauge = host.telemetry().registry.get_sample_value("meshwatch_collector_memory_limit_bytes")
         assert gauge == (used_mib + 10) * 2**20
+        held_gauge = host.telemetry().registry.get_sample_value(
+            "meshwatch_collector_held_bytes", {"component": "exporter test"}
+        )
+        assert held_gauge == 50 * 2**20
+
+        # The exporter lets go of its data: the RSS is still over (nothing gives it back to
+        # the kernel here), but refusing could not lower it, so data is accepted again.
+        held["bytes"] = 0
+        limiter.check()
+        assert limiter.rss_over
+        limiter.consume(Batch.from_bytes(Signal.TRACES, b""))
+        assert sink.batches == 1
     finally:
         limiter.shutdown(1)
+
+
+def test_refuses_when_what_is_held_passes_the_soft_limit_whatever_the_rss() -> None:
+    sink = _Sink()
+    limiter, host = _limiter(rss_bytes() // 2**20 + 1000, 100, sink)  # RSS far under the soft limit
+    try:
+        host.telemetry().register_held("exporter test", lambda: limiter.soft - 20 * 2**20)
+        limiter.check()
+        assert not limiter.rss_over
+        limiter.consume(Batch.from_bytes(Signal.TRACES, b"\n\x00"))  # 20 MiB under the soft limit: a tiny batch fits
+        big = Batch.from_bytes(Signal.TRACES, b"")
+        big._raw = b"\x00" * (8 * 2**20)  # counted 3 times (bytes and decoded message): 24 MiB > 20 MiB
+        with pytest.raises(Refused):
+            limiter.consume(big)
+        assert sink.batches == 1
+    finally:
+        limiter.shutdown(1)
+
+
+def test_batches_in_flight_count_as_held() -> None:
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    class _Slow(_Sink):
+        def consume(self, batch: Batch) -> None:
+            entered.set()
+            release.wait(5)
+            super().consume(batch)
+
+    sink = _Slow()
+    limiter, _host = _limiter(rss_bytes() // 2**20 + 10, 20, sink)  # RSS over the soft limit
+    try:
+        big = Batch.from_bytes(Signal.TRACES, b"")
+        big._raw = b"\x00" * (4 * 2**20)
+        worker = threading.Thread(target=limiter.consume, args=(big,))
+        worker.start()
+        assert entered.wait(5)
+        assert limiter.held() == 3 * 4 * 2**20  # above 5 % of the limit
+        with pytest.raises(Refused):
+            limiter.consume(Batch.from_bytes(Signal.TRACES, b""))
+        release.set()
+        worker.join(5)
+        assert limiter.held() == 0
+        limiter.consume(Batch.from_bytes(Signal.TRACES, b""))
+        assert sink.batches == 2
+    finally:
+        release.set()
+        limiter.shutdown(1)
+
+
+def test_reclaim_gives_memory_back_on_glibc() -> None:
+    import platform
+
+    from meshwatch.collector.processors import memory_limiter
+
+    if platform.libc_ver()[0] == "glibc":
+        assert memory_limiter._TRIM is not None
+    junk = [bytes(100_000) for _ in range(1000)]  # ~100 MB in large blocks, then freed
+    before = rss_bytes()
+    del junk
+    memory_limiter.reclaim()
+    assert rss_bytes() < before - 50 * 2**20
 
 
 def test_passes_data_below_the_soft_limit() -> None:

@@ -55,6 +55,11 @@ class Batch:
         return self._raw
 
     @property
+    def nbytes(self) -> int:
+        """Size of the serialized request (without encoding it when only the message is at hand)."""
+        return len(self._raw) if self._raw is not None else self.message.ByteSize()
+
+    @property
     def items(self) -> int:
         """Number of spans, metric points or log records."""
         if self._items is None:

@@ -93,6 +93,15 @@ class QueuedExporter:
         self._telemetry: Telemetry | None = None
         self._dead: _DeadLetters | None = None
         self._host: Host | None = None
+        #: Bytes of the batches being sent right now (read from the queue, merged, decoded by the sender).
+        self._sending = 0
+        self._sending_lock = threading.Lock()
+
+    def held_bytes(self) -> int:
+        """What this exporter holds in memory: an in-memory queue, and the batches being sent
+        (their bytes and the message a sender decodes, ~3 times the bytes), for the memory limiter."""
+        queued = self._queue.stats()[2] if isinstance(self._queue, MemoryQueue) else 0
+        return queued + 3 * self._sending
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -124,6 +133,7 @@ class QueuedExporter:
         if self._queue is not None:
             queue = self._queue
             self._telemetry.register_queue(QueueStats(*self._labels, queue.stats))
+            self._telemetry.register_held(f"exporter {name}", self.held_bytes)
             for index in range(queue_cfg.num_consumers):
                 worker = threading.Thread(target=self._work, name=f"export {name} #{index}", daemon=True)
                 worker.start()
@@ -151,6 +161,7 @@ class QueuedExporter:
             self._queue.close()
             if self._telemetry is not None:
                 self._telemetry.unregister_queue(*self._labels)
+                self._telemetry.unregister_held(f"exporter {self.id}/{self.signal}")
         self.sender.shutdown()
 
     # --- the pipeline side ----------------------------------------------------------------
@@ -223,6 +234,16 @@ class QueuedExporter:
 
     def _deliver(self, records: list[Record]) -> bool:
         """Send ``records`` until settled (True) or until told to stop (False: they stay queued)."""
+        size = sum(r.length for r in records)
+        with self._sending_lock:
+            self._sending += size
+        try:
+            return self._deliver_held(records)
+        finally:
+            with self._sending_lock:
+                self._sending -= size
+
+    def _deliver_held(self, records: list[Record]) -> bool:
         assert self._queue is not None
         payload = records[0].payload if len(records) == 1 else b"".join(r.payload or b"" for r in records)
         items = sum(r.items for r in records)
@@ -293,7 +314,7 @@ class QueuedExporter:
             error.reason,
         )
         middle = len(records) // 2
-        return self._deliver(records[:middle]) and self._deliver(records[middle:])
+        return self._deliver_held(records[:middle]) and self._deliver_held(records[middle:])
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         retry = self.config.retry_on_failure

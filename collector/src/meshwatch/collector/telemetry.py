@@ -61,6 +61,32 @@ class _QueueCollector:
         yield from families
 
 
+class _HeldCollector:
+    """``meshwatch_collector_held_bytes{component}``: what each component says it holds in memory."""
+
+    def __init__(self) -> None:
+        self.readers: dict[str, Callable[[], int]] = {}
+
+    def read(self) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for name, read in list(self.readers.items()):
+            try:
+                held[name] = int(read())
+            except Exception:  # noqa: S112 - a component being stopped must not break the limiter or a scrape
+                continue
+        return held
+
+    def collect(self) -> Iterable[Any]:
+        family = GaugeMetricFamily(
+            "meshwatch_collector_held_bytes",
+            "Bytes of telemetry a component holds in memory (in memory queues, pending, in flight, series)",
+            labels=["component"],
+        )
+        for name, value in self.read().items():
+            family.add_metric([name], float(value))
+        yield family
+
+
 class Telemetry:
     """Counters, histograms and gauges named exactly as the telemetry contract says."""
 
@@ -121,6 +147,8 @@ class Telemetry:
         )
         self._queues = _QueueCollector()
         r.register(self._queues)
+        self._held = _HeldCollector()
+        r.register(self._held)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.started_at = time.time()
 
@@ -163,6 +191,21 @@ class Telemetry:
 
     def unregister_queue(self, exporter: str, signal: str) -> None:
         self._queues.queues.pop((exporter, signal), None)
+
+    def register_held(self, component: str, read: Callable[[], int]) -> None:
+        """``read()`` gives the bytes of telemetry ``component`` holds in memory right now.
+
+        The memory limiter decides on the sum (what the collector holds and will let go
+        of), not only on the process RSS, which the allocator need not give back.
+        """
+        self._held.readers[component] = read
+
+    def unregister_held(self, component: str) -> None:
+        self._held.readers.pop(component, None)
+
+    def held_bytes(self) -> dict[str, int]:
+        """``{component: bytes held}`` from every registered reader."""
+        return self._held.read()
 
 
 def peak_rss_bytes() -> int:

@@ -26,6 +26,17 @@ Resource ``service.name``/``service.namespace``/``service.instance.id`` give ``j
 and ``instance``; the other resource attributes go to one ``target_info`` series per
 ``job``/``instance`` (or, with ``resource_to_telemetry_conversion``, onto every
 series). Series not updated for ``expiration`` seconds disappear.
+
+``cardinality_limit`` (``_cardinality``) caps the series of one metric, the overflow
+series included: a label set first seen when the metric is full goes into its one
+``{otel_metric_overflow="true"}`` series (``Overflow``), which adds up what it is
+given as the OpenTelemetry SDK's overflow point does: delta points are added;
+cumulative sums and histograms add their increase since the same label set's last
+point (remembered by a 64-bit hash, ~0.2 KB each instead of ~1 KB for a series, at
+most ``TRACKED_PER_LIMIT`` times the limit per metric); gauges keep the last value.
+Summaries, cumulative exponential histograms, and cumulative points of label sets
+beyond what is remembered cannot be added up that way: those overflowed points are
+dropped (``cardinality_limit``).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import math
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
@@ -41,9 +53,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
 
 from ..processors._otlp import any_to_string, format_float
+from ._cardinality import DEFAULT_LIMIT, OVERFLOW_LABEL, TRACKED_PER_LIMIT, Generations
 from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name
 
-__all__ = ["SeriesStore"]
+__all__ = ["SeriesStore", "Overflow"]
 
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -69,13 +82,96 @@ class _Series:
 
 
 class _Family:
-    __slots__ = ("help", "name", "series", "type")
+    __slots__ = ("help", "name", "overflow", "series", "type")
 
     def __init__(self, name: str, type_: str, help_: str) -> None:
         self.name = name
         self.type = type_
         self.help = help_
         self.series: dict[tuple[tuple[str, str], ...], _Series] = {}
+        self.overflow: Overflow | None = None
+
+
+def _value(point: Any) -> float:
+    return point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int)
+
+
+def _histogram_counts(point: Any) -> tuple[tuple[float, ...], list[int]]:
+    bounds = tuple(point.explicit_bounds)
+    counts = list(point.bucket_counts) or [point.count]
+    if len(counts) != len(bounds) + 1:  # malformed: keep count and sum only
+        return (), [point.count]
+    return bounds, counts
+
+
+class Overflow:
+    """A metric's one ``otel_metric_overflow="true"`` series and the label sets folded into it."""
+
+    __slots__ = ("max_tracked", "seen", "series")
+
+    def __init__(self, labels: dict[str, str], period: float, now: float, max_tracked: int) -> None:
+        self.series = _Series({**labels, OVERFLOW_LABEL: "true"})
+        #: label-set hash -> (time of its last point, its last cumulative state or None)
+        self.seen = Generations(period, now)
+        #: Label sets remembered at most; beyond, only points that need no memory (gauges,
+        #: deltas) are added, cumulative ones are dropped (``cardinality_limit``).
+        self.max_tracked = max_tracked
+
+    def add(self, data: str, point: Any, key: int, *, delta: bool, monotonic: bool, now: float) -> str | None:
+        """Fold one point in; returns ``None``, or why it was dropped."""
+        stamp = point.time_unix_nano
+        last = self.seen.get(key)
+        if last is not None and ((stamp <= last[0]) if delta else (stamp < last[0])):
+            return "out_of_order"
+        track = last is not None or len(self.seen) < self.max_tracked
+        if not track and not delta and data != "gauge":
+            return "cardinality_limit"  # its increase could not be told from its next point
+        series = self.series
+        state: Any = None
+        if data == "gauge":
+            if stamp >= series.time:
+                series.value = _value(point)
+        elif data == "sum":
+            value = _value(point)
+            previous = None if delta or last is None else last[1]
+            if previous is None or (monotonic and value < previous):  # delta, a new label set, or a reset
+                series.value += value
+            else:
+                series.value += value - previous
+            state = None if delta else value
+        elif data == "histogram":
+            bounds, counts = _histogram_counts(point)
+            if series.extra is None:
+                series.extra = (bounds, [0] * len(counts))
+            elif series.extra[0] != bounds:
+                return "cardinality_limit"  # other bucket bounds than the overflow series has
+            total = series.extra[1]
+            point_sum = point.sum if point.HasField("sum") else 0.0
+            previous = None if delta or last is None else last[1]
+            if previous is None or point.count < previous[0]:
+                previous = (0, 0.0, (0,) * len(counts))
+            for index, count in enumerate(counts):
+                total[index] += count - previous[2][index]
+            series.count += point.count - previous[0]
+            series.sum = (series.sum or 0.0) + point_sum - previous[1]
+            state = None if delta else (point.count, point_sum, tuple(counts))
+        elif data == "exponential_histogram" and delta:
+            incoming = _Exp(point)
+            if isinstance(series.extra, _Exp):
+                series.extra.add(incoming)
+            else:
+                series.extra = incoming
+            series.count += point.count
+            series.sum = (series.sum or 0.0) + point.sum
+        else:  # summaries, cumulative exponential histograms: no way to add them up
+            return "cardinality_limit"
+        if track:
+            self.seen.set(key, (stamp, state))
+        if not series.time:
+            series.start = point.start_time_unix_nano
+        series.time = max(series.time, stamp)
+        series.updated = now
+        return None
 
 
 class _Exp:
@@ -194,6 +290,8 @@ class SeriesStore:
         without_scope_info: bool = False,
         const_labels: dict[str, str] | None = None,
         max_exponential_buckets: int = 40,
+        cardinality_limit: int = DEFAULT_LIMIT,
+        on_overflow: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.namespace = label_name(namespace) if namespace else ""
         self.expiration = expiration
@@ -201,6 +299,11 @@ class SeriesStore:
         self.without_scope_info = without_scope_info
         self.const_labels = {label_name(k): v for k, v in (const_labels or {}).items()}
         self.max_exponential_buckets = max_exponential_buckets
+        #: Series per metric, the overflow series included (0: no limit).
+        self.cardinality_limit = cardinality_limit
+        #: ``(metric name, points, limit)`` after a fold that sent points to an overflow series.
+        self.on_overflow = on_overflow
+        self._overflowed: dict[str, int] = defaultdict(int)
         self._families: dict[str, _Family] = {}
         #: (job, instance) -> [target_info labels, last update]
         self._targets: dict[tuple[str, str], list[Any]] = {}
@@ -233,6 +336,10 @@ class SeriesStore:
                             labels["otel_scope_schema_url"] = sm.schema_url
                     for metric in sm.metrics:
                         kept += self._fold_metric(metric, labels, now, dropped)
+            overflowed, self._overflowed = self._overflowed, defaultdict(int)
+        if self.on_overflow is not None:
+            for name, points in overflowed.items():
+                self.on_overflow(name, points, self.cardinality_limit)
         return kept, dict(dropped)
 
     def _resource_labels(self, resource: Any, now: float) -> dict[str, str]:
@@ -275,7 +382,7 @@ class SeriesStore:
             return None
         return family
 
-    def _series(self, family: _Family, point: Any, base: dict[str, str]) -> _Series:
+    def _labels(self, point: Any, base: dict[str, str]) -> dict[str, str]:
         labels: dict[str, str] = {}
         for kv in point.attributes:
             name = label_name(kv.key)
@@ -284,12 +391,7 @@ class SeriesStore:
             text = any_to_string(kv.value)
             labels[name] = f"{labels[name]};{text}" if name in labels else text
         labels.update(base)
-        key = tuple(sorted(labels.items()))
-        series = family.series.get(key)
-        if series is None:
-            series = family.series[key] = _Series(labels)
-            series.start = point.start_time_unix_nano
-        return series
+        return labels
 
     def _fold_metric(self, metric: Any, base: dict[str, str], now: float, dropped: dict[str, int]) -> int:
         data = metric.WhichOneof("data")
@@ -329,10 +431,19 @@ class SeriesStore:
     def _fold_point(
         self, family: _Family, data: str, point: Any, base: dict[str, str], *, delta: bool, now: float, dropped: Any
     ) -> bool:
-        series = self._series(family, point, base)
+        labels = self._labels(point, base)
+        key = tuple(sorted(labels.items()))
+        series = family.series.get(key)
         if point.flags & NO_RECORDED_VALUE:
-            family.series.pop(tuple(sorted(series.labels.items())), None)
+            family.series.pop(key, None)
             return False
+        if series is None:
+            limit = self.cardinality_limit
+            overflow = family.overflow
+            if limit and (len(family.series) >= limit - 1 or (overflow is not None and hash(key) in overflow.seen)):
+                return self._fold_overflow(family, data, point, hash(key), delta=delta, now=now, dropped=dropped)
+            series = family.series[key] = _Series(labels)
+            series.start = point.start_time_unix_nano
         stamp = point.time_unix_nano
         if (stamp <= series.time) if delta else (stamp < series.time):
             dropped["out_of_order"] += 1
@@ -356,6 +467,21 @@ class SeriesStore:
             series.start = point.start_time_unix_nano or series.start
         series.time = stamp
         series.updated = now
+        return True
+
+    def _fold_overflow(
+        self, family: _Family, data: str, point: Any, key: int, *, delta: bool, now: float, dropped: Any
+    ) -> bool:
+        if family.overflow is None:
+            family.overflow = Overflow(
+                self.const_labels, self.expiration, now, TRACKED_PER_LIMIT * self.cardinality_limit
+            )
+        monotonic = family.type == "counter"
+        reason = family.overflow.add(data, point, key, delta=delta, monotonic=monotonic, now=now)
+        if reason is not None:
+            dropped[reason] += 1
+            return False
+        self._overflowed[family.name] += 1
         return True
 
     def _fold_histogram(self, series: _Series, point: Any, delta: bool) -> None:
@@ -401,7 +527,8 @@ class SeriesStore:
 
     def expire(self, now: float | None = None) -> int:
         """Remove series and targets not updated within ``expiration``; returns series removed."""
-        limit = (time.time() if now is None else now) - self.expiration
+        now = time.time() if now is None else now
+        limit = now - self.expiration
         removed = 0
         with self._lock:
             for name in list(self._families):
@@ -410,7 +537,13 @@ class SeriesStore:
                 for key in stale:
                     del family.series[key]
                 removed += len(stale)
-                if not family.series:
+                overflow = family.overflow
+                if overflow is not None:
+                    overflow.seen.rotate(now)
+                    if overflow.series.updated < limit:
+                        family.overflow = None
+                        removed += 1
+                if not family.series and family.overflow is None:
                     del self._families[name]
             for target in [t for t, (_, updated) in self._targets.items() if updated < limit]:
                 del self._targets[target]
@@ -418,7 +551,18 @@ class SeriesStore:
 
     def series_count(self) -> int:
         with self._lock:
-            return sum(len(f.series) for f in self._families.values())
+            return sum(len(f.series) + (f.overflow is not None) for f in self._families.values())
+
+    def footprint(self) -> tuple[int, int]:
+        """(series held, label sets remembered by their hash in overflow series)."""
+        with self._lock:
+            series = tracked = 0
+            for family in self._families.values():
+                series += len(family.series)
+                if family.overflow is not None:
+                    series += 1
+                    tracked += len(family.overflow.seen)
+            return series, tracked
 
     def families(self) -> list[Metric]:
         """The current state as prometheus-client metric families (``target_info`` first)."""
@@ -436,24 +580,27 @@ class SeriesStore:
 
     def _render(self, family: _Family) -> Metric:
         name = family.name
+        every = list(family.series.values())
+        if family.overflow is not None:
+            every.append(family.overflow.series)
         if family.type == "counter":
             metric = Metric(name.removesuffix("_total"), family.help, "counter")
-            for series in family.series.values():
+            for series in every:
                 metric.samples.append(Sample(name, series.labels, series.value, None, series.exemplars.get(0)))
             return metric
         metric = Metric(name, family.help, family.type)
         samples = metric.samples
         if family.type == "gauge":
-            for series in family.series.values():
+            for series in every:
                 samples.append(Sample(name, series.labels, series.value))
         elif family.type == "summary":
-            for series in family.series.values():
+            for series in every:
                 for quantile, value in series.extra or ():
                     samples.append(Sample(name, {**series.labels, "quantile": format_float(quantile)}, value))
                 samples.append(Sample(f"{name}_count", series.labels, float(series.count)))
                 samples.append(Sample(f"{name}_sum", series.labels, series.sum or 0.0))
         else:
-            for series in family.series.values():
+            for series in every:
                 self._render_histogram(name, series, samples)
         return metric
 

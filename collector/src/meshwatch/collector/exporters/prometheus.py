@@ -9,6 +9,7 @@
         const_labels: {}
         without_scope_info: false         # otel_scope_name / otel_scope_version labels
         max_exponential_buckets: 40
+        cardinality_limit: 2000           # series per metric, its otel_metric_overflow="true" series included
 
 The translation (names, ``_total``, units, ``target_info``, ``job``/``instance``,
 delta → cumulative, exponential histograms) is ``_prom_store`` and ``_prom_names``.
@@ -22,7 +23,13 @@ encoded; no copy of the message the pipeline may still use) and returns; a
 background thread (and every scrape, first) decodes and folds them into the series.
 Points it cannot use are counted in ``meshwatch_exporter_dropped_items_total``
 (``reason``: ``type_conflict``, ``out_of_order``, ``unspecified_temporality``,
-``invalid_name``, ``malformed``); folded ones in ``..._sent_items_total``.
+``invalid_name``, ``malformed``, ``cardinality_limit``); folded ones in
+``..._sent_items_total``.
+
+A metric that has ``cardinality_limit`` series takes points of new label sets into its
+one ``otel_metric_overflow="true"`` series (as the OpenTelemetry SDK does; see
+``_prom_store``), counted in ``meshwatch_exporter_overflowed_points_total``, with one
+warning per metric a minute at most. ``0`` switches the limit off.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..component import Component, CreateSettings, Host, Kind, Refused
 from ..signals import Signal
+from ._cardinality import DEFAULT_LIMIT, OverflowReport
 from ._durations import parse_duration
 from ._prom_store import SeriesStore
 from ._telemetry_exporter import ExporterCounters
@@ -45,6 +53,9 @@ from ._telemetry_exporter import ExporterCounters
 __all__ = ["PrometheusConfig", "PrometheusExporter", "factory"]
 
 log = logging.getLogger("meshwatch.collector.exporter.prometheus")
+#: Memory of one series in the store (measured: ~1 KB with six labels) and of one label
+#: set remembered by its hash in an overflow series; for the memory limiter's estimate.
+SERIES_BYTES, TRACKED_BYTES = 1024, 200
 
 
 class ResourceToTelemetry(BaseModel):
@@ -63,6 +74,8 @@ class PrometheusConfig(BaseModel):
     resource_to_telemetry_conversion: ResourceToTelemetry = Field(default_factory=ResourceToTelemetry)
     without_scope_info: bool = False
     max_exponential_buckets: int = Field(40, ge=2, le=320)
+    #: Series per metric name, the ``otel_metric_overflow="true"`` series included; 0: no limit.
+    cardinality_limit: int = Field(DEFAULT_LIMIT, ge=0)
     #: Bytes of received batches waiting to be folded before ``consume`` folds inline.
     max_pending_bytes: int = Field(64 * 1024 * 1024, ge=1024)
 
@@ -94,6 +107,7 @@ class PrometheusExporter:
     def __init__(self, settings: CreateSettings, config: PrometheusConfig) -> None:
         self.id = settings.id
         self.config = config
+        self.overflow = OverflowReport(str(self.id), log)
         self.store = SeriesStore(
             namespace=config.namespace,
             expiration=config.metric_expiration,
@@ -101,6 +115,8 @@ class PrometheusExporter:
             without_scope_info=config.without_scope_info,
             const_labels=config.const_labels,
             max_exponential_buckets=config.max_exponential_buckets,
+            cardinality_limit=config.cardinality_limit,
+            on_overflow=self.overflow,
         )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StoreCollector(self))
@@ -114,12 +130,21 @@ class PrometheusExporter:
         self._server: Any = None
         self._counters = ExporterCounters(str(self.id), "metrics")
         self._accepting = False
+        self._telemetry: Any = None
         self.port = 0
+
+    def held_bytes(self) -> int:
+        """Batches waiting to be folded and the series held (an estimate), for the memory limiter."""
+        series, tracked = self.store.footprint()
+        return self._pending_bytes + series * SERIES_BYTES + tracked * TRACKED_BYTES
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self, host: Host) -> None:
         self._counters.bind(host)
+        self.overflow.bind(host)
+        self._telemetry = host.telemetry()
+        self._telemetry.register_held(f"exporter {self.id}/metrics", self.held_bytes)
         address, _, port = self.config.endpoint.rpartition(":")
         address = address.strip("[]") or "127.0.0.1"
         try:
@@ -135,6 +160,8 @@ class PrometheusExporter:
 
     def shutdown(self, timeout: float) -> None:
         self._accepting = False
+        if self._telemetry is not None:
+            self._telemetry.unregister_held(f"exporter {self.id}/metrics")
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
