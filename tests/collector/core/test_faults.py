@@ -17,6 +17,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,51 @@ def test_fsync_errors_refuse_with_a_retry_hint_and_lose_nothing_acknowledged(
     assert result["duplicate_spans"] < 0.01 * load.acked_spans, result
     assert "fdatasync of segment-" in log and "Input/output error" in log
     assert log.count("fdatasync of segment-") < 10, "every failed write was logged"
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 4 MiB tmpfs for the queue: a disk that really fills (ENOSPC from the kernel, not a fake)."""
+    mount_point = Path(tempfile.mkdtemp(prefix="meshwatch-small-disk-"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}): needs root with CAP_SYS_ADMIN")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        mount_point.rmdir()
+
+
+def test_a_full_disk_refuses_then_recovers_without_a_restart(collector_factory, own_jaeger, small_disk) -> None:
+    """The queue's file system fills during an outage: refusals with a retry hint, never a drop; once the
+    backend is back and the queue drains, the same process accepts again and everything acknowledged arrives."""
+    own_jaeger.stop()
+    config = _config(own_jaeger.server, queue_size=10_000_000, directory=str(small_disk / "queue"))
+    config["exporters"]["otlp/jaeger"]["sending_queue"]["max_bytes"] = 1 << 30  # the disk, not the limit, is full
+    collector = collector_factory(config)
+    load = SpanLoad(collector.grpc_endpoint, spans=SPANS).start()
+    eventually(lambda: load.refused.get("RESOURCE_EXHAUSTED", 0) >= 20, timeout=90, what="push-back on a full disk")
+    acked_while_full = len(load.acked)
+    own_jaeger.start()
+    try:
+        eventually(lambda: len(load.acked) > acked_while_full + 50, timeout=90, what="accepting again, same process")
+    except AssertionError as exc:
+        usage = subprocess.run(["df", "-k", str(small_disk)], capture_output=True, text=True).stdout
+        files = sorted(str(p.relative_to(small_disk)) for p in small_disk.rglob("*"))
+        queued = collector.metric("meshwatch_queue_size_items")
+        load.stop()
+        raise AssertionError(
+            f"{exc}\nqueued {queued}, {load.refused}; {usage}\n{files}\n{collector.log_tail(30)}"
+        ) from None
+    load.stop()
+    eventually(lambda: collector.metric("meshwatch_queue_size_items") == 0, timeout=120, what="queue drained")
+    result = check_all_arrived(own_jaeger.server, load.acked, SPANS)
+    refused = collector.metric("meshwatch_receiver_refused_items_total", reason="queue_full")
+    print(f"\nfull disk: {result}; sender saw {load.refused}, refused counted {refused:.0f}")
+    assert result["missing_spans"] == 0, result
+    assert refused == load.refused["RESOURCE_EXHAUSTED"] * SPANS
+    assert collector.metric("meshwatch_exporter_dropped_items_total") == 0
+    assert collector.metric("meshwatch_receiver_refused_items_total", reason="internal_error") == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from pathlib import Path
 
@@ -192,3 +194,29 @@ def test_memory_queue_has_the_same_behaviour() -> None:
     assert 0.0 <= age < 5.0
     queue.ack(taken)
     assert queue.stats()[0] == 0
+
+
+@pytest.mark.parametrize(("err", "reason"), [(errno.ENOSPC, "queue_full"), (errno.EIO, "queue_io_error")])
+def test_a_refused_write_is_a_retryable_refusal_and_the_queue_carries_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, reason: str
+) -> None:
+    """A full disk (or a failing write) refuses that put, cuts the partial record off, and the next put works."""
+    queue = _open(tmp_path)
+    queue.put(b"before", items=1)
+    real_writev = os.writev
+    failures = [err]
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        if failures:
+            real_writev(fd, [buffers[0][:3]])  # the kernel wrote a little, then refused
+            raise OSError(failures.pop(), os.strerror(err))
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", writev)
+    with pytest.raises(Refused) as refused:
+        queue.put(b"refused", items=1)
+    assert refused.value.reason == reason and refused.value.retryable
+    queue.put(b"after", items=1)  # space came back: no restart needed
+    assert queue.stats()[0] == 2
+    queue.close()
+    assert _drain(_open(tmp_path)) == [b"before", b"after"], "the refused record is gone, the rest intact"

@@ -38,6 +38,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -119,6 +120,8 @@ class DiskQueue:
 
         #: fdatasync errors seen; each one refused its waiting writers and started a new segment.
         self.fsync_errors = 0
+        #: Puts refused because the file system was full (ENOSPC/EDQUOT from the write).
+        self.disk_full_refusals = 0
         self._io_logged_at = -_IO_LOG_EVERY
         self._io_unlogged = 0
 
@@ -333,11 +336,12 @@ class DiskQueue:
                 )
             while self._write_fd < 0 or self._write_offset >= self.segment_bytes:  # until a segment takes it
                 self._roll_locked()
-            written = os.writev(self._write_fd, [header, payload])
+            try:
+                written = os.writev(self._write_fd, [header, payload])
+            except OSError as exc:
+                raise self._write_failed_locked(exc) from exc
             if written != size:  # a short write on a regular file means the disk is full
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._write_fd, self._write_offset)
-                raise Refused("queue_full", f"exporter queue {self.name}: disk full", retryable=True)
+                raise self._write_failed_locked(OSError(errno.ENOSPC, "no space left (short write)"))
             record = Record(self._write_segment, self._write_offset, len(payload), items, now)
             self._write_offset += size
             self._items += items
@@ -355,6 +359,43 @@ class DiskQueue:
                     self._sync_locked()
             if commit.error is not None:
                 raise commit.error
+
+    def _write_failed_locked(self, error: OSError) -> Refused:
+        """The refusal for a write the kernel refused; the queue stays usable for the next put.
+
+        A full disk (``ENOSPC``, ``EDQUOT``) is ``queue_full``: the sender retries; writing moves
+        to a new segment so that the full ones are deleted once sent, and writes succeed again
+        without a restart. Any other error is ``queue_io_error`` (the next fsync of the segment, which
+        would fail on a failing disk, moves writing to a new segment). Either way the segment
+        is cut back to where this record began.
+        """
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._write_fd, self._write_offset)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.disk_full_refusals += 1
+            if self._write_offset > 0:
+                # Start an empty segment now: the full one can then be deleted as soon as the
+                # exporter has sent it, which is what gives the disk space back. Without this the
+                # write segment never rolls (it cannot grow) and is never deleted: refused for good.
+                with contextlib.suppress(Refused):
+                    self._roll_locked()
+            return Refused(
+                "queue_full",
+                f"exporter queue {self.name}: disk full ({error.strerror or error})",
+                retryable=True,
+                retry_after=self._retry_hint(),
+            )
+        self._log_io_error(
+            "queue %s: write to %s failed (%s); refusing it (the sender retries)",
+            self.name,
+            _segment_name(self._write_segment),
+            error.strerror or error,
+        )
+        return Refused(
+            "queue_io_error",
+            f"exporter queue {self.name}: the write failed ({error.strerror or error})",
+            retryable=True,
+        )
 
     def _retry_hint(self) -> float:
         """Seconds a refused sender should wait: longer the older the queue's head is."""
