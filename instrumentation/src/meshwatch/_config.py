@@ -128,6 +128,14 @@ PARAMS: dict[str, ConfigParam] = {
     "certificate": ConfigParam(
         ("OTEL_EXPORTER_OTLP_CERTIFICATE",), None, doc="CA file to verify the collector's TLS certificate"
     ),
+    "client_certificate": ConfigParam(
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",),
+        None,
+        doc="client certificate (PEM) for an mTLS collector",
+    ),
+    "client_key": ConfigParam(
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY",), None, doc="the client certificate's private key (PEM)"
+    ),
     "insecure": ConfigParam(("OTEL_EXPORTER_OTLP_INSECURE",), None, _bool, doc="plain-text gRPC; default: from URL"),
     "compression": ConfigParam(("OTEL_EXPORTER_OTLP_COMPRESSION",), "none", doc="none or gzip"),
     "export_timeout": ConfigParam(
@@ -245,6 +253,8 @@ class Settings:
     logs_protocol: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     certificate: str | None = None
+    client_certificate: str | None = None
+    client_key: str | None = None
     insecure: bool | None = None
     compression: str = "none"
     export_timeout: float = 10.0

@@ -34,6 +34,10 @@ def _grpc_kwargs(settings: Settings, signal: str) -> dict[str, Any]:
     if insecure is None:
         insecure = not endpoint.startswith("https://")
     kwargs["insecure"] = insecure
+    if not insecure:  # the same TLS settings as traces and logs (the exporter's own env reading is bypassed)
+        from ._transport import grpc_credentials
+
+        kwargs["credentials"] = grpc_credentials(settings.certificate, settings.client_certificate, settings.client_key)
     kwargs["compression"] = Compression.Gzip if settings.compression == "gzip" else Compression.NoCompression
     return kwargs
 
@@ -42,6 +46,9 @@ def _http_kwargs(settings: Settings, signal: str) -> dict[str, Any]:
     from opentelemetry.exporter.otlp.proto.http import Compression
 
     kwargs = _common(settings, signal)
+    kwargs["certificate_file"] = settings.certificate
+    kwargs["client_certificate_file"] = settings.client_certificate
+    kwargs["client_key_file"] = settings.client_key
     kwargs["compression"] = Compression.Gzip if settings.compression == "gzip" else Compression.NoCompression
     return kwargs
 
@@ -78,6 +85,8 @@ def exporter_factory(settings: Settings, signal: str, kind: str) -> Callable[[],
                 timeout=settings.export_timeout,
                 compression=settings.compression,
                 certificate=settings.certificate,
+                client_certificate=settings.client_certificate,
+                client_key=settings.client_key,
             )
         else:
             sender = HttpSender(
@@ -87,6 +96,8 @@ def exporter_factory(settings: Settings, signal: str, kind: str) -> Callable[[],
                 timeout=settings.export_timeout,
                 compression=settings.compression,
                 certificate=settings.certificate,
+                client_certificate=settings.client_certificate,
+                client_key=settings.client_key,
             )
         return OTLPExporter(encode, sender)
 

@@ -69,6 +69,16 @@ def _rejected(signal: str, response: bytes) -> tuple[int, str]:
     return parsed_logs.partial_success.rejected_log_records, parsed_logs.partial_success.error_message
 
 
+def grpc_credentials(certificate: str | None, client_certificate: str | None, client_key: str | None) -> Any:
+    """TLS credentials for a gRPC channel: the CA to trust (else the system's) and, for mTLS, a client pair."""
+    import grpc
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(read(certificate), read(client_key), read(client_certificate))
+
+
 class GrpcSender:
     """One gRPC channel per process; the request is already serialised, so no protobuf objects are built."""
 
@@ -82,6 +92,8 @@ class GrpcSender:
         timeout: float,
         compression: str,
         certificate: str | None = None,
+        client_certificate: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         import grpc
 
@@ -102,8 +114,9 @@ class GrpcSender:
         if insecure:
             self._channel = grpc.insecure_channel(self.target, options=options)
         else:
-            root = Path(certificate).read_bytes() if certificate else None
-            self._channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(root), options=options)
+            self._channel = grpc.secure_channel(
+                self.target, grpc_credentials(certificate, client_certificate, client_key), options=options
+            )
         method, _ = _SERVICES[signal]
         self._call = self._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         self._closed = threading.Event()
@@ -185,6 +198,8 @@ class HttpSender:
         timeout: float,
         compression: str,
         certificate: str | None = None,
+        client_certificate: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         self.signal = signal
         parts = urlsplit(endpoint)
@@ -202,7 +217,11 @@ class HttpSender:
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": "meshwatch", **headers}
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._context = ssl.create_default_context(cafile=certificate) if self._https else None
+        self._context = None
+        if self._https:
+            self._context = ssl.create_default_context(cafile=certificate)
+            if client_certificate:  # mTLS: the collector asks for a certificate from its client CA
+                self._context.load_cert_chain(client_certificate, client_key)
         self._connection: http.client.HTTPConnection | None = None
         self._closed = threading.Event()
 

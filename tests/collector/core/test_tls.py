@@ -349,6 +349,44 @@ def test_sdk_certificate_setting_delivers_spans_to_a_tls_receiver(collector_fact
     assert "span-without-certificate" not in collector.log_path.read_text()
 
 
+_SDK_MTLS_SCRIPT = """
+import sys, meshwatch
+from opentelemetry import trace
+protocol, endpoint, ca, cert, key, name = sys.argv[1:7]
+meshwatch.init(service_name="mtls-sdk", endpoint=endpoint, protocol=protocol, certificate=ca,
+               client_certificate=cert or None, client_key=key or None,
+               metrics_exporter="none", logs_exporter="none", log_stdout=False, export_timeout=3)
+with trace.get_tracer("tls-test").start_as_current_span(name):
+    pass
+meshwatch.shutdown(5)
+"""
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_sdk_client_certificate_delivers_spans_to_an_mtls_receiver(collector_factory, pki, tmp_path, protocol):
+    """OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE / _KEY (init's client_certificate, client_key): mTLS from the SDK."""
+    mtls = {**_server_tls(pki), "client_ca_file": str(pki.ca_file)}
+    collector = collector_factory(_tls_config(mtls, mtls))
+    script = tmp_path / "sdk_mtls.py"
+    script.write_text(_SDK_MTLS_SCRIPT)
+    endpoint = f"https://{collector.grpc_endpoint}" if protocol == "grpc" else collector.http_url
+    transport = "grpc" if protocol == "grpc" else "http"
+
+    def run(cert: str, key: str, name: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESHWATCH_"))}
+        argv = [sys.executable, str(script), protocol, endpoint, str(pki.ca_file), cert, key, name]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+    without = run("", "", "span-without-client-certificate")
+    assert without.returncode == 0, without.stderr
+    assert _accepted(collector, transport) == 0, "an mTLS receiver refuses a client without a certificate"
+    with_cert = run(str(pki.client_cert), str(pki.client_key), "span-with-client-certificate")
+    assert with_cert.returncode == 0, with_cert.stderr
+    assert _accepted(collector, transport) == 1
+    assert "span-with-client-certificate" in collector.log_path.read_text()
+    assert_no_key_material(collector, pki.client_key)
+
+
 # --- the exporters --------------------------------------------------------------------------------
 
 
