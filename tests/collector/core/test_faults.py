@@ -25,7 +25,7 @@ import pytest
 from meshwatch.stack.runner import Server, Stack, wait_http
 from meshwatch.stack.testing import eventually, start_or_fail
 
-from ._helpers import SpanLoad, check_all_arrived, jaeger_exporter, random_trace_ids, span_request
+from ._helpers import SpanLoad, check_all_arrived, jaeger_exporter, jaeger_span_count, random_trace_ids, span_request
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +284,27 @@ def test_a_full_disk_refuses_then_recovers_without_a_restart(collector_factory, 
     assert refused == load.refused["RESOURCE_EXHAUSTED"] * SPANS
     assert collector.metric("meshwatch_exporter_dropped_items_total") == 0
     assert collector.metric("meshwatch_receiver_refused_items_total", reason="internal_error") == 0
+
+
+def test_delivery_resumes_within_seconds_of_the_backend_returning(collector_factory, own_jaeger) -> None:
+    """After a connection failure the exporter backs off (here: 10–30 s), but probes the backend about once a
+    second, so a backend that comes back gets the queued data within seconds, not at the end of the backoff."""
+    own_jaeger.stop()
+    config = _config(own_jaeger.server)
+    config["exporters"]["otlp/jaeger"]["retry_on_failure"] = {"initial_interval": 20, "max_interval": 30}
+    collector = collector_factory(config)
+    trace_id = random_trace_ids(1)[0]
+    request = urllib.request.Request(
+        f"{collector.http_url}/v1/traces",
+        data=span_request([trace_id], spans_per_trace=1),
+        headers={"Content-Type": "application/x-protobuf"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    eventually(lambda: collector.metric("meshwatch_exporter_backend_up") == 0, timeout=30, what="first send failed")
+    own_jaeger.start()
+    back = time.monotonic()
+    eventually(lambda: jaeger_span_count(own_jaeger.server, trace_id) == 1, timeout=40, what="the queued span")
+    took = time.monotonic() - back
+    print(f"\ndelivered {took:.1f}s after the backend returned (backoff at least 10 s)")
+    assert took < 6, f"delivered {took:.1f}s after the backend returned: waited for the backoff"

@@ -40,13 +40,15 @@ import orjson
 from .batch import Batch
 from .component import ComponentId, CreateSettings, Host, Refused
 from .queue import DiskQueue, MemoryQueue, Record
-from .sender import ExporterSettings, PermanentError, Sender, SendResult, TransientError
+from .sender import ExporterSettings, PermanentError, ProbesBackend, Sender, SendResult, TransientError
 from .signals import Signal
 from .telemetry import QueueStats, Telemetry
 
 __all__ = ["QueuedExporter", "queued_exporter", "safe_name"]
 
 log = logging.getLogger("meshwatch.collector.exporter")
+#: During a backoff after a connection failure, how often the backend is probed (``ProbesBackend``).
+_PROBE_EVERY = 1.0
 
 
 def safe_name(component_id: ComponentId | str) -> str:
@@ -302,8 +304,22 @@ class QueuedExporter:
             # A disk queue keeps the records for the next start, so a stop need not wait for
             # the backoff; an in-memory queue keeps retrying until the drain budget is spent.
             interrupt = self._draining if isinstance(self._queue, DiskQueue) else self._stop
-            if interrupt.wait(delay) or self._stop.is_set():
+            if self._wait_for_retry(interrupt, delay, probe=reason == "unavailable") or self._stop.is_set():
                 return False  # leave the records un-acknowledged
+
+    def _wait_for_retry(self, interrupt: threading.Event, delay: float, *, probe: bool) -> bool:
+        """Sleep ``delay`` (True if interrupted); after a connection failure, end early once the
+        backend takes connections again, checked about once a second (``ProbesBackend``)."""
+        if not probe or delay <= _PROBE_EVERY or not isinstance(self.sender, ProbesBackend):
+            return interrupt.wait(delay)
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if interrupt.wait(min(_PROBE_EVERY, left)):
+                return True
+            if self.sender.backend_reachable(timeout=0.5):
+                log.info("%s: the backend takes connections again; retrying now", self.id)
+                return False
+        return False
 
     def _split(self, records: list[Record], error: PermanentError) -> bool:
         """Deliver the two halves of a refused merged send, each on its own (and split again if refused)."""

@@ -10,8 +10,9 @@ them in ``exporterhelper``.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +25,8 @@ __all__ = [
     "TransientError",
     "PermanentError",
     "Sender",
+    "ProbesBackend",
+    "tcp_reachable",
     "QueueSettings",
     "RetrySettings",
     "ExporterSettings",
@@ -84,6 +87,27 @@ class Sender(Protocol):
         ...
 
     def shutdown(self) -> None: ...
+
+
+@runtime_checkable
+class ProbesBackend(Protocol):
+    """A sender that can tell, without sending data, whether its backend takes connections again.
+
+    The queued exporter asks during a long backoff after a connection failure, so delivery
+    resumes within about a second of the backend's return instead of at the end of a
+    backoff that may have grown to ``max_interval`` (30 s by default).
+    """
+
+    def backend_reachable(self, timeout: float) -> bool: ...
+
+
+def tcp_reachable(host: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` (closed at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 class _Strict(BaseModel):

@@ -46,7 +46,7 @@ from ..batch import Batch
 from ..component import CreateSettings, Host, Kind
 from ..queued_exporter import QueuedExporter, queued_exporter
 from ..receivers._grpc import SERVICES
-from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
+from ..sender import ExporterSettings, PermanentError, SendResult, TransientError, tcp_reachable
 from ..signals import Signal
 from ._otlp_common import ENDPOINT_HINT, ClientTls, partial_rejections, read_tls_file
 
@@ -159,6 +159,11 @@ class GrpcSender:
         else:
             self._channel = grpc.insecure_channel(self.target, options=options)
         self._call = self._channel.unary_unary(f"/{SERVICES[self.signal]}/Export")  # identity (de)serializers
+
+    def backend_reachable(self, timeout: float) -> bool:
+        """A TCP connect to the target (``host:port``; gRPC's own reconnect may still be backing off)."""
+        host, _, port = self.target.rpartition(":")
+        return bool(port.isdigit()) and tcp_reachable(host.strip("[]") or "127.0.0.1", int(port), timeout)
 
     def send(self, batch: Batch) -> SendResult:
         try:

@@ -30,6 +30,7 @@ import ssl
 import time
 import zlib
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import urllib3
 from pydantic import Field
@@ -37,7 +38,7 @@ from pydantic import Field
 from ..batch import Batch
 from ..component import CreateSettings, Host, Kind
 from ..queued_exporter import QueuedExporter, queued_exporter
-from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
+from ..sender import ExporterSettings, PermanentError, SendResult, TransientError, tcp_reachable
 from ..signals import Signal
 from ._otlp_common import ClientTls, partial_rejections
 
@@ -92,6 +93,12 @@ class HttpSender:
         self._headers = {"Content-Type": "application/x-protobuf", **config.headers}
         if config.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
+
+    def backend_reachable(self, timeout: float) -> bool:
+        """A TCP connect to the URL's host and port."""
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return bool(parts.hostname) and tcp_reachable(parts.hostname or "", port, timeout)
 
     def start(self, host: Host) -> None:
         tls: dict[str, Any] = {}
