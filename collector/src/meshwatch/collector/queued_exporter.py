@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from ._secrets import Scrubber, secret_values
 from .batch import Batch
 from .component import ComponentId, CreateSettings, Host, Refused
 from .queue import DiskQueue, MemoryQueue, Record
@@ -84,6 +85,8 @@ class QueuedExporter:
         self.id = settings.id
         self.signal: Signal = settings.signal
         self.config = config
+        #: Every secret in the config, removed from whatever this exporter logs or dead-letters.
+        self._scrub = Scrubber(secret_values(config))
         self.sender = sender
         self._labels = (str(settings.id), str(settings.signal))
         self._queue: DiskQueue | MemoryQueue | None = None
@@ -186,10 +189,13 @@ class QueuedExporter:
         except TransientError as exc:
             self._count_failed(exc.reason, batch.items)
             raise Refused(
-                "backend_unavailable", f"{self.id}: {exc}", retryable=True, retry_after=exc.retry_after or 1.0
+                "backend_unavailable",
+                self._scrub(f"{self.id}: {exc}"),
+                retryable=True,
+                retry_after=exc.retry_after or 1.0,
             ) from exc
         except PermanentError as exc:
-            self._reject_whole(batch, exc.reason, str(exc))
+            self._reject_whole(batch, exc.reason, self._scrub(str(exc)))
             return
         self._settle(batch, result)
         if result.retry is not None:
@@ -262,7 +268,7 @@ class QueuedExporter:
                 self._count_failed(exc.reason, batch.items)
                 self._set_up(0)
                 wait = exc.retry_after
-                reason, message = exc.reason, str(exc)
+                reason, message = exc.reason, self._scrub(str(exc))
             except PermanentError as exc:
                 self._set_up(1)
                 if whole and len(records) > 1:
@@ -270,7 +276,7 @@ class QueuedExporter:
                     # it: split it and send the halves, down to the request at fault, so only
                     # that one is dead-lettered (log2(n) extra sends per bad request).
                     return self._split(records, exc)
-                self._reject_whole(batch, exc.reason, str(exc))
+                self._reject_whole(batch, exc.reason, self._scrub(str(exc)))
                 self._queue.ack(records)
                 return True
             else:
