@@ -132,9 +132,12 @@ class GrpcTransport:
         bearer_token: str | None,
         max_workers: int = 16,
         max_concurrent_requests: int | None = None,
+        channel_args: list[tuple[str, int]] | None = None,
         tls: ServerCertificates | None = None,
     ) -> None:
         self.ingest = ingest
+        #: Keepalive and connection-age arguments (``protocols.grpc.keepalive``).
+        self._channel_args = list(channel_args or [])
         self.tls = tls
         #: min_version "1.3": calls on TLS 1.2 connections are refused (gRPC cannot refuse the handshake).
         self.tls13_only = tls is not None and tls.tls.min_version == "1.3"
@@ -166,6 +169,7 @@ class GrpcTransport:
                 ("grpc.max_receive_message_length", -1),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),  # a port already in use is an error, not shared
+                *self._channel_args,
             ],
             # No maximum_concurrent_rpcs: _Gate refuses first, with a retry hint, and counts.
         )

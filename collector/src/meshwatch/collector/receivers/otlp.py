@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from ..component import ComponentId, Consumer, CreateSettings, Host, Kind
+from ..duration import Duration
 from ..signals import Signal
 from ._grpc import GrpcTransport
 from ._http import HttpTransport
@@ -45,6 +46,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class KeepaliveServerParameters(_Strict):
+    """gRPC's server keepalive and connection-age settings, named as the OTel Collector's configgrpc.
+
+    Unset means gRPC's own default. ``max_connection_age`` makes long-lived clients reconnect
+    (so a load balancer in front spreads them again); ``max_connection_idle`` closes idle ones.
+    """
+
+    max_connection_idle: Duration | None = Field(None, gt=0)
+    max_connection_age: Duration | None = Field(None, gt=0)
+    max_connection_age_grace: Duration | None = Field(None, gt=0)
+    #: Ping a client after this long without activity, and drop it if no answer in ``timeout``.
+    time: Duration | None = Field(None, gt=0)
+    timeout: Duration | None = Field(None, gt=0)
+
+
+class KeepaliveEnforcementPolicy(_Strict):
+    #: Clients pinging more often than this are told to go away (gRPC's default: 5 min).
+    min_time: Duration | None = Field(None, gt=0)
+    permit_without_stream: bool = False
+
+
+class GrpcKeepalive(_Strict):
+    server_parameters: KeepaliveServerParameters = Field(default_factory=KeepaliveServerParameters)
+    enforcement_policy: KeepaliveEnforcementPolicy = Field(default_factory=KeepaliveEnforcementPolicy)
+
+    def channel_args(self) -> list[tuple[str, int]]:
+        """The gRPC core channel arguments these settings stand for (milliseconds)."""
+        server, policy = self.server_parameters, self.enforcement_policy
+        args = {
+            "grpc.max_connection_idle_ms": server.max_connection_idle,
+            "grpc.max_connection_age_ms": server.max_connection_age,
+            "grpc.max_connection_age_grace_ms": server.max_connection_age_grace,
+            "grpc.keepalive_time_ms": server.time,
+            "grpc.keepalive_timeout_ms": server.timeout,
+            "grpc.http2.min_ping_interval_without_data_ms": policy.min_time,
+        }
+        out = [(name, int(seconds * 1000)) for name, seconds in args.items() if seconds is not None]
+        if policy.permit_without_stream:
+            out.append(("grpc.keepalive_permit_without_calls", 1))
+        return out
+
+
 class GrpcProtocol(_Strict):
     endpoint: str = "127.0.0.1:4317"
     #: Threads serving requests (each waits for its batch to be durable before answering).
@@ -53,6 +96,7 @@ class GrpcProtocol(_Strict):
     #: RetryInfo (counted as ``concurrency_limit``). Default: 8 per worker.
     max_concurrent_requests: int | None = Field(None, ge=1)
     tls: ServerTls | None = None
+    keepalive: GrpcKeepalive = Field(default_factory=GrpcKeepalive)
 
 
 class HttpProtocol(_Strict):
@@ -118,6 +162,7 @@ class OtlpReceiver:
                 bearer_token=token,
                 max_workers=protocols.grpc.max_workers,
                 max_concurrent_requests=protocols.grpc.max_concurrent_requests,
+                channel_args=protocols.grpc.keepalive.channel_args(),
                 tls=ServerCertificates(grpc_tls, str(self.id), "protocols.grpc.tls") if grpc_tls else None,
             )
             self.grpc.start()
