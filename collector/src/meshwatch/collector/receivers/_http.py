@@ -60,6 +60,8 @@ class HttpTransport:
         paths: dict[Signal, str],
         max_workers: int = 16,
         max_concurrent_requests: int | None = None,
+        read_header_timeout: float = 10.0,
+        read_timeout: float = 60.0,
         on_fatal: Any = None,
         tls: ServerCertificates | None = None,
     ) -> None:
@@ -71,6 +73,10 @@ class HttpTransport:
         self._token = bearer_token
         #: Requests in progress (read, decoded, or waiting for the durable write); more get 429.
         self.max_concurrent_requests = max_concurrent_requests or max_workers * 8
+        #: A connection whose request line and headers take longer is closed (slowloris).
+        self.read_header_timeout = read_header_timeout
+        #: A body that takes longer to arrive is answered 408 (counted as ``timeout``).
+        self.read_timeout = read_timeout
         self._in_flight = 0  # only touched on the event loop's thread
         self.routes = {path: signal for signal, path in paths.items()}
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-http")
@@ -103,7 +109,7 @@ class HttpTransport:
             proxy_headers=False,
             access_log=False,
             lifespan="off",
-            http="httptools",
+            http=_protocol_with_header_timeout(self.read_header_timeout, self._headers_timed_out),
             loop="asyncio",
             timeout_keep_alive=30,
             server_header=False,
@@ -236,9 +242,18 @@ class HttpTransport:
         try:
             if declared > self.max_request_bytes:
                 raise _TooLarge(f"Content-Length {declared}")
-            body = await self._read_body(receive)
+            body = await asyncio.wait_for(self._read_body(receive), self.read_timeout)
             if encoding == "gzip":
                 body = self._gunzip(body)
+        except TimeoutError:
+            outcome = self.ingest.refuse(
+                "http",
+                signal,
+                "timeout",
+                f"the request body did not arrive within read_timeout ({self.read_timeout:g}s)",
+            )
+            await self._answer(send, 408, as_json, 4, outcome.message)
+            return
         except _TooLarge as exc:
             outcome = self.ingest.refuse(
                 "http",
@@ -297,6 +312,10 @@ class HttpTransport:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
+    def _headers_timed_out(self) -> None:
+        """Called on the event loop when a connection's headers were too slow (it is then closed)."""
+        self.ingest.refuse_connection("http", "timeout")
+
     def _gunzip(self, body: bytes) -> bytes:
         """Decompress at most ``max_request_bytes`` (+1 to notice more): a zip bomb stops there."""
         decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -332,3 +351,52 @@ class HttpTransport:
     def close_quietly(self) -> None:
         with contextlib.suppress(Exception):
             self.stop(1)
+
+
+def _protocol_with_header_timeout(timeout: float, on_timeout: Any) -> Any:
+    """uvicorn's httptools protocol, closing a connection whose request line and headers take
+    longer than ``timeout`` from its first byte (or from the connection, for one that sends
+    nothing): uvicorn has no such limit, so a slow client could hold connections for ever.
+    Falls back to uvicorn's own protocol name (no header timeout) if its class moved.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        log.warning("uvicorn's httptools protocol moved: OTLP/HTTP runs without a header timeout")
+        return "httptools"
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            on_timeout()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol

@@ -63,6 +63,11 @@ class Ingest:
         self.telemetry.refused(self.receiver, transport, signal.value, reason, items)
         return Outcome(False, items, reason, message)
 
+    def refuse_connection(self, transport: str, reason: str) -> None:
+        """Count a connection closed before its request line said which signal it was for
+        (e.g. headers slower than ``read_header_timeout``): ``signal="unknown"``, 1 item."""
+        self.telemetry.refused(self.receiver, transport, "unknown", reason, 1)
+
     def push_back(self, transport: str, signal: Signal, reason: str, message: str, retry_after: float = 1.0) -> Outcome:
         """Count a request refused as backpressure before it was read: the sender retries it.
 

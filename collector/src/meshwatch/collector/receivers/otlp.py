@@ -107,6 +107,10 @@ class HttpProtocol(_Strict):
     max_workers: int = Field(16, ge=1, le=256)
     #: Requests in progress; more get 429 + Retry-After (``concurrency_limit``). Default: 8 per worker.
     max_concurrent_requests: int | None = Field(None, ge=1)
+    #: A connection whose request line and headers take longer is closed (counted ``timeout``).
+    read_header_timeout: Duration = Field(10.0, gt=0)
+    #: A request body that takes longer to arrive is answered 408 (counted ``timeout``).
+    read_timeout: Duration = Field(60.0, gt=0)
     tls: ServerTls | None = None
 
 
@@ -192,6 +196,8 @@ class OtlpReceiver:
                 paths=paths,
                 max_workers=protocols.http.max_workers,
                 max_concurrent_requests=protocols.http.max_concurrent_requests,
+                read_header_timeout=protocols.http.read_header_timeout,
+                read_timeout=protocols.http.read_timeout,
                 on_fatal=lambda exc: host.report_fatal(self.id, exc),
                 tls=http_certs,
             )
