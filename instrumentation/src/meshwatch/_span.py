@@ -47,6 +47,8 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
+from ._traces import MeshwatchSpanProcessor, SwitchableSampler
+
 __all__ = ["UNSET_STATUS", "FastAttributes", "MeshwatchSpan", "MeshwatchTracer", "MeshwatchTracerProvider"]
 
 #: The SDK's own logger, so its warnings ("Setting attribute on ended span.", …) read and filter the same.
@@ -359,7 +361,8 @@ class MeshwatchSpan(Span):
         if self._record_end_metrics is not None:
             self._record_end_metrics()
         processor = self._span_processor
-        if getattr(processor, "needs_on_ending", True):  # meshwatch's processor says when no one listens
+        # meshwatch's processor says when none of its processors listens; any other is always told
+        if not isinstance(processor, MeshwatchSpanProcessor) or processor.needs_on_ending:
             processor._on_ending(self)
         processor.on_end(self._readable_span())
 
@@ -403,11 +406,11 @@ class MeshwatchTracer(Tracer):
             trace_id = ids.generate_trace_id()
             random_trace_id = ids.is_trace_id_random()
         sampler = self.sampler
-        static = getattr(sampler, "static_decisions", None)
+        static = sampler.static_decisions if isinstance(sampler, SwitchableSampler) else None
         if static is not None:
             # SwitchableSampler over ParentBased(fixed samplers): its decision, without three parent lookups.
             if parent is None:
-                if kind is trace_api.SpanKind.CLIENT and sampler.drops_root(kind):
+                if kind is trace_api.SpanKind.CLIENT and sampler.drops_root(kind):  # type: ignore[union-attr]
                     return trace_api.INVALID_SPAN  # a broker client's housekeeping: not recorded at all
                 decision, trace_state = static[0], None
             else:
