@@ -61,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_png.add_argument("--step", type=int, default=None, help="seconds between points (default: range / 200)")
     p_png.add_argument("--dpi", type=float, default=100, help="resolution (default 100)")
+
+    from .console.backends import DEFAULT_BACKENDS
+
+    p_console = sub.add_parser(
+        "console",
+        help="serve the dashboards, metrics, traces, logs and alerts as a web page on loopback",
+        description="A web page over the live backends: the dashboards of dashboards/json/ drawn from their"
+        " queries, a PromQL explorer, trace search and waterfall, log search, firing and pending alerts.",
+    )
+    p_console.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p_console.add_argument("--port", type=int, default=3001, help="port (default 3001; 0 picks a free one)")
+    for name, url in DEFAULT_BACKENDS.items():
+        p_console.add_argument(f"--{name}", default=url, help=f"{name} URL (default {url})")
+    p_console.add_argument("--quiet", action="store_true", help="do not log each request")
     return parser
 
 
@@ -209,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"meshwatch-dashboards: push to {args.url} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return EXIT_FAILED
         print(f"pushed {len(requests)} objects to {args.url}")
+    elif args.command == "console":
+        return _console(args)
     elif args.command in ("run-queries", "render-png"):
         try:
             return _run_queries(args) if args.command == "run-queries" else _render_png(args)
@@ -258,3 +274,26 @@ def _render_png(args: argparse.Namespace) -> int:
             for error in errors:
                 print(f"  query failed: {title} {error}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _console(args: argparse.Namespace) -> int:
+    from .console import ConsoleConfig, make_server
+
+    config = ConsoleConfig(
+        prometheus=args.prometheus, jaeger=args.jaeger, elasticsearch=args.elasticsearch, alertmanager=args.alertmanager
+    )
+    try:
+        server = make_server(config, args.host, args.port, quiet=args.quiet)
+    except OSError as exc:
+        print(f"meshwatch-dashboards: console cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"meshwatch console: {server.url}", flush=True)
+    for name in ("prometheus", "jaeger", "elasticsearch", "alertmanager"):
+        print(f"  {name:<13} {getattr(config, name)}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return EXIT_OK
