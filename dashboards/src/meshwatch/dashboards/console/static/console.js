@@ -70,11 +70,13 @@ function legend(format, metric) {
 
 // --- charts --------------------------------------------------------------------------------------
 
-// One uPlot chart from aligned series: xs (seconds), series [{label, values}].
+// One uPlot chart from aligned series: xs (seconds), series [{label, values}]. The legend (live values
+// under the cursor) sits below the plot; the plot shrinks so both fit the box.
 function drawChart(box, xs, series, unit, opts = {}) {
   box.innerHTML = "";
-  const width = Math.max(200, box.clientWidth - 4);
-  const height = Math.max(80, (opts.height || box.clientHeight) - 4);
+  box.classList.add("has-chart");
+  const width = Math.max(200, box.clientWidth - 2);
+  const height = Math.max(80, (opts.height || box.clientHeight) - 2);
   const data = [xs, ...series.map((s) => s.values)];
   const plot = new uPlot({
     width, height,
@@ -83,13 +85,23 @@ function drawChart(box, xs, series, unit, opts = {}) {
     scales: { x: { time: true } },
     axes: [
       { stroke: "#8e8e9e", grid: { stroke: "#2c3235" }, ticks: { stroke: "#2c3235" } },
-      { stroke: "#8e8e9e", grid: { stroke: "#2c3235" }, ticks: { stroke: "#2c3235" }, size: 70, values: (u, ticks) => ticks.map((t) => fmt(t, unit)) },
+      { stroke: "#8e8e9e", grid: { stroke: "#2c3235" }, ticks: { stroke: "#2c3235" }, size: 84, values: (u, ticks) => ticks.map((t) => fmt(t, unit)) },
     ],
     series: [{}, ...series.map((s, i) => ({
-      label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5, points: { show: xs.length < 3 },
+      label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5,
+      // Sparse series (a few scrapes in a long range) would be invisible as lines alone.
+      points: { show: s.values.filter((v) => v != null).length < 40, size: 4 },
       value: (u, v) => fmt(v, unit),
     }))],
   }, data, box);
+  const legendEl = plot.root.querySelector(".u-legend");
+  if (legendEl) {
+    // A fixed share for the legend (one line per few series, scrolling beyond), the rest for the plot.
+    const perRow = Math.max(1, Math.floor(width / 240));
+    const room = Math.min(Math.floor(height / 3), 10 + Math.ceil((series.length + 1) / perRow) * 18);
+    legendEl.style.height = legendEl.style.maxHeight = room + "px";
+    plot.setSize({ width, height: Math.max(60, height - room) });
+  }
   box._plot = plot;
   return plot;
 }
@@ -549,7 +561,10 @@ async function route() {
   const params = new URLSearchParams(query || "");
   for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.tab === tab);
   for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === "tab-" + tab);
-  if (tab === "dashboards") await openDashboard(rest || dash.current || dash.list[0]?.name);
+  if (tab === "dashboards") {
+    if (RANGES.includes(params.get("range"))) $("dash-range").value = params.get("range");
+    await openDashboard(rest || dash.current || dash.list[0]?.name);
+  }
   else if (tab === "explore") {
     if (params.get("q") || params.get("g0.expr")) { $("explore-query").value = params.get("q") || params.get("g0.expr"); await runExplore(); }
   } else if (tab === "traces") { if (rest) await openTrace(rest); }
