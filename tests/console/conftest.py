@@ -45,9 +45,10 @@ def console(prometheus: Any, jaeger: Any, elasticsearch: Any, alertmanager: Any)
 
 
 @pytest.fixture(scope="session")
-def scraped(prometheus: Any) -> Iterator[None]:
+def scraped(prometheus: Any, sent_trace: str) -> Iterator[None]:
     """Series the session's Prometheus scrapes every second under this test's own job: a counter, and
-    HTTP server durations with target_info in the telemetry contract's shape (what the dashboards read)."""
+    HTTP server durations with target_info in the telemetry contract's shape (what the dashboards read),
+    whose 5xx samples have the sent trace as exemplar."""
     registry = CollectorRegistry()
     requests = Counter("console_test_requests", "Requests.", ("route",), registry=registry)
     durations = Histogram(
@@ -66,7 +67,8 @@ def scraped(prometheus: Any) -> Iterator[None]:
         while not stop.wait(0.1):
             requests.labels("/pay").inc()
             durations.labels("POST", "/pay", "200", "http").observe(0.02)
-            durations.labels("POST", "/pay", "500", "http").observe(0.3)
+            # The slow failures carry the sent trace as their exemplar (OpenMetrics, which Prometheus 3 asks for).
+            durations.labels("POST", "/pay", "500", "http").observe(0.3, exemplar={"trace_id": sent_trace})
 
     server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
     threading.Thread(target=traffic, daemon=True).start()

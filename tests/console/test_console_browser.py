@@ -74,6 +74,9 @@ def test_dashboard_panels_draw_in_chromium(console: Any, scraped: None, tmp_path
     assert panels["Request rate"] == ("data", True), panels
     assert panels["Latency p50 / p95 / p99"] == ("data", True), panels
     assert panels["CPU"] == ("nodata", False), panels
+    # The latency panel draws its exemplars (diamonds that open the trace) and links the latest.
+    latency = re.search(r'<div class="panel" data-panel-id="4".*?<div class="meta">(.*?)</div>', dom, re.S)
+    assert latency and 'data-exemplars="' in latency[0] and 'href="#traces/' in latency[1], latency
     assert re.search(r'id="dash-status"[^>]*>\d+ of 10 panels with data', dom), dom[:3000]
     # The variables are drop-downs filled from Prometheus, this test's service among them.
     assert re.search(rf'<select data-name="service">.*<option value="{SERVICE}">', dom, re.S)
@@ -100,6 +103,7 @@ def test_alerts_and_explore_in_chromium(console: Any, alert_rules: None, scraped
     eventually(lambda: "ConsoleTestFiring" in _browser(f"{console.url}/#alerts", budget_ms=5000), timeout=30)
     dom = _browser(f"{console.url}/#alerts")
     assert 'href="https://runbooks.test/Firing.md"' in dom and "ConsoleTestPending" in dom
+    assert 'href="#explore?q=vector(1)"' in dom  # an alert's query opens in Explore
     explore = _browser(f"{console.url}/#explore?q=rate(console_test_requests_total%5B5s%5D)")
     assert re.search(r'id="explore-chart"[^>]*data-state="data"', explore), explore[-3000:]
     assert "<canvas" in explore

@@ -51,7 +51,7 @@ def test_dashboards_are_the_committed_json(console: Any) -> None:
     assert len(served) == 6
 
 
-def test_dashboard_panels_draw_scraped_series(console: Any, scraped: None) -> None:
+def test_dashboard_panels_draw_scraped_series(console: Any, scraped: None, sent_trace: str) -> None:
     # The variables' options come from the live Prometheus: this test's service is one of them.
     variables = _get(console, "/api/dashboards/service-overview/variables", range="15m").json()
     by_name = {v["name"]: v for v in variables}
@@ -72,6 +72,14 @@ def test_dashboard_panels_draw_scraped_series(console: Any, scraped: None) -> No
     rate = next(r for r in results if r["panel_title"] == "Request rate")
     assert rate["data"]["resultType"] == "matrix" and SERVICE in json.dumps(rate["data"]["result"])
     assert "$service" not in rate["target"]["expr"] and SERVICE in rate["target"]["expr"]
+
+    # Exemplars come with the latency panel (it asks for them, as Grafana does): the sent trace.
+    def exemplar_traces() -> set[str]:
+        body = _get(console, "/api/dashboards/service-overview/panels", range="15m", **{"var-service": SERVICE}).json()
+        latency = [r for r in body["results"] if r["panel_title"] == "Latency p50 / p95 / p99"]
+        return {e["labels"]["trace_id"] for r in latency for s in r["exemplars"] or [] for e in s["exemplars"]}
+
+    assert sent_trace in eventually(exemplar_traces, timeout=30, what="the latency panel's exemplars")
     # ... and what only the demo mesh produces (CPU) is empty, which the page marks "No data".
     assert panels["CPU"] is False
     assert _get(console, "/api/dashboards/nope/panels").status_code == 404
@@ -168,6 +176,8 @@ def test_alerts_firing_and_pending_with_runbooks(console: Any, alert_rules: None
     assert answer["errors"] == {}
     assert states["ConsoleTestFiring"]["state"] == "firing"
     assert states["ConsoleTestFiring"]["runbook_url"] == "https://runbooks.test/Firing.md"
+    assert states["ConsoleTestFiring"]["expr"] == "vector(1)"  # the page's "graph" link opens it in Explore
+    assert held["ConsoleTestFiring"]["expr"] == "vector(1)"  # from Alertmanager's generatorURL
     assert states["ConsoleTestPending"]["state"] == "pending"
     assert states["ConsoleTestPending"]["runbook_url"] == "https://runbooks.test/Pending.md"
     assert held["ConsoleTestFiring"]["state"] == "active"

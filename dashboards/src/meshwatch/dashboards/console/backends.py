@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
@@ -403,6 +403,7 @@ def alerts(config: ConsoleConfig) -> Answer:
         body = _json(response)
         if response.status_code >= 400:
             raise BackendError(response.status_code, f"Prometheus: {body.get('error', response.text[:200])}")
+        exprs = _alert_expressions(config)
         for alert in body.get("data", {}).get("alerts", []):
             labels, annotations = alert.get("labels", {}), alert.get("annotations", {})
             out["prometheus"].append(
@@ -415,6 +416,7 @@ def alerts(config: ConsoleConfig) -> Answer:
                     "labels": labels,
                     "annotations": annotations,
                     "runbook_url": annotations.get("runbook_url"),
+                    "expr": exprs.get(labels.get("alertname", "")),
                 }
             )
     except BackendError as exc:
@@ -437,6 +439,9 @@ def alerts(config: ConsoleConfig) -> Answer:
                     "annotations": annotations,
                     "runbook_url": annotations.get("runbook_url"),
                     "generator_url": alert.get("generatorURL"),
+                    # Prometheus' link (…/graph?g0.expr=…) has no UI behind it here: the console's
+                    # Explore tab opens the same expression.
+                    "expr": _generator_expr(alert.get("generatorURL")),
                 }
             )
     except BackendError as exc:
@@ -444,3 +449,20 @@ def alerts(config: ConsoleConfig) -> Answer:
     order = {"firing": 0, "pending": 1}
     out["prometheus"].sort(key=lambda a: (order.get(a["state"], 2), a["name"]))
     return 200, out
+
+
+def _alert_expressions(config: ConsoleConfig) -> dict[str, str]:
+    """Alert name → its rule's PromQL (``/api/v1/rules``); empty when the rules cannot be read."""
+    try:
+        response = _call("GET", f"{config.prometheus.rstrip('/')}/api/v1/rules", config, params={"type": "alert"})
+        groups = _json(response).get("data", {}).get("groups", [])
+    except (BackendError, AttributeError):
+        return {}
+    return {rule["name"]: rule.get("query", "") for group in groups for rule in group.get("rules", [])}
+
+
+def _generator_expr(url: str | None) -> str | None:
+    if not url:
+        return None
+    values = parse_qs(urlsplit(url).query).get("g0.expr")
+    return values[0] if values else None

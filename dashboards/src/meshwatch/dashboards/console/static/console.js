@@ -87,6 +87,7 @@ function drawChart(box, xs, series, unit, opts = {}) {
       { stroke: "#8e8e9e", grid: { stroke: "#2c3235" }, ticks: { stroke: "#2c3235" } },
       { stroke: "#8e8e9e", grid: { stroke: "#2c3235" }, ticks: { stroke: "#2c3235" }, size: 84, values: (u, ticks) => ticks.map((t) => fmt(t, unit)) },
     ],
+    hooks: opts.exemplars?.length ? { draw: [(u) => drawExemplars(u, opts.exemplars)] } : {},
     series: [{}, ...series.map((s, i) => ({
       label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5,
       // Sparse series (a few scrapes in a long range) would be invisible as lines alone.
@@ -102,8 +103,47 @@ function drawChart(box, xs, series, unit, opts = {}) {
     legendEl.style.height = legendEl.style.maxHeight = room + "px";
     plot.setSize({ width, height: Math.max(60, height - room) });
   }
+  if (opts.exemplars?.length) {
+    box.dataset.exemplars = opts.exemplars.length;
+    plot.over.addEventListener("click", (ev) => {
+      const hit = nearestExemplar(plot, opts.exemplars, ev.offsetX, ev.offsetY);
+      if (hit) location.hash = "traces/" + hit.trace;
+    });
+    plot.over.addEventListener("mousemove", (ev) => {
+      const hit = nearestExemplar(plot, opts.exemplars, ev.offsetX, ev.offsetY);
+      plot.over.style.cursor = hit ? "pointer" : "";
+      plot.over.title = hit ? `exemplar ${fmt(hit.v, unit)} · trace ${hit.trace}` : "";
+    });
+  }
   box._plot = plot;
   return plot;
+}
+
+// Exemplars (Prometheus /api/v1/query_exemplars): a diamond at (time, value); a click opens the trace.
+function drawExemplars(u, exemplars) {
+  const ctx = u.ctx;
+  ctx.save();
+  ctx.fillStyle = "#f2cc0c";
+  ctx.strokeStyle = "#111217";
+  const r = 4 * devicePixelRatio;
+  for (const e of exemplars) {
+    const x = u.valToPos(e.t, "x", true), y = u.valToPos(e.v, "y", true);
+    if (x < u.bbox.left || x > u.bbox.left + u.bbox.width || y < u.bbox.top || y > u.bbox.top + u.bbox.height) continue;
+    ctx.beginPath();
+    ctx.moveTo(x, y - r); ctx.lineTo(x + r, y); ctx.lineTo(x, y + r); ctx.lineTo(x - r, y); ctx.closePath();
+    ctx.fill(); ctx.stroke();
+  }
+  ctx.restore();
+}
+
+function nearestExemplar(u, exemplars, px, py) {
+  let best = null, bestD = 64; // within 8 px
+  for (const e of exemplars) {
+    const dx = u.valToPos(e.t, "x") - px, dy = u.valToPos(e.v, "y") - py;
+    const d = dx * dx + dy * dy;
+    if (d < bestD) { best = e; bestD = d; }
+  }
+  return best;
 }
 
 // Prometheus matrix → aligned x and one array per series (null where a series has no sample).
@@ -222,7 +262,7 @@ async function loadPanels() {
     const body = el.querySelector(".body");
     const meta = el.querySelector(".meta");
     meta.textContent = "";
-    const errors = results.filter((r) => r.error);
+    const errors = results.filter((r) => r.error).concat((byPanel[0] || []).filter((r) => r.error));
     try {
       if (errors.length) {
         failed++;
@@ -268,13 +308,14 @@ function drawPanel(panel, results, body, meta, answer) {
         series.push(s);
       }
     }
-    drawChart(body, xs, series.slice(0, 30), unit);
-    const exemplars = results.flatMap((r) => (r.exemplars || []).flatMap((s) => s.exemplars || []));
-    const withTrace = exemplars.filter((e) => e.labels?.trace_id);
-    if (withTrace.length) {
-      const latest = withTrace.reduce((a, b) => (a.timestamp > b.timestamp ? a : b));
-      meta.innerHTML = `${withTrace.length} exemplars · latest: <a href="#traces/${esc(latest.labels.trace_id)}">trace ${esc(latest.labels.trace_id.slice(0, 12))}…</a>`;
+    const exemplars = results.flatMap((r) => (r.exemplars || []).flatMap((s) => s.exemplars || []))
+      .filter((e) => e.labels?.trace_id)
+      .map((e) => ({ t: Number(e.timestamp), v: parseFloat(e.value), trace: e.labels.trace_id }));
+    if (exemplars.length) {  // before the chart, which takes the height left
+      const latest = exemplars.reduce((a, b) => (a.t > b.t ? a : b));
+      meta.innerHTML = `${exemplars.length} exemplars (◆, click one for its trace) · latest: <a href="#traces/${esc(latest.trace)}">trace ${esc(latest.trace.slice(0, 12))}…</a>`;
     }
+    drawChart(body, xs, series.slice(0, 30), unit, { exemplars });
     return;
   }
   if (ds === "elasticsearch") {
@@ -529,16 +570,17 @@ async function loadAlerts() {
   try {
     const a = await api("alerts");
     const runbook = (u) => (u ? `<a href="${esc(u)}" target="_blank" rel="noopener">runbook</a>` : "–");
+    const graph = (expr) => (expr ? `<a href="#explore?q=${esc(encodeURIComponent(expr))}" title="${esc(expr)}">graph</a>` : "–");
     const labels = (l) => Object.entries(l).filter(([k]) => !["alertname", "severity"].includes(k)).map(([k, v]) => `${esc(k)}=${esc(v)}`).join(" ");
     $("alerts-prometheus").innerHTML = a.prometheus.length
-      ? table(["state", "alert", "severity", "labels", "summary", "since", "runbook"], a.prometheus.map((x) => [badge(x.state), esc(x.name),
+      ? table(["state", "alert", "severity", "labels", "summary", "since", "runbook", "query"], a.prometheus.map((x) => [badge(x.state), esc(x.name),
         esc(x.severity), `<span class="mono">${labels(x.labels)}</span>`, esc(x.annotations.summary || x.annotations.description || ""),
-        esc(x.active_at ? new Date(x.active_at).toLocaleString() : ""), runbook(x.runbook_url)]))
+        esc(x.active_at ? new Date(x.active_at).toLocaleString() : ""), runbook(x.runbook_url), graph(x.expr)]))
       : `<p class="status">Nothing firing or pending</p>`;
     $("alerts-alertmanager").innerHTML = a.alertmanager.length
-      ? table(["state", "alert", "severity", "labels", "receivers", "since", "runbook"], a.alertmanager.map((x) => [badge(x.state), esc(x.name),
+      ? table(["state", "alert", "severity", "labels", "receivers", "since", "runbook", "query"], a.alertmanager.map((x) => [badge(x.state), esc(x.name),
         esc(x.severity), `<span class="mono">${labels(x.labels)}</span>`, esc(x.receivers.join(", ")),
-        esc(x.starts_at ? new Date(x.starts_at).toLocaleString() : ""), runbook(x.runbook_url)]))
+        esc(x.starts_at ? new Date(x.starts_at).toLocaleString() : ""), runbook(x.runbook_url), graph(x.expr)]))
       : `<p class="status">No alerts in Alertmanager</p>`;
     const errors = Object.entries(a.errors).map(([k, v]) => `${k}: ${v}`).join("; ");
     setStatus("alerts-status", errors || `${a.prometheus.length} from rules, ${a.alertmanager.length} in Alertmanager`, !!errors);
