@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,10 +25,13 @@ pytestmark = pytest.mark.integration
 
 
 def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("headless Chromium is needed: apt-get install -y chromium", pytrace=False)
-    return found
+    """Debian's Chromium, installed by ``make backends`` (``meshwatch-stack install chromium``)."""
+    from meshwatch.stack.installer import BackendMissing, binary
+
+    try:
+        return str(binary("chromium"))
+    except BackendMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def _browser(url: str, *extra: str, budget_ms: int = 15000) -> str:

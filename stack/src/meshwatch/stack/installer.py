@@ -163,6 +163,15 @@ COMPONENTS: dict[str, Component] = {
             expected_time="≈10 s",
         ),
         Component(
+            name="chromium",
+            version="debian",
+            description="Chromium (Debian package), headless, for the console's browser tests",
+            kind="apt",
+            binaries={"chromium": "chromium"},
+            apt_packages=("chromium",),
+            expected_time="≈1 min",
+        ),
+        Component(
             name="nats",
             version="debian",
             description="NATS server (Debian package), the demo's message broker",
@@ -175,7 +184,7 @@ COMPONENTS: dict[str, Component] = {
 }
 
 #: What ``make test`` and ``make demo`` need; the rest is installed on demand (benchmarks).
-DEFAULT_COMPONENTS = ("alertmanager", "elasticsearch", "jaeger", "prometheus", "redis", "nats")
+DEFAULT_COMPONENTS = ("alertmanager", "elasticsearch", "jaeger", "prometheus", "redis", "nats", "chromium")
 
 
 def binary(component: str, short: str | None = None) -> Path:
