@@ -235,7 +235,8 @@ def test_gauges_summaries_exponential_histograms_and_type_conflicts(exporter, ho
     exporter.consume(batch_of(Signal.METRICS, request([clash])))
     text = scrape(exporter)
     assert "# TYPE queue_depth gauge" in text and "queue_depth{" in text and "} 42.0" in text
-    assert 'pool_active{instance="pod-1"' in text and "} 3.0" in text  # delta up-down counter accumulated: 5 - 2
+    pool_active = [line for line in text.splitlines() if line.startswith("pool_active{") and 'instance="pod-1"' in line]
+    assert len(pool_active) == 1 and float(pool_active[0].rsplit(" ", 1)[1]) == 3.0  # delta up-down: 5 - 2
     ident = 'instance="pod-1",job="shop/checkout"'
     scope = 'otel_scope_name="shop",otel_scope_version="1.2"'
     assert f'rpc_latency_milliseconds{{{ident},{scope},quantile="0.99"}} 9.0' in text
