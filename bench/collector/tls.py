@@ -58,7 +58,8 @@ def _config(tls: dict | None) -> dict:
             "otlp/void": {
                 "endpoint": f"127.0.0.1:{free_port()}",
                 "tls": {"insecure": True},
-                "sending_queue": {"fsync": "never"},
+                # room for every round: nothing leaves (the exporter points at a closed port)
+                "sending_queue": {"fsync": "never", "queue_size": 20_000_000, "max_bytes": 4 << 30},
             }
         },
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/void"]}}},
