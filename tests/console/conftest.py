@@ -22,7 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from meshwatch.dashboards.console import ConsoleConfig, ConsoleServer, make_server
-from meshwatch.stack.testing import eventually
+from meshwatch.stack.testing import eventually, index_log_records
 
 SERVICE = "consolesvc"
 JOB = f"shop/{SERVICE}"
@@ -114,37 +114,15 @@ def sent_trace(jaeger: Any) -> str:
 @pytest.fixture(scope="session")
 def logged(elasticsearch: Any, sent_trace: str) -> str:
     """Three records of SERVICE in an index of this test's own; the error one carries the trace id."""
-    index = f"meshwatch-logs-consoletest-{datetime.now(UTC):%Y.%m.%d}"
-    properties = {
-        "@timestamp": {"type": "date_nanos"},
-        "message": {"type": "text"},
-        "log.level": {"type": "keyword"},
-        "service.name": {"type": "keyword"},
-        "trace.id": {"type": "keyword"},
-    }
-    created = httpx.put(f"{elasticsearch.url}/{index}", json={"mappings": {"properties": properties}}, timeout=30)
-    assert created.status_code == 200 or (
-        created.status_code == 400 and created.json()["error"]["type"] == "resource_already_exists_exception"
-    ), created.text
     now = datetime.now(UTC).isoformat()
     docs = [
         {"message": "payment accepted", "log.level": "info", "trace.id": "0" * 31 + "1"},
         {"message": "card declined by issuer", "log.level": "error", "trace.id": sent_trace},
         {"message": "retrying payment", "log.level": "warn", "trace.id": "0" * 31 + "2"},
     ]
-    lines = []
-    for doc in docs:
-        lines += [
-            json.dumps({"index": {"_index": index}}),
-            json.dumps({"@timestamp": now, "service.name": SERVICE, **doc}),
-        ]
-    bulk = httpx.post(
-        f"{elasticsearch.url}/_bulk?refresh=true",
-        content="\n".join(lines) + "\n",
-        headers={"Content-Type": "application/x-ndjson"},
-        timeout=30,
+    index = index_log_records(
+        elasticsearch, "consoletest", [{"@timestamp": now, "service.name": SERVICE, **d} for d in docs]
     )
-    assert bulk.status_code == 200 and not bulk.json()["errors"], bulk.text
     return index
 
 

@@ -12,7 +12,6 @@ runner brings back is then drawn (``meshwatch-dashboards render-png``) and must 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 from meshwatch.dashboards import build
 from meshwatch.dashboards.queries import Backends, TimeRange, run_dashboards
 from meshwatch.dashboards.render import dashboard_figure
-from meshwatch.stack.testing import eventually
+from meshwatch.stack.testing import eventually, index_log_records
 
 pytestmark = pytest.mark.integration
 
@@ -171,41 +170,18 @@ def test_service_overview_and_endpoint_detail_on_live_prometheus_and_jaeger(
 
 
 def test_logs_dashboard_on_live_elasticsearch(elasticsearch: Any) -> None:
-    # An index of its own under the dashboards' meshwatch-logs-* pattern: creating the collector's
-    # daily index (meshwatch-logs-YYYY.MM.DD) here, before the collector installed its template,
-    # would give it this partial mapping and make Elasticsearch refuse the collector's records for
-    # the rest of the session (the demo's logs, when tests/demo runs later).
-    index = f"meshwatch-logs-dashtest-{datetime.now(UTC):%Y.%m.%d}"
-    properties = {
-        "@timestamp": {"type": "date_nanos"},
-        "message": {"type": "text"},
-        "log.level": {"type": "keyword"},
-        "service.name": {"type": "keyword"},
-        "trace.id": {"type": "keyword"},
-    }
-    created = httpx.put(f"{elasticsearch.url}/{index}", json={"mappings": {"properties": properties}}, timeout=30)
-    # 400 only for "it exists already" (an earlier run's index); any other refusal is a failure
-    assert created.status_code == 200 or (
-        created.status_code == 400 and created.json()["error"]["type"] == "resource_already_exists_exception"
-    ), created.text
     now = datetime.now(UTC)
-    lines = []
-    for i, level in enumerate(["info", "info", "warn", "error", "error"]):
-        doc = {
+    docs = [
+        {
             "@timestamp": now.isoformat(),
             "message": f"dash test record {i}",
             "log.level": level,
             "service.name": "dash-logs-svc",
             "trace.id": f"{i:032x}",
         }
-        lines += [json.dumps({"index": {"_index": index}}), json.dumps(doc)]
-    bulk = httpx.post(
-        f"{elasticsearch.url}/_bulk?refresh=true",
-        content="\n".join(lines) + "\n",
-        headers={"Content-Type": "application/x-ndjson"},
-        timeout=30,
-    )
-    assert bulk.status_code == 200 and not bulk.json()["errors"], bulk.text
+        for i, level in enumerate(["info", "info", "warn", "error", "error"])
+    ]
+    index_log_records(elasticsearch, "dashtest", docs)
 
     backends = Backends(elasticsearch=elasticsearch.url)
     time_range = TimeRange(end=time.time() + 60, seconds=900)

@@ -110,3 +110,52 @@ def redis_server(stack: Stack) -> Server:
 def nats_server(stack: Stack) -> Server:
     """NATS with JetStream (Debian package), the demo's broker: ``urls['nats']``."""
     return start_or_fail(stack, "nats")
+
+
+#: The fields the dashboards and the console read from a log record, as the collector's template maps them.
+_LOG_TEST_MAPPING = {
+    "@timestamp": {"type": "date_nanos"},
+    "message": {"type": "text"},
+    "log.level": {"type": "keyword"},
+    "service.name": {"type": "keyword"},
+    "trace.id": {"type": "keyword"},
+}
+
+
+def index_log_records(elasticsearch: Server, label: str, docs: list[dict[str, Any]]) -> str:
+    """Put ``docs`` in ``meshwatch-logs-<label>-<date>``, searchable at once; returns the index name.
+
+    An index of the test's own under the dashboards' ``meshwatch-logs-*`` pattern: creating the
+    collector's daily index (``meshwatch-logs-YYYY.MM.DD``) here, before the collector installed
+    its template, would give it this partial mapping and make Elasticsearch refuse the
+    collector's records for the rest of the session.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+    from datetime import UTC, datetime
+
+    index = f"meshwatch-logs-{label}-{datetime.now(UTC):%Y.%m.%d}"
+
+    def call(method: str, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{elasticsearch.url}{path}", data=body, method=method, headers={"Content-Type": content_type}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    mapping = json.dumps({"mappings": {"properties": _LOG_TEST_MAPPING}}).encode()
+    status, answer = call("PUT", f"/{index}", mapping, "application/json")
+    # 400 only for "it exists already" (an earlier run's index); any other refusal is a failure
+    assert status == 200 or (
+        status == 400 and answer.get("error", {}).get("type") == "resource_already_exists_exception"
+    ), answer
+    lines = []
+    for doc in docs:
+        lines += [json.dumps({"index": {"_index": index}}), json.dumps(doc)]
+    status, answer = call("POST", "/_bulk?refresh=true", ("\n".join(lines) + "\n").encode(), "application/x-ndjson")
+    assert status == 200 and not answer["errors"], answer
+    return index
