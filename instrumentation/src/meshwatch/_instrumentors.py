@@ -108,6 +108,10 @@ INSTRUMENTORS: tuple[Instrumentor, ...] = (
 )
 
 
+#: What applying one instrumentor came to, and why when it was not applied.
+Outcome = tuple[Literal["instrumented", "skipped", "failed"], str]
+
+
 @dataclass
 class InstrumentationReport:
     """What ``init()`` did with each instrumentor, by name (also returned to the caller)."""
@@ -115,6 +119,17 @@ class InstrumentationReport:
     instrumented: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+
+    def record(self, name: str, outcome: Outcome) -> None:
+        """File one instrumentor's outcome under its name (a failure is also logged)."""
+        status, reason = outcome
+        if status == "instrumented":
+            self.instrumented.append(name)
+        elif status == "skipped":
+            self.skipped[name] = reason
+        else:
+            self.failed[name] = reason
+            _logger.warning("meshwatch could not instrument %s: %s", name, reason)
 
 
 def _installed(module: str) -> bool:
@@ -228,10 +243,6 @@ def _fastapi_defaults() -> dict[str, Any]:
     return defaults
 
 
-#: What applying one instrumentor came to, and why when it was not applied.
-Outcome = tuple[Literal["instrumented", "skipped", "failed"], str]
-
-
 def _django_ready() -> bool:
     """Django's settings are configured now, so its instrumentor can be applied at once."""
     try:
@@ -325,14 +336,7 @@ def _instrument_discovered(report: InstrumentationReport, wanted: Sequence[str],
         if conflict is not None:
             report.skipped[found.name] = conflict
             continue
-        outcome, reason = _instrument(found.entry_point.load, {})
-        if outcome == "instrumented":
-            report.instrumented.append(found.name)
-        elif outcome == "skipped":
-            report.skipped[found.name] = reason
-        else:
-            report.failed[found.name] = reason
-            _logger.warning("meshwatch could not instrument %s: %s", found.name, reason)
+        report.record(found.name, _instrument(found.entry_point.load, {}))
 
 
 def _log_deferred(entry: Instrumentor, outcome: Outcome) -> None:
@@ -378,14 +382,7 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
             apply_at_setup(lambda entry=entry: _log_deferred(entry, _apply(entry, settings)))
             report.instrumented.append("django (at django.setup())")
             continue
-        outcome, reason = _apply(entry, settings)
-        if outcome == "instrumented":
-            report.instrumented.append(entry.name)
-        elif outcome == "skipped":
-            report.skipped[entry.name] = reason
-        else:
-            report.failed[entry.name] = reason
-            _logger.warning("meshwatch could not instrument %s: %s", entry.name, reason)
+        report.record(entry.name, _apply(entry, settings))
     _instrument_discovered(report, wanted, disabled)
     return report
 

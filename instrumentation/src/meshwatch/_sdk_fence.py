@@ -14,6 +14,7 @@ the stock parts. The telemetry is the same either way: only the CPU cost differs
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def _sample_logs() -> list[Any]:
 
     from ._logs import _OTLPRecord
 
-    resource = Resource({"service.name": "meshwatch-fence"})
+    resource = Resource(_FENCE_RESOURCE)
     return [
         ReadableLogRecord(
             log_record=_OTLPRecord(
@@ -136,15 +137,26 @@ def _sample_logs() -> list[Any]:
     ]
 
 
+@functools.cache
+def _stock_spans() -> list[Any]:
+    """The sample spans as the SDK's own classes record them: what both checks compare against
+    (made once, inside whichever check asks first, so a failure is that check's reason)."""
+    from opentelemetry.sdk.resources import Resource
+
+    return _sample_spans(TracerProvider(resource=Resource(_FENCE_RESOURCE), shutdown_on_exit=False))
+
+
+_FENCE_RESOURCE = {"service.name": "meshwatch-fence"}
+
+
 def _check_spans() -> tuple[type[TracerProvider] | None, str | None]:
     try:
         from opentelemetry.sdk.resources import Resource
 
         from ._span import MeshwatchTracerProvider
 
-        resource = Resource({"service.name": "meshwatch-fence"})
-        ours = _sample_spans(MeshwatchTracerProvider(resource=resource, shutdown_on_exit=False))
-        stock = _sample_spans(TracerProvider(resource=resource, shutdown_on_exit=False))
+        ours = _sample_spans(MeshwatchTracerProvider(resource=Resource(_FENCE_RESOURCE), shutdown_on_exit=False))
+        stock = _stock_spans()
     except Exception as exc:
         return None, f"meshwatch's span class: {type(exc).__name__}: {exc}"
     if [_summary(s) for s in ours] != [_summary(s) for s in stock]:
@@ -158,11 +170,10 @@ def _check_encoders() -> tuple[tuple[Encoder, Encoder] | None, str | None]:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as official_spans
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-        from opentelemetry.sdk.resources import Resource
 
         from ._otlp import encode_logs, encode_spans
 
-        spans = _sample_spans(TracerProvider(resource=Resource({"service.name": "fence"}), shutdown_on_exit=False))
+        spans = _stock_spans()
         same_spans = ExportTraceServiceRequest.FromString(encode_spans(spans)) == official_spans(spans)
         records = _sample_logs()
         same_logs = ExportLogsServiceRequest.FromString(encode_logs(records)) == official_logs(records)

@@ -169,9 +169,10 @@ class SwitchableSampler(sdk_sampling.Sampler):
             if decision is _DROP:
                 return sdk_sampling.SamplingResult(_RECORD_ONLY, None, parent_state)
             return sdk_sampling.SamplingResult(decision, attributes, parent_state)
-        if kind is SpanKind.CLIENT and self.drops_root(kind):
+        if kind is SpanKind.CLIENT and not self.broker_polling_spans:
             parent = get_current_span(parent_context).get_span_context()
-            if parent is None or not parent.is_valid:
+            # the stack is walked only for a root span: a child's parent says it is not housekeeping
+            if (parent is None or not parent.is_valid) and started_by_broker_client():
                 return _NOT_RECORDED
         result = self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
         if result.decision is _DROP:
