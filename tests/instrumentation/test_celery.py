@@ -68,6 +68,20 @@ def _env(sink: OtlpSink, redis_url: str, service: str, **extra: str) -> dict[str
     )
 
 
+def _produce(sink: OtlpSink, redis_url: str, service: str) -> str:
+    """Run the producer under meshwatch-run (it sends both tasks inside a span); its trace id."""
+    produced = subprocess.run(
+        ["meshwatch-run", "python", "celery_producer.py"],
+        cwd=APPS,
+        env=_env(sink, redis_url, service),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return next(json.loads(x)["trace_id"] for x in produced.stdout.splitlines() if '"trace_id": "' in x)
+
+
 def _polling_spans(sink: OtlpSink, service: str) -> list[Any]:
     with sink.lock:
         return [
@@ -83,16 +97,7 @@ def test_task_joins_the_producers_trace_and_its_log_is_exported(redis_server: An
         time.sleep(5)  # idle: kombu polls Redis about once a second
         idle_polling = len(_polling_spans(sink, "celery-worker"))
 
-        produced = subprocess.run(
-            ["meshwatch-run", "python", "celery_producer.py"],
-            cwd=APPS,
-            env=_env(sink, redis_url, "celery-producer"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        trace_id = next(json.loads(x)["trace_id"] for x in produced.stdout.splitlines() if '"trace_id": "' in x)
+        trace_id = _produce(sink, redis_url, "celery-producer")
 
         def task_spans() -> dict[str, Any]:
             with sink.lock:
@@ -148,16 +153,7 @@ def test_worker_sigterm_loses_no_finished_task_span(redis_server: Any, tmp_path:
             **sink_env(sink, OTEL_SERVICE_NAME="celery-stop", BROKER_URL=redis_url, OTEL_BSP_SCHEDULE_DELAY="60000")
         )
         with _worker(env, tmp_path / "worker.log") as worker:
-            produced = subprocess.run(
-                ["meshwatch-run", "python", "celery_producer.py"],
-                cwd=APPS,
-                env=_env(sink, redis_url, "celery-stop-producer"),
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            )
-            trace_id = next(json.loads(x)["trace_id"] for x in produced.stdout.splitlines() if '"trace_id": "' in x)
+            trace_id = _produce(sink, redis_url, "celery-stop-producer")
             eventually(
                 lambda: "adding" in (tmp_path / "worker.log").read_text(errors="replace"), timeout=20, what="task ran"
             )
