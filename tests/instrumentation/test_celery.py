@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from meshwatch.collector.otlp_sink import OtlpSink, otlp_sink, sink_env
 from meshwatch.stack.testing import eventually
 
 from ._helpers import APPS, base_env
-from ._sink import OtlpSink, otlp_sink, sink_env
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from meshwatch import _sdk_fence
 from meshwatch._span import MeshwatchSpan, MeshwatchTracerProvider
+from meshwatch.collector.otlp_sink import otlp_sink, sink_env
 
 from ._helpers import base_env
-from ._sink import otlp_sink, sink_env
 
 
 @pytest.fixture(autouse=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from meshwatch.collector.otlp_sink import otlp_sink, sink_env
 from meshwatch.stack import free_port
 from meshwatch.stack.testing import eventually
 
 from ._helpers import base_env, running, start
-from ._sink import otlp_sink, sink_env
 
 pytestmark = pytest.mark.integration
 

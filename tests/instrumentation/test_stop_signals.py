@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from meshwatch.collector.otlp_sink import OtlpSink, otlp_sink, sink_env
 from meshwatch.stack import free_port
 from meshwatch.stack.testing import eventually
 
 from ._helpers import base_env, start
-from ._sink import OtlpSink, otlp_sink, sink_env
 
 pytestmark = pytest.mark.integration
 
