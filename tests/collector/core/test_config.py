@@ -190,3 +190,26 @@ def test_graph_wires_connectors_and_shares_exporters_per_signal(tmp_path: Path) 
     assert {str(c) for c, _ in graph.connectors} == {"spanmetrics", "servicegraph"}
     assert len(graph.processors) == 6  # two per pipeline, one instance per pipeline
     assert [str(r) for r in graph.receivers] == ["otlp"]
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("1m30s", 90.0), ("200ms", 0.2), (".5s", 0.5), ("5 s", 5.0), ("1h", 3600.0), ("5", 5.0), (7, 7)],
+)
+def test_every_duration_key_reads_go_durations_alike(tmp_path: Path, written: object, seconds: float) -> None:
+    """One parser: the service's ``shutdown_timeout`` and an exporter's ``metric_expiration`` agree.
+
+    With two parsers ``metric_expiration: 1m30s`` was accepted and ``shutdown_timeout: 1m30s`` refused.
+    """
+    prometheus = f"exporters:\n  debug: {{}}\n  prometheus:\n    metric_expiration: {written}"
+    text = GOOD.replace("exporters:\n  debug: {}", prometheus)
+    text += f"  shutdown_timeout: {written}\n"
+    config = load_config(_write(tmp_path, text))
+    exporter = next(c.config for (_, cid), c in config.components.items() if str(cid) == "prometheus")
+    assert config.service.shutdown_timeout == seconds
+    assert exporter.metric_expiration == seconds
+
+
+def test_a_bad_duration_is_refused_with_examples(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, GOOD + "  shutdown_timeout: 5x\n")
+    assert any("'5x' is not a duration" in p and "1h30m" in p for p in problems), problems

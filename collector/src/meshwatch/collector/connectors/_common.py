@@ -23,7 +23,7 @@ from pydantic import field_validator
 
 from ..batch import Batch
 from ..component import Refused
-from ..exporters._durations import parse_duration
+from ..duration import parse_duration
 from ..processors._telemetry import Telemetry
 from ..signals import Signal
 

@@ -45,7 +45,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..component import Component, Consumer, CreateSettings, Host, Kind
-from ..exporters._durations import parse_duration
+from ..duration import parse_duration
 from ..processors._otlp import any_to_string
 from ..processors._telemetry import Telemetry
 from ..signals import Signal

@@ -43,7 +43,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..component import Component, Consumer, CreateSettings, Host, Kind
-from ..exporters._durations import parse_duration
+from ..duration import parse_duration
 from ..processors._otlp import any_to_string
 from ..processors._telemetry import Telemetry
 from ..signals import Signal

@@ -44,9 +44,9 @@ from pydantic import Field, SecretStr, field_validator
 
 from ..batch import Batch
 from ..component import Component, CreateSettings, Host, Kind
+from ..duration import parse_duration
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
-from ._durations import parse_duration
 from ._es_docs import TEMPLATE_VERSION, encode_logs, index_template
 
 __all__ = ["ElasticsearchConfig", "ElasticsearchSender", "factory"]

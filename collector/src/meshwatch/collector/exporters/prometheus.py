@@ -44,9 +44,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..component import Component, CreateSettings, Host, Kind, Refused
+from ..duration import parse_duration
 from ..signals import Signal
 from ._cardinality import DEFAULT_LIMIT, OverflowReport
-from ._durations import parse_duration
 from ._prom_store import SeriesStore
 from ._telemetry_exporter import ExporterCounters
 

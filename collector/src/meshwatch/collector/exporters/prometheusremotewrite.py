@@ -51,11 +51,11 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from ..batch import Batch
 from ..component import Component, CreateSettings, Host, Kind
+from ..duration import parse_duration
 from ..processors._otlp import any_to_string, format_float
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
 from ._cardinality import DEFAULT_LIMIT, TRACKED_PER_LIMIT, Generations, OverflowReport
-from ._durations import parse_duration
 from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name
 from ._prom_store import Overflow, _Exp, _Series
 from ._remote_write_pb import WriteRequest
