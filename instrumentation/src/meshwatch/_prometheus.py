@@ -29,11 +29,19 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
-__all__ = ["PrometheusEndpoint", "prometheus_name"]
+__all__ = ["PrometheusEndpoint", "label_name", "prometheus_name"]
 
 _logger = logging.getLogger("meshwatch")
-_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
-_UNITS = {
+_INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]")
+_NAME_SPLIT = re.compile(r"[^a-zA-Z0-9:]+")
+#: OTel unit → Prometheus suffix, as ``prometheus/otlptranslator`` (the OpenTelemetry Collector's
+#: ``prometheus`` exporter) spells them. The collector has the same table in
+#: ``meshwatch.collector.exporters._prom_names`` (the two distributions do not depend on each
+#: other); ``tests/instrumentation/test_prometheus_names.py`` checks that both name every unit alike.
+UNITS = {
+    "d": "days",
+    "h": "hours",
+    "min": "minutes",
     "s": "seconds",
     "ms": "milliseconds",
     "us": "microseconds",
@@ -41,31 +49,74 @@ _UNITS = {
     "By": "bytes",
     "KiBy": "kibibytes",
     "MiBy": "mebibytes",
-    "%": "percent",
+    "GiBy": "gibibytes",
+    "TiBy": "tibibytes",
+    "KBy": "kilobytes",
+    "MBy": "megabytes",
+    "GBy": "gigabytes",
+    "TBy": "terabytes",
     "m": "meters",
+    "V": "volts",
+    "A": "amperes",
+    "J": "joules",
+    "W": "watts",
+    "g": "grams",
+    "Cel": "celsius",
+    "Hz": "hertz",
+    "1": "",
+    "%": "percent",
 }
+PER_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month", "y": "year"}
 #: How many ports after the configured one a forked worker tries (each process serves its own metrics).
 _PORT_SPREAD = 64
 
 
-def _sanitize(name: str) -> str:
-    name = _INVALID.sub("_", name)
-    return f"_{name}" if name[:1].isdigit() else name
+def _clean_unit(unit: str) -> str:
+    return re.sub(r"__+", "_", re.sub(r"[^a-zA-Z0-9:]", "_", unit)).lstrip("_")
 
 
-def prometheus_name(name: str, unit: str, *, monotonic_sum: bool) -> str:
-    """``http.server.request.duration`` + ``s`` → ``http_server_request_duration_seconds``."""
-    base = _sanitize(name)
-    suffix = "" if not unit or unit.startswith("{") or unit == "1" else _UNITS.get(unit, _sanitize(unit))
-    if suffix and not base.endswith(f"_{suffix}"):
-        base = f"{base}_{suffix}"
+def _unit_part(unit: str, table: dict[str, str], prefix: str = "") -> str:
+    unit = unit.strip()
+    if not unit or "{" in unit or "}" in unit:
+        return ""
+    return _clean_unit(prefix + table.get(unit, unit))
+
+
+def prometheus_name(name: str, unit: str, *, monotonic_sum: bool, gauge: bool = False) -> str:
+    """``http.server.request.duration`` + ``s`` → ``http_server_request_duration_seconds``.
+
+    The collector's rules: the name split on characters Prometheus does not allow, the unit's
+    suffix (``h`` → ``hours``, ``By/s`` → ``bytes_per_second``) unless already a token, and
+    ``_ratio`` for a gauge of unit ``1``. A monotonic sum is returned without ``_total``:
+    prometheus-client's counter family appends it.
+    """
+    tokens = [t for t in _NAME_SPLIT.split(name) if t]
+    main_unit, _, per_unit = unit.partition("/")
+    main, per = _unit_part(main_unit, UNITS), _unit_part(per_unit, PER_UNITS, "per_")
+    if main in tokens:
+        main = ""
+    per = "" if per == "per_" else per.removesuffix("_")
+    if per in tokens:
+        per = ""
+    if per:
+        main = main.removesuffix("_")
+    tokens += [t for t in (main, per) if t]
     if monotonic_sum:
-        base = base.removesuffix("_total")
-    return base
+        tokens = [t for t in tokens if t != "total"]
+    if gauge and unit == "1":
+        tokens = [t for t in tokens if t != "ratio"] + ["ratio"]
+    result = "_".join(tokens)
+    return f"_{result}" if result[:1].isdigit() else result
+
+
+def label_name(key: str) -> str:
+    """An attribute key as a Prometheus label name, as the collector makes it (``1a.b`` → ``key_1a_b``)."""
+    name = _INVALID_LABEL.sub("_", key)
+    return f"key_{name}" if name[:1].isdigit() else name
 
 
 def _labels(attributes: Any) -> dict[str, str]:
-    return {_sanitize(str(k)): _label_value(v) for k, v in (attributes or {}).items()}
+    return {label_name(str(k)): _label_value(v) for k, v in (attributes or {}).items() if k}
 
 
 def _label_value(value: Any) -> str:
@@ -151,7 +202,7 @@ class _Collector:
                     family = families[name] = kind(name, description, labels=list(labels))
                 family.add_metric(list(labels.values()), point.value)
         elif isinstance(data, Gauge):
-            name = prometheus_name(metric.name, metric.unit, monotonic_sum=False)
+            name = prometheus_name(metric.name, metric.unit, monotonic_sum=False, gauge=True)
             for point in data.data_points:
                 labels = _labels(point.attributes)
                 family = families.get(name)
