@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from .component import ComponentId, Factory, Kind
 from .duration import Duration, parse_duration
+from .model import StrictModel
 from .registry import FactoryNotFound, Registry
 from .signals import Signal
 
@@ -65,38 +66,34 @@ class ConfigError(Exception):
 # --- the service section --------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictModel):
     receivers: list[str]
     processors: list[str] = Field(default_factory=list)
     exporters: list[str]
 
 
-class MetricsTelemetry(_Strict):
+class MetricsTelemetry(StrictModel):
     #: Where /metrics and /healthz are served; "" or "none" turns them off.
     address: str = "127.0.0.1:8888"
     level: Literal["none", "basic", "normal", "detailed"] = "normal"
 
 
-class LogsTelemetry(_Strict):
+class LogsTelemetry(StrictModel):
     level: Literal["debug", "info", "warn", "warning", "error"] = "info"
     encoding: Literal["json", "console"] = "json"
 
 
-class TelemetryConfig(_Strict):
+class TelemetryConfig(StrictModel):
     metrics: MetricsTelemetry = Field(default_factory=MetricsTelemetry)
     logs: LogsTelemetry = Field(default_factory=LogsTelemetry)
 
 
-class StorageConfig(_Strict):
+class StorageConfig(StrictModel):
     #: Folder for the durable queues and dead-letter files.
     directory: str | None = None
 
 
-class ServiceConfig(_Strict):
+class ServiceConfig(StrictModel):
     pipelines: dict[str, PipelineConfig]
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

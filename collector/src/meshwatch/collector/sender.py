@@ -14,11 +14,12 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .batch import Batch
 from .component import Host
 from .duration import Duration
+from .model import StrictModel
 
 __all__ = [
     "SendResult",
@@ -110,11 +111,7 @@ def tcp_reachable(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class QueueSettings(_Strict):
+class QueueSettings(StrictModel):
     """``sending_queue``: the exporter's durable queue (names as in the OTel Collector where they exist)."""
 
     enabled: bool = True
@@ -136,7 +133,7 @@ class QueueSettings(_Strict):
     directory: str | None = None
 
 
-class RetrySettings(_Strict):
+class RetrySettings(StrictModel):
     """``retry_on_failure``: exponential backoff with jitter, as the OTel Collector's."""
 
     enabled: bool = True
@@ -149,7 +146,7 @@ class RetrySettings(_Strict):
     max_elapsed_time: Duration = Field(0.0, ge=0)
 
 
-class BatchingSettings(_Strict):
+class BatchingSettings(StrictModel):
     """How queued records are combined into one send."""
 
     max_items: int = Field(8192, ge=1)
@@ -159,7 +156,7 @@ class BatchingSettings(_Strict):
     linger: Duration = Field(0.0, ge=0, le=10)
 
 
-class ExporterSettings(_Strict):
+class ExporterSettings(StrictModel):
     """Settings every queued exporter accepts beside its own."""
 
     timeout: Duration = Field(10.0, gt=0)

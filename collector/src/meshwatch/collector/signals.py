@@ -9,11 +9,17 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
-__all__ = ["Signal", "REQUEST_TYPES", "count_items", "ITEM_NAMES"]
+__all__ = ["Signal", "REQUEST_TYPES", "RESPONSE_TYPES", "REJECTED_FIELDS", "count_items", "ITEM_NAMES"]
 
 
 class Signal(StrEnum):
@@ -26,6 +32,20 @@ REQUEST_TYPES: dict[Signal, type[Any]] = {
     Signal.TRACES: ExportTraceServiceRequest,
     Signal.METRICS: ExportMetricsServiceRequest,
     Signal.LOGS: ExportLogsServiceRequest,
+}
+
+RESPONSE_TYPES: dict[Signal, type[Any]] = {
+    Signal.TRACES: ExportTraceServiceResponse,
+    Signal.METRICS: ExportMetricsServiceResponse,
+    Signal.LOGS: ExportLogsServiceResponse,
+}
+
+#: The ``partial_success`` count field of each signal's export response (receivers set it,
+#: exporters read it from their backend's answer).
+REJECTED_FIELDS: dict[Signal, str] = {
+    Signal.TRACES: "rejected_spans",
+    Signal.METRICS: "rejected_data_points",
+    Signal.LOGS: "rejected_log_records",
 }
 
 #: What one item of a signal is called in metrics and messages (OTel collector's words).

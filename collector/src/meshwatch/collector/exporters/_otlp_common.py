@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
 
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..batch import Batch
 from ..sender import SendResult
-from ..signals import Signal
+from ..signals import REJECTED_FIELDS, RESPONSE_TYPES, Signal
 
-__all__ = ["partial_rejections", "RESPONSE_TYPES", "ENDPOINT_HINT", "ClientTls", "read_tls_file"]
+__all__ = ["partial_rejections", "ENDPOINT_HINT", "ClientTls", "read_tls_file"]
 
 ENDPOINT_HINT = "host:port of the OTLP backend"
 
@@ -57,14 +53,6 @@ def read_tls_file(where: str, key: str, path: str | None) -> bytes | None:
         raise OSError(f"{where}: tls.{key} {path!r}: {exc.strerror or exc}") from None
 
 
-RESPONSE_TYPES: dict[Signal, Any] = {
-    Signal.TRACES: ExportTraceServiceResponse,
-    Signal.METRICS: ExportMetricsServiceResponse,
-    Signal.LOGS: ExportLogsServiceResponse,
-}
-_FIELDS = {Signal.TRACES: "rejected_spans", Signal.METRICS: "rejected_data_points", Signal.LOGS: "rejected_log_records"}
-
-
 def partial_rejections(signal: Signal, response: bytes, batch: Batch) -> SendResult:
     """``SendResult`` for a successful export whose response may carry ``partial_success``.
 
@@ -79,7 +67,7 @@ def partial_rejections(signal: Signal, response: bytes, batch: Batch) -> SendRes
         return SendResult()
     if not parsed.HasField("partial_success"):
         return SendResult()
-    rejected = getattr(parsed.partial_success, _FIELDS[signal])
+    rejected = getattr(parsed.partial_success, REJECTED_FIELDS[signal])
     if rejected <= 0:
         return SendResult()
     return SendResult(

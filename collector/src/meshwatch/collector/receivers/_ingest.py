@@ -16,20 +16,13 @@ from google.protobuf.message import DecodeError
 
 from ..batch import Batch
 from ..component import Consumer, PartiallyAccepted, Refused
-from ..signals import ITEM_NAMES, Signal
+from ..signals import ITEM_NAMES, REJECTED_FIELDS, RESPONSE_TYPES, Signal
 from ..telemetry import Telemetry
 from ._validate import remove_invalid
 
-__all__ = ["Outcome", "Ingest", "PARTIAL_FIELDS", "bearer_matches"]
+__all__ = ["Outcome", "Ingest", "bearer_matches"]
 
 log = logging.getLogger("meshwatch.collector.receiver")
-
-#: The ``partial_success`` count field of each signal's export response.
-PARTIAL_FIELDS = {
-    Signal.TRACES: "rejected_spans",
-    Signal.METRICS: "rejected_data_points",
-    Signal.LOGS: "rejected_log_records",
-}
 
 
 @dataclass
@@ -132,18 +125,9 @@ class Ingest:
 
 def response_message(signal: Signal, outcome: Outcome) -> Any:
     """The signal's Export*ServiceResponse, with ``partial_success`` when items were rejected."""
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-
-    types = {
-        Signal.TRACES: ExportTraceServiceResponse,
-        Signal.METRICS: ExportMetricsServiceResponse,
-        Signal.LOGS: ExportLogsServiceResponse,
-    }
-    response = types[signal]()
+    response = RESPONSE_TYPES[signal]()
     if outcome.rejected:
-        setattr(response.partial_success, PARTIAL_FIELDS[signal], outcome.rejected)
+        setattr(response.partial_success, REJECTED_FIELDS[signal], outcome.rejected)
         response.partial_success.error_message = outcome.message
     return response
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from ..component import ComponentId, Consumer, CreateSettings, Host, Kind
 from ..duration import Duration
+from ..model import StrictModel
 from ..signals import Signal
 from ._grpc import GrpcTransport
 from ._http import HttpTransport
@@ -42,11 +43,7 @@ __all__ = ["factory", "OtlpReceiverConfig"]
 log = logging.getLogger("meshwatch.collector.receiver")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class KeepaliveServerParameters(_Strict):
+class KeepaliveServerParameters(StrictModel):
     """gRPC's server keepalive and connection-age settings, named as the OTel Collector's configgrpc.
 
     Unset means gRPC's own default. ``max_connection_age`` makes long-lived clients reconnect
@@ -61,13 +58,13 @@ class KeepaliveServerParameters(_Strict):
     timeout: Duration | None = Field(None, gt=0)
 
 
-class KeepaliveEnforcementPolicy(_Strict):
+class KeepaliveEnforcementPolicy(StrictModel):
     #: Clients pinging more often than this are told to go away (gRPC's default: 5 min).
     min_time: Duration | None = Field(None, gt=0)
     permit_without_stream: bool = False
 
 
-class GrpcKeepalive(_Strict):
+class GrpcKeepalive(StrictModel):
     server_parameters: KeepaliveServerParameters = Field(default_factory=KeepaliveServerParameters)
     enforcement_policy: KeepaliveEnforcementPolicy = Field(default_factory=KeepaliveEnforcementPolicy)
 
@@ -88,7 +85,7 @@ class GrpcKeepalive(_Strict):
         return out
 
 
-class GrpcProtocol(_Strict):
+class GrpcProtocol(StrictModel):
     endpoint: str = "127.0.0.1:4317"
     #: Threads serving requests (each waits for its batch to be durable before answering).
     max_workers: int = Field(16, ge=1, le=256)
@@ -99,7 +96,7 @@ class GrpcProtocol(_Strict):
     keepalive: GrpcKeepalive = Field(default_factory=GrpcKeepalive)
 
 
-class HttpProtocol(_Strict):
+class HttpProtocol(StrictModel):
     endpoint: str = "127.0.0.1:4318"
     traces_url_path: str = "/v1/traces"
     metrics_url_path: str = "/v1/metrics"
@@ -114,7 +111,7 @@ class HttpProtocol(_Strict):
     tls: ServerTls | None = None
 
 
-class Protocols(_Strict):
+class Protocols(StrictModel):
     grpc: GrpcProtocol | None = None
     http: HttpProtocol | None = None
 
@@ -126,12 +123,12 @@ class Protocols(_Strict):
         return data
 
 
-class Auth(_Strict):
+class Auth(StrictModel):
     #: Clients must send ``Authorization: Bearer <token>``; never logged.
     bearer_token: SecretStr | None = None
 
 
-class OtlpReceiverConfig(_Strict):
+class OtlpReceiverConfig(StrictModel):
     protocols: Protocols = Field(default_factory=lambda: Protocols(grpc=GrpcProtocol(), http=HttpProtocol()))
     auth: Auth = Field(default_factory=Auth)
     max_request_body_size: int = Field(16 * 1024 * 1024, ge=1024)
