@@ -16,9 +16,23 @@ exporter uses) for the default ``UnderscoreEscapingWithSuffixes`` strategy:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
-__all__ = ["metric_name", "label_name", "unit_suffixes", "MONOTONIC", "NON_MONOTONIC", "GAUGE", "OTHER"]
+from ..processors._otlp import any_to_string
+
+__all__ = [
+    "metric_name",
+    "label_name",
+    "ResourceIdentity",
+    "resource_identity",
+    "unit_suffixes",
+    "MONOTONIC",
+    "NON_MONOTONIC",
+    "GAUGE",
+    "OTHER",
+]
 
 UNITS = {
     "d": "days",
@@ -122,3 +136,53 @@ def label_name(key: str) -> str:
     if not result.strip("_"):
         return ""
     return result
+
+
+#: Resource attributes that make ``job`` and ``instance`` rather than ``target_info`` labels.
+IDENTITY_ATTRIBUTES = ("service.name", "service.namespace", "service.instance.id")
+
+
+@dataclass(frozen=True)
+class ResourceIdentity:
+    """What a resource contributes to its series: the base labels and the ``target_info`` labels."""
+
+    #: ``job`` and ``instance`` (when known), over every attribute if they are promoted.
+    labels: dict[str, str]
+    #: The ``target_info`` series' labels; ``None`` without both ``job`` and ``instance``.
+    target_info: dict[str, str] | None
+
+
+def resource_identity(
+    resource: Any, *, promote_all: bool = False, const_labels: dict[str, str] | None = None
+) -> ResourceIdentity:
+    """``job`` = ``service.namespace/service.name`` (or ``service.name``), ``instance`` =
+    ``service.instance.id``, and the other attributes as ``target_info``, as the Collector's
+    exporters derive them. The ``prometheus`` and ``prometheusremotewrite`` exporters both
+    call this, so a series has the same identity whichever way it reaches Prometheus.
+    """
+    values = {kv.key: kv.value for kv in resource.attributes}
+    labels: dict[str, str] = {}
+    if promote_all:
+        for key, value in values.items():
+            name = label_name(key)
+            if name:
+                labels[name] = any_to_string(value)
+    labels.update(const_labels or {})
+    job = any_to_string(values["service.name"]) if "service.name" in values else None
+    if job is not None and "service.namespace" in values:
+        job = f"{any_to_string(values['service.namespace'])}/{job}"
+    instance = any_to_string(values["service.instance.id"]) if "service.instance.id" in values else None
+    if job is not None:
+        labels["job"] = job
+    if instance is not None:
+        labels["instance"] = instance
+    if job is None or instance is None:
+        return ResourceIdentity(labels, None)
+    info: dict[str, str] = {}
+    for key in sorted(values):
+        name = label_name(key) if key not in IDENTITY_ATTRIBUTES else ""
+        if name:
+            text = any_to_string(values[key])
+            info[name] = f"{info[name]};{text}" if name in info else text
+    info.update(job=job, instance=instance)
+    return ResourceIdentity(labels, info)

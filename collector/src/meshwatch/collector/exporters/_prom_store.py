@@ -54,14 +54,13 @@ from prometheus_client.samples import Exemplar, Sample
 
 from ..processors._otlp import any_to_string, format_float
 from ._cardinality import DEFAULT_LIMIT, OVERFLOW_LABEL, TRACKED_PER_LIMIT, Generations
-from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name
+from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name, resource_identity
 
 __all__ = ["SeriesStore", "Overflow"]
 
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 NO_RECORDED_VALUE = 1
-_IDENTITY = ("service.name", "service.namespace", "service.instance.id")
 
 
 class _Series:
@@ -343,35 +342,11 @@ class SeriesStore:
         return kept, dict(dropped)
 
     def _resource_labels(self, resource: Any, now: float) -> dict[str, str]:
-        values = {kv.key: kv.value for kv in resource.attributes}
-        labels: dict[str, str] = {}
-        if self.resource_to_telemetry:
-            for key, value in values.items():
-                name = label_name(key)
-                if name:
-                    labels[name] = any_to_string(value)
-        labels.update(self.const_labels)
-        job = any_to_string(values["service.name"]) if "service.name" in values else None
-        if job is not None and "service.namespace" in values:
-            job = f"{any_to_string(values['service.namespace'])}/{job}"
-        instance = any_to_string(values["service.instance.id"]) if "service.instance.id" in values else None
-        if job is not None:
-            labels["job"] = job
-        if instance is not None:
-            labels["instance"] = instance
-        if job is not None and instance is not None:
-            info = {}
-            for key in sorted(values):
-                if key in _IDENTITY:
-                    continue
-                name = label_name(key)
-                if name:
-                    text = any_to_string(values[key])
-                    info[name] = f"{info[name]};{text}" if name in info else text
-            info["job"] = job
-            info["instance"] = instance
-            self._targets[(job, instance)] = [info, now]
-        return labels
+        identity = resource_identity(resource, promote_all=self.resource_to_telemetry, const_labels=self.const_labels)
+        if identity.target_info is not None:
+            info = identity.target_info
+            self._targets[(info["job"], info["instance"])] = [info, now]
+        return identity.labels
 
     def _family(self, name: str, type_: str, help_: str, points: int, dropped: dict[str, int]) -> _Family | None:
         family = self._families.get(name)

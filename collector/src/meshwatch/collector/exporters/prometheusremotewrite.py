@@ -56,7 +56,7 @@ from ..processors._otlp import any_to_string, format_float
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
 from ._cardinality import DEFAULT_LIMIT, TRACKED_PER_LIMIT, Generations, OverflowReport
-from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name
+from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name, resource_identity
 from ._prom_store import Overflow, _Exp, _Series
 from ._remote_write_pb import WriteRequest
 
@@ -65,7 +65,6 @@ __all__ = ["RemoteWriteConfig", "RemoteWriteSender", "SeriesLimit", "factory", "
 log = logging.getLogger("meshwatch.collector.exporter.prometheusremotewrite")
 
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
-_IDENTITY = ("service.name", "service.namespace", "service.instance.id")
 
 
 class _Enabled(BaseModel):
@@ -222,31 +221,8 @@ class _Writer:
 
 
 def _resource(resource: Any, config: RemoteWriteConfig) -> tuple[dict[str, str], dict[str, str] | None]:
-    values = {kv.key: kv.value for kv in resource.attributes}
-    labels: dict[str, str] = {}
-    if config.resource_to_telemetry_conversion.enabled:
-        for key, value in values.items():
-            name = label_name(key)
-            if name:
-                labels[name] = any_to_string(value)
-    job = any_to_string(values["service.name"]) if "service.name" in values else None
-    if job is not None and "service.namespace" in values:
-        job = f"{any_to_string(values['service.namespace'])}/{job}"
-    instance = any_to_string(values["service.instance.id"]) if "service.instance.id" in values else None
-    if job is not None:
-        labels["job"] = job
-    if instance is not None:
-        labels["instance"] = instance
-    info = None
-    if job is not None and instance is not None and config.target_info.enabled:
-        info = {}
-        for key in sorted(values):
-            name = label_name(key) if key not in _IDENTITY else ""
-            if name:
-                text = any_to_string(values[key])
-                info[name] = f"{info[name]};{text}" if name in info else text
-        info.update(job=job, instance=instance)
-    return labels, info
+    identity = resource_identity(resource, promote_all=config.resource_to_telemetry_conversion.enabled)
+    return identity.labels, identity.target_info if config.target_info.enabled else None
 
 
 def _points(metric: Any) -> Iterator[Any]:
