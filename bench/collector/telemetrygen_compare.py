@@ -23,7 +23,10 @@ min–max spread of the rounds are printed and the raw figures go to ``--output`
 commit and the machine's load average.
 
     .venv/bin/python bench/collector/telemetrygen_compare.py [--seconds 10] [--rounds 3]
-        [--only go-file-fsync,mw-interval] [--shapes 100x1,100x4,512x1,512x4]
+        [--only go-file-fsync,mw-interval] [--shapes 100x1,100x4,512x1,512x4] [--spanmetrics]
+
+``--spanmetrics`` adds the spanmetrics connector (defaults) → a Prometheus exporter to every
+CUT, the same on both sides.
 
 Needs ``.venv/bin/meshwatch-stack install otelcol telemetrygen`` once.
 """
@@ -77,7 +80,9 @@ class GoCollector:
         terminate(self.process)
 
 
-def start_go(workdir: Path, *, exporters: dict[str, Any], extensions: dict[str, Any]) -> GoCollector:
+def start_go(
+    workdir: Path, *, exporters: dict[str, Any], extensions: dict[str, Any], spanmetrics: bool = False
+) -> GoCollector:
     """otelcol with an otlp receiver on a free port and ``exporters`` in one traces pipeline."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, metrics = free_port(), free_port()
@@ -97,6 +102,8 @@ def start_go(workdir: Path, *, exporters: dict[str, Any], extensions: dict[str, 
             "pipelines": {"traces": {"receivers": ["otlp"], "exporters": list(exporters)}},
         },
     }
+    if spanmetrics:
+        add_spanmetrics(config)
     path = workdir / "otelcol.yaml"
     path.write_text(yaml.safe_dump(config))
     with (workdir / "otelcol.log").open("wb") as log:
@@ -106,7 +113,16 @@ def start_go(workdir: Path, *, exporters: dict[str, Any], extensions: dict[str, 
     return GoCollector(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics")
 
 
-def start_cut(name: str, workdir: Path, sink: str) -> tuple[Any, int, str]:
+def add_spanmetrics(config: dict[str, Any]) -> None:
+    """The same extra work on both sides: spanmetrics (defaults) → a Prometheus exporter."""
+    config.setdefault("connectors", {})["spanmetrics"] = {}
+    config["exporters"]["prometheus"] = {"endpoint": f"127.0.0.1:{free_port()}"}
+    pipelines = config["service"]["pipelines"]
+    pipelines["traces"]["exporters"].append("spanmetrics")
+    pipelines["metrics"] = {"receivers": ["spanmetrics"], "exporters": ["prometheus"]}
+
+
+def start_cut(name: str, workdir: Path, sink: str, *, spanmetrics: bool = False) -> tuple[Any, int, str]:
     """The collector under test: (handle, pid, grpc endpoint)."""
     if name.startswith("go-"):
         queue: dict[str, Any] = {"enabled": True}
@@ -117,7 +133,7 @@ def start_cut(name: str, workdir: Path, sink: str) -> tuple[Any, int, str]:
             extensions["file_storage"] = {"directory": str(directory), "fsync": name == "go-file-fsync"}
             queue["storage"] = "file_storage"
         exporter = {"endpoint": sink, "tls": {"insecure": True}, "compression": "none", "sending_queue": queue}
-        go = start_go(workdir, exporters={"otlp": exporter}, extensions=extensions)
+        go = start_go(workdir, exporters={"otlp": exporter}, extensions=extensions, spanmetrics=spanmetrics)
         return go, go.process.pid, go.grpc_endpoint
     policy = name.removeprefix("mw-")
     config = {
@@ -131,6 +147,8 @@ def start_cut(name: str, workdir: Path, sink: str) -> tuple[Any, int, str]:
         },
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/sink"]}}},
     }
+    if spanmetrics:
+        add_spanmetrics(config)
     mw = start_collector(config, workdir)
     assert mw.process is not None
     return mw, mw.process.pid, mw.grpc_endpoint
@@ -210,7 +228,7 @@ def drain(sink: GoCollector, before: float, expected: float, timeout: float = 12
 
 def one_cut(name: str, round_: int, args: argparse.Namespace, base: Path, sink: GoCollector) -> list[dict[str, Any]]:
     workdir = base / f"r{round_}-{name}"
-    cut, pid, endpoint = start_cut(name, workdir, sink.grpc_endpoint)
+    cut, pid, endpoint = start_cut(name, workdir, sink.grpc_endpoint, spanmetrics=args.spanmetrics)
     stats = ProcStats(pid)
     runs = []
     try:
@@ -315,6 +333,7 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(CUTS), help=f"comma-separated CUTs (of {', '.join(CUTS)})")
     parser.add_argument("--shapes", default="100x1,100x4,512x1,512x4", help="BATCHxWORKERS, comma-separated")
     parser.add_argument("--latency-requests", type=int, default=200)
+    parser.add_argument("--spanmetrics", action="store_true", help="add spanmetrics → prometheus on every CUT")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.only = [c for c in args.only.split(",") if c]
@@ -323,6 +342,7 @@ def main() -> int:
         parser.error(f"unknown CUT {', '.join(sorted(unknown))}; choose from {', '.join(CUTS)}")
     args.shapes = parse_shapes(args.shapes)
 
+    started_on = commit()  # the code the collectors ran; a checkout edited meanwhile shows as a second commit
     base = Path(tempfile.mkdtemp(prefix="telemetrygen-compare-"))
     print(f"work directory {base}", flush=True)
     sink = start_go(base / "sink", exporters={"nop": {}}, extensions={})
@@ -339,7 +359,8 @@ def main() -> int:
     record = {
         "summary": summary,
         "runs": runs,
-        "commit": commit(),
+        "commit": started_on,
+        "commit_at_end": commit(),
         "cpus": os.cpu_count(),
         "args": {k: str(v) for k, v in vars(args).items()},
     }
