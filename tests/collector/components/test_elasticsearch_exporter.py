@@ -15,7 +15,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from meshwatch.collector.exporters import elasticsearch as es_exporter
-from meshwatch.collector.exporters._es_docs import TEMPLATE_VERSION, encode_logs, level_of
+from meshwatch.collector.exporters._es_docs import TEMPLATE_VERSION, encode_logs, index_template, level_of
 from meshwatch.collector.sender import TransientError
 from meshwatch.collector.signals import Signal
 from meshwatch.stack import free_port
@@ -68,11 +68,18 @@ def test_record_becomes_the_documented_document() -> None:
     assert index == "meshwatch-logs-2025.11.25"
     assert doc == {
         "@timestamp": "2025-11-25T12:00:00.123456789Z",
+        "ecs": {"version": "8.17.0"},
         "message": "card declined",
-        "log": {"level": "error", "severity_number": 17, "logger": "payments.api"},
-        "service": {"name": "payments", "namespace": "shop", "version": "1.4.2", "instance": {"id": "pod-9"}},
-        "deployment": {"environment": "staging"},
-        "host": {"name": "node-3"},
+        "log": {"level": "error", "logger": "payments.api"},
+        "event": {"severity": 17},
+        "service": {
+            "name": "payments",
+            "namespace": "shop",
+            "version": "1.4.2",
+            "node": {"name": "pod-9"},
+            "environment": "staging",
+        },
+        "host": {"name": "node-3", "hostname": "node-3"},
         "trace": {"id": "0af7651916cd43dd8448eb211c80319c"},
         "span": {"id": "b7ad6b7169203331"},
         "error": {"type": "CardError", "message": "declined", "stack_trace": "Traceback ..."},
@@ -103,7 +110,7 @@ def test_levels_bodies_and_fallback_times() -> None:
     doc = _docs(request)[0]
     assert doc["@timestamp"] == "2025-11-25T12:00:00.123456789Z"
     assert orjson.loads(doc["message"]) == {"event": "login", "ok": True}
-    assert "log" not in doc and "trace" not in doc
+    assert "log" not in doc and "trace" not in doc and "event" not in doc
 
 
 # --- against the real Elasticsearch ---------------------------------------------------------
@@ -149,11 +156,43 @@ def test_template_is_installed_once_with_the_contract_mapping(elasticsearch, es)
         props = mapping["properties"]
         assert props["@timestamp"]["type"] == "date_nanos"
         assert props["message"] == {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 1024}}}
-        assert props["log"]["properties"]["severity_number"]["type"] == "byte"
+        assert props["event"]["properties"]["severity"]["type"] == "long"
+        assert props["ecs"]["properties"]["version"]["type"] == "keyword"
         assert props["attributes"]["type"] == "flattened" and props["resource"]["type"] == "flattened"
-        assert props["service"]["properties"]["instance"]["properties"]["id"]["type"] == "keyword"
+        assert props["service"]["properties"]["node"]["properties"]["name"]["type"] == "keyword"
         assert props["error"]["properties"]["stack_trace"]["type"] == "text"
         assert mapping["dynamic"] == "strict"
+    finally:
+        sender.shutdown()
+        es.indices.delete(index=f"{prefix}-*")
+        es.indices.delete_index_template(name=prefix)
+
+
+@pytest.mark.integration
+def test_an_upgraded_template_reaches_the_indices_the_old_one_made(elasticsearch, es) -> None:
+    """After an upgrade, records with the new fields still land in the day's existing index.
+
+    The old template (version 1, before the ECS names) made today's index with a strict
+    mapping; the new exporter must add its fields to it, else every record is refused as
+    ``strict_dynamic_mapping_exception`` until the next day's index.
+    """
+    prefix = _prefix()
+    nanos, day = _old_day()
+    old = index_template(prefix, 1, 0)
+    old_properties = old["template"]["mappings"]["properties"]
+    for field in ("ecs", "event"):
+        old_properties.pop(field)
+    old["version"] = 1
+    es.indices.put_index_template(name=prefix, **{k: v for k, v in old.items() if k != "_meta"})
+    es.indices.create(index=f"{prefix}-{day}")  # made by the old template, as on the day of an upgrade
+    assert "ecs" not in es.indices.get_mapping(index=f"{prefix}-{day}")[f"{prefix}-{day}"]["mappings"]["properties"]
+    sender = _sender(elasticsearch, prefix)
+    try:
+        result = sender.send(batch_of(Signal.LOGS, logs(RESOURCE, [{"time": nanos, "body": "after the upgrade"}])))
+        assert result.rejected == 0, result
+        es.indices.refresh(index=f"{prefix}-{day}")
+        hits = es.search(index=f"{prefix}-{day}", query={"term": {"ecs.version": "8.17.0"}})["hits"]["hits"]
+        assert [h["_source"]["message"] for h in hits] == ["after the upgrade"]
     finally:
         sender.shutdown()
         es.indices.delete(index=f"{prefix}-*")
@@ -188,7 +227,9 @@ def test_logs_are_searchable_by_documented_fields_and_resends_do_not_duplicate(e
                     {"term": {"service.name": "payments"}},
                     {"term": {"log.level": "warn"}},
                     {"term": {"trace.id": trace_id.hex()}},
-                    {"term": {"deployment.environment": "staging"}},
+                    {"term": {"service.environment": "staging"}},
+                    {"term": {"service.node.name": "pod-9"}},
+                    {"term": {"ecs.version": "8.17.0"}},
                     {"term": {"error.type": "CardError"}},
                     {"term": {"attributes.order.id": "A-7"}},
                     {"term": {"resource.cloud.region": "eu-west-1"}},

@@ -21,10 +21,13 @@ import orjson
 from ..processors._otlp import any_to_python
 from ._logs_lite import LiteLogsRequest, any_bytes_to_python
 
-__all__ = ["TEMPLATE_VERSION", "index_template", "encode_logs", "Encoded", "LEVELS_BY_NUMBER"]
+__all__ = ["ECS_VERSION", "TEMPLATE_VERSION", "index_template", "encode_logs", "Encoded", "LEVELS_BY_NUMBER"]
 
 #: Bump when the mapping below changes: ``start`` replaces an older installed template.
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
+#: The Elastic Common Schema release the documents follow (ECS names wherever ECS has one;
+#: ``service.namespace``, ``attributes``, ``resource`` and ``scope`` are meshwatch's own).
+ECS_VERSION = "8.17.0"
 
 
 def index_template(prefix: str, shards: int, replicas: int) -> dict[str, Any]:
@@ -42,11 +45,11 @@ def index_template(prefix: str, shards: int, replicas: int) -> dict[str, Any]:
                 "dynamic": "strict",
                 "properties": {
                     "@timestamp": {"type": "date_nanos"},
+                    "ecs": {"properties": {"version": keyword}},
                     "message": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 1024}}},
                     "log": {
                         "properties": {
                             "level": keyword,
-                            "severity_number": {"type": "byte"},
                             "logger": keyword,
                         }
                     },
@@ -55,11 +58,12 @@ def index_template(prefix: str, shards: int, replicas: int) -> dict[str, Any]:
                             "name": keyword,
                             "namespace": keyword,
                             "version": keyword,
-                            "instance": {"properties": {"id": keyword}},
+                            "node": {"properties": {"name": keyword}},
+                            "environment": keyword,
                         }
                     },
-                    "deployment": {"properties": {"environment": keyword}},
-                    "host": {"properties": {"name": keyword}},
+                    "event": {"properties": {"severity": {"type": "long"}}},
+                    "host": {"properties": {"name": keyword, "hostname": keyword}},
                     "trace": {"properties": {"id": keyword}},
                     "span": {"properties": {"id": keyword}},
                     "error": {
@@ -97,6 +101,7 @@ _LEVEL_WORDS = {
 }
 _LOGGER_KEYS = ("logger.name", "log.logger", "code.namespace")
 _ERROR_KEYS = {"exception.type": "type", "exception.message": "message", "exception.stacktrace": "stack_trace"}
+_ECS = {"version": ECS_VERSION}
 _MOVED = frozenset((*_LOGGER_KEYS[:2], *_ERROR_KEYS))
 
 
@@ -144,21 +149,22 @@ class _Clock:
 
 def _resource_fields(resource: Any) -> dict[str, Any]:
     attrs = {kv.key: any_to_python(kv.value) for kv in resource.attributes}
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {"ecs": _ECS}
     service = {}
     for key in ("name", "namespace", "version"):
         value = attrs.get(f"service.{key}")
         if value is not None:
             service[key] = str(value)
     if "service.instance.id" in attrs:
-        service["instance"] = {"id": str(attrs["service.instance.id"])}
-    if service:
-        fields["service"] = service
+        service["node"] = {"name": str(attrs["service.instance.id"])}
     environment = attrs.get("deployment.environment.name", attrs.get("deployment.environment"))
     if environment is not None:
-        fields["deployment"] = {"environment": str(environment)}
+        service["environment"] = str(environment)
+    if service:
+        fields["service"] = service
     if "host.name" in attrs:
-        fields["host"] = {"name": str(attrs["host.name"])}
+        # OTel's host.name is the host's name as the OS reports it: ECS host.hostname, and host.name
+        fields["host"] = {"name": str(attrs["host.name"]), "hostname": str(attrs["host.name"])}
     if attrs:
         fields["resource"] = attrs
     return fields
@@ -189,7 +195,7 @@ def _document(base: dict[str, Any], record: Any, scope_name: str, clock: _Clock,
     if level:
         log["level"] = level
     if number:
-        log["severity_number"] = number
+        doc["event"] = {"severity": number}
     attributes: dict[str, Any] = {}
     error: dict[str, Any] = {}
     named_logger = code_namespace = None

@@ -185,10 +185,26 @@ class ElasticsearchSender:
                     self.client.indices.put_index_template(name=name, meta=meta, **template)
                     wrote = True
                     log.info("installed index template %s (version %d)", name, TEMPLATE_VERSION)
+                    if versions:
+                        self._upgrade_existing_indices(name, template)
             except Exception as exc:
                 raise self._classify(exc) from exc
             self._template_ok = True
             return wrote
+
+    def _upgrade_existing_indices(self, name: str, template: dict[str, Any]) -> None:
+        """Add the new template's fields to the indices an older one created (today's among them).
+
+        Their mapping is ``dynamic: strict``, so without this every record after an upgrade
+        that carries a new field (``ecs.version`` with template 2) would be refused until the
+        next day's index. Adding fields is always allowed; fields the new template no longer
+        uses stay in the old indices, unused.
+        """
+        mappings = template["template"]["mappings"]
+        self.client.options(ignore_status=404).indices.put_mapping(
+            index=f"{name}-*", properties=mappings["properties"], dynamic=mappings["dynamic"]
+        )
+        log.info("added template version %d's fields to the existing %s-* indices", TEMPLATE_VERSION, name)
 
     def delete_expired_indices(self, today: datetime | None = None) -> list[str]:
         """Delete ``<prefix>-YYYY.MM.DD`` indices older than ``retention_days``; returns their names."""

@@ -34,7 +34,16 @@ ROW = 0.17  # inches per row
 #: Columns shown first when a table has more than fit, in this order.
 FIRST = ("@timestamp", "Time", "service.name", "log.level", "message", "trace.id", "Trace ID", "Trace name")
 #: Columns never worth their width in a picture (ids of processes and instances, internal numbers).
-SKIP = ("service.instance.id", "log.severity_number", "scope.name", "host.name", "span.id", "deployment.environment")
+SKIP = (
+    "service.node.name",
+    "event.severity",
+    "ecs.version",
+    "scope.name",
+    "host.name",
+    "host.hostname",
+    "span.id",
+    "service.environment",
+)
 #: Columns that take the width a table has to spare (else its first column does).
 PROSE = ("message", "Trace name")
 LEVEL_COLORS = {"error": "#E02F44", "fatal": "#8E1A2B", "warn": "#FF9830", "warning": "#FF9830", "info": "#56A64B"}
