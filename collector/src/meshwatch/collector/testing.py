@@ -60,10 +60,19 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 class RunningCollector:
     """A collector process started by ``start_collector``."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        open_files: int | None = None,
+    ) -> None:
         self.config = config
         self.workdir = workdir
         self.env = env or {}
+        #: The process's open-file limit (RLIMIT_NOFILE, soft and hard), if not inherited.
+        self.open_files = open_files
         self.config_path = workdir / "collector.yaml"
         self.log_path = workdir / "collector.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -115,6 +124,7 @@ class RunningCollector:
             env={**os.environ, **self.env},
             cwd=self.workdir,
             start_new_session=True,
+            preexec_fn=self._limit_open_files if self.open_files else None,  # noqa: PLW1509 - setrlimit only
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -133,6 +143,12 @@ class RunningCollector:
             time.sleep(0.1)
         self.kill()
         raise RuntimeError(f"meshwatch-collector not healthy after {timeout:.0f}s ({last}); log:\n{self.log_tail()}")
+
+    def _limit_open_files(self) -> None:
+        """In the child, before exec: the open-file limit the test asked for."""
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -208,11 +224,17 @@ def _with_ports(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def start_collector(
-    config: dict[str, Any], workdir: Path, *, env: dict[str, str] | None = None, timeout: float = 60.0
+    config: dict[str, Any],
+    workdir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    open_files: int | None = None,
 ) -> RunningCollector:
-    """Start a collector with ``config`` (receivers default to one ``otlp`` on free ports)."""
+    """Start a collector with ``config`` (receivers default to one ``otlp`` on free ports);
+    ``open_files`` sets its RLIMIT_NOFILE (for file-descriptor exhaustion tests)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return RunningCollector(_with_ports(config, workdir), workdir, env).start(timeout)
+    return RunningCollector(_with_ports(config, workdir), workdir, env, open_files=open_files).start(timeout)
 
 
 try:
