@@ -7,6 +7,8 @@ seconds, and it must keep answering while the data path is saturated.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .telemetry import Telemetry
 
 __all__ = ["HealthServer"]
+
+log = logging.getLogger("meshwatch.collector.health")
+
+
+class _Server(ThreadingHTTPServer):
+    """socketserver prints a traceback to stderr for every failed request, outside the JSON
+    log: a client that gave up (a probe's timeout while the machine is saturated) is not an
+    error, and anything else goes to the log as one line."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            return
+        log.warning("self-telemetry request from %s failed: %r", client_address[0], exc)
 
 
 class HealthServer:
@@ -51,10 +69,9 @@ class HealthServer:
                 pass
 
         try:
-            self._server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+            self._server = _Server((host.strip("[]") or "127.0.0.1", int(port)), Handler)
         except OSError as exc:
             raise OSError(f"cannot serve self-telemetry on {address}: {exc.strerror or exc}") from None
-        self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="self-telemetry", daemon=True)
         self.started = time.time()
