@@ -8,7 +8,8 @@ output), 415 unsupported content type, 429 (queue full, memory limit, more than
 ``max_concurrent_requests`` requests in progress) or 503 (shutting down) with
 ``Retry-After``; error bodies are a ``google.rpc.Status`` in the
 request's encoding. Decoding and the durable write run on a thread pool, so the event
-loop keeps accepting while a batch waits for its fsync.
+loop keeps accepting while a batch waits for its fsync. Connections (the header and
+handshake deadline, ``max_connections``, running out of descriptors): ``_http_conn``.
 
 TLS: uvicorn serves our own ``SSLContext``; its SNI callback, which OpenSSL calls on
 every ClientHello (with or without a server name), first looks whether the
@@ -33,6 +34,7 @@ from google.rpc import status_pb2
 
 from ..batch import Batch
 from ..signals import Signal
+from ._http_conn import ConnectionGate, ListeningSocket, ServerLoop, connection_protocol, default_max_connections
 from ._ingest import Ingest, Outcome, bearer_matches, response_message
 from ._otlp_json import parse_json_request, response_json
 from ._tls import ServerCertificates
@@ -62,6 +64,7 @@ class HttpTransport:
         max_concurrent_requests: int | None = None,
         read_header_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        max_connections: int | None = None,
         on_fatal: Any = None,
         tls: ServerCertificates | None = None,
     ) -> None:
@@ -77,6 +80,8 @@ class HttpTransport:
         self.read_header_timeout = read_header_timeout
         #: A body that takes longer to arrive is answered 408 (counted as ``timeout``).
         self.read_timeout = read_timeout
+        #: Open connections; more are answered 503 + Retry-After at once (``connection_limit``).
+        self.max_connections = max_connections or default_max_connections()
         self._in_flight = 0  # only touched on the event loop's thread
         self.routes = {path: signal for signal, path in paths.items()}
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-http")
@@ -92,7 +97,8 @@ class HttpTransport:
         host, _, port = self.endpoint.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        gate = ConnectionGate(self.max_connections, self._connection_refused, tls=self.tls is not None)
+        sock = ListeningSocket(family, gate)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, int(port)))
@@ -109,19 +115,22 @@ class HttpTransport:
             proxy_headers=False,
             access_log=False,
             lifespan="off",
-            http=_protocol_with_header_timeout(self.read_header_timeout, self._headers_timed_out),
+            http=connection_protocol(self.read_header_timeout, gate),
             loop="asyncio",
             timeout_keep_alive=30,
             server_header=False,
+            ws="none",  # OTLP has no WebSocket: nothing of it to import
         )
+        # Load (import everything) here, not on the server thread: started means ready, and an
+        # import cannot fail later for want of file descriptors.
+        config.load()
         if self.tls is not None:
-            config.load()  # then our context, not one uvicorn would build from file names
-            config.ssl = self._ssl_context(self.tls)
+            config.ssl = self._ssl_context(self.tls)  # our context, not one uvicorn would build from file names
         self._server = uvicorn.Server(config)
         ready = threading.Event()
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = ServerLoop(handshake_timeout=self.read_header_timeout)
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
             try:
@@ -312,9 +321,10 @@ class HttpTransport:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    def _headers_timed_out(self) -> None:
-        """Called on the event loop when a connection's headers were too slow (it is then closed)."""
-        self.ingest.refuse_connection("http", "timeout")
+    def _connection_refused(self, reason: str) -> None:
+        """A connection closed before a request said its signal: headers too slow (``timeout``),
+        beyond ``max_connections`` (``connection_limit``), or no descriptor left (``too_many_open_files``)."""
+        self.ingest.refuse_connection("http", reason)
 
     def _gunzip(self, body: bytes) -> bytes:
         """Decompress at most ``max_request_bytes`` (+1 to notice more): a zip bomb stops there."""
@@ -351,52 +361,3 @@ class HttpTransport:
     def close_quietly(self) -> None:
         with contextlib.suppress(Exception):
             self.stop(1)
-
-
-def _protocol_with_header_timeout(timeout: float, on_timeout: Any) -> Any:
-    """uvicorn's httptools protocol, closing a connection whose request line and headers take
-    longer than ``timeout`` from its first byte (or from the connection, for one that sends
-    nothing): uvicorn has no such limit, so a slow client could hold connections for ever.
-    Falls back to uvicorn's own protocol name (no header timeout) if its class moved.
-    """
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        log.warning("uvicorn's httptools protocol moved: OTLP/HTTP runs without a header timeout")
-        return "httptools"
-
-    class HeaderTimeoutProtocol(HttpToolsProtocol):  # type: ignore[misc]
-        _header_timer: asyncio.TimerHandle | None = None
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._header_timer = self.loop.call_later(timeout, self._too_slow)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _too_slow(self) -> None:
-            self._header_timer = None
-            on_timeout()
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.close()
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return HeaderTimeoutProtocol

@@ -108,6 +108,9 @@ class HttpProtocol(StrictModel):
     read_header_timeout: Duration = Field(10.0, gt=0)
     #: A request body that takes longer to arrive is answered 408 (counted ``timeout``).
     read_timeout: Duration = Field(60.0, gt=0)
+    #: Open connections; more are answered 503 + Retry-After at once and closed (counted
+    #: ``connection_limit``). Default: half the process's open-file limit.
+    max_connections: int | None = Field(None, ge=1)
     tls: ServerTls | None = None
 
 
@@ -195,6 +198,7 @@ class OtlpReceiver:
                 max_concurrent_requests=protocols.http.max_concurrent_requests,
                 read_header_timeout=protocols.http.read_header_timeout,
                 read_timeout=protocols.http.read_timeout,
+                max_connections=protocols.http.max_connections,
                 on_fatal=lambda exc: host.report_fatal(self.id, exc),
                 tls=http_certs,
             )
