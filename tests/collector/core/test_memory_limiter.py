@@ -149,3 +149,24 @@ def test_config_needs_a_limit_and_a_smaller_spike() -> None:
     with pytest.raises(ValueError, match="spike_limit_mib must be smaller"):
         MemoryLimiterConfig(limit_mib=100, spike_limit_mib=100)
     assert MemoryLimiterConfig(limit_mib=100).limits() == (100 * 2**20, 80 * 2**20)
+
+
+def test_requests_being_decoded_are_admitted_by_their_size_on_the_wire() -> None:
+    """The receivers reserve a request's bytes before decoding it (``Telemetry.reserve_decoding``):
+    concurrent large requests see each other before any of them is decoded."""
+    limiter, host = _limiter(4096, 1024, _Sink())  # soft limit 3 GiB: the RSS plays no part
+    telemetry = host.telemetry()
+    request = limiter.soft // 8  # counted at 3 times its size while decoded: two fit, a third does not
+    try:
+        assert telemetry.reserve_decoding(request)
+        assert telemetry.reserve_decoding(request)
+        assert not telemetry.reserve_decoding(request)
+        assert telemetry.memory_refuses(request) and not telemetry.memory_refuses(0)
+        telemetry.release_decoding(request)
+        assert telemetry.reserve_decoding(request)  # room again once one is decoded
+        telemetry.release_decoding(request)
+        telemetry.release_decoding(request)
+        assert telemetry.decoding_bytes == 0
+    finally:
+        limiter.shutdown(1)
+    assert telemetry.reserve_decoding(10 * limiter.soft)  # no limiter, no gate

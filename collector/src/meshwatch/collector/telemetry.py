@@ -8,11 +8,12 @@ one), so several collectors in one test process do not collide.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -20,10 +21,18 @@ from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
 
-__all__ = ["Telemetry", "QueueStats"]
+__all__ = ["Telemetry", "QueueStats", "MemoryGate"]
 
 #: Export call durations: from a local sub-millisecond send to a backend timing out.
 SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class MemoryGate(Protocol):
+    """Who decides whether the collector can take ``nbytes`` more (the memory limiter)."""
+
+    def refuses(self, nbytes: int) -> bool:
+        """True: a request of ``nbytes`` on the wire would take the collector over its limit."""
+        ...
 
 
 class QueueStats:
@@ -149,6 +158,10 @@ class Telemetry:
         r.register(self._queues)
         self._held = _HeldCollector()
         r.register(self._held)
+        self._gates: list[MemoryGate] = []
+        #: Bytes of the requests being decoded by the receivers (``reserve_decoding``).
+        self.decoding_bytes = 0
+        self._decoding_lock = threading.Lock()
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.started_at = time.time()
 
@@ -206,6 +219,37 @@ class Telemetry:
     def held_bytes(self) -> dict[str, int]:
         """``{component: bytes held}`` from every registered reader."""
         return self._held.read()
+
+    # --- admission by size, before a request is decoded -------------------------------------
+
+    def register_memory_gate(self, gate: MemoryGate) -> None:
+        self._gates.append(gate)
+
+    def unregister_memory_gate(self, gate: MemoryGate) -> None:
+        with contextlib.suppress(ValueError):
+            self._gates.remove(gate)
+
+    def reserve_decoding(self, nbytes: int) -> bool:
+        """Before decoding a request of ``nbytes``: False if a memory gate refuses it, else count
+        it in ``decoding_bytes`` (live, read by the gates) until ``release_decoding``.
+
+        Decoding is where a large request costs most (its bytes and the decoded message), and
+        it happens before any processor sees the batch; checked and counted under one lock, so
+        concurrent large requests see each other.
+        """
+        with self._decoding_lock:
+            if any(gate.refuses(nbytes) for gate in self._gates):
+                return False
+            self.decoding_bytes += nbytes
+            return True
+
+    def release_decoding(self, nbytes: int) -> None:
+        with self._decoding_lock:
+            self.decoding_bytes -= nbytes
+
+    def memory_refuses(self, nbytes: int = 0) -> bool:
+        """Whether a memory gate would refuse ``nbytes`` more now (0: refusing already)."""
+        return any(gate.refuses(nbytes) for gate in self._gates)
 
 
 def peak_rss_bytes() -> int:

@@ -28,6 +28,12 @@ applies: the limiter accepts again by itself even if the allocator has kept the 
 high, since refusing could not lower it. A batch arriving when nothing is held is
 never refused (the receivers' ``max_request_body_size`` bounds it). Put the limiter
 first in every pipeline.
+
+The receivers ask the limiter too (``MemoryGate``, through ``Telemetry``): with a
+request's size on the wire before decoding it (what the requests being decoded hold
+counts, at ``INFLIGHT_FACTOR`` times their size), and gRPC before reading a call at all.
+Decoding is where a burst of large requests used to take the RSS to 600 MiB and more
+before any limiter saw a batch.
 """
 
 from __future__ import annotations
@@ -198,6 +204,7 @@ class MemoryLimiter:
         self._telemetry = host.telemetry()
         self._telemetry.memory_limit.set(self.hard)
         self._inflight = _inflight_of(self._telemetry)
+        self._telemetry.register_memory_gate(self)
         fix_mmap_threshold()
         self.check()
         self._thread = threading.Thread(target=self._loop, name=f"memory-limiter {self.id}", daemon=True)
@@ -211,8 +218,14 @@ class MemoryLimiter:
                 log.exception("%s: memory check failed", self.id)
 
     def held(self) -> int:
-        """Bytes the collector holds now: the other components' (last check) and what is in flight."""
-        return self.others + self._inflight.read()
+        """Bytes the collector holds now: the other components' (last check), what is in flight
+        through the limiters and what the receivers are decoding (both live)."""
+        decoding = self._telemetry.decoding_bytes if self._telemetry is not None else 0
+        return self.others + self._inflight.read() + INFLIGHT_FACTOR * decoding
+
+    def refuses(self, nbytes: int) -> bool:
+        """``MemoryGate``: the receivers ask before decoding a request of ``nbytes``."""
+        return self._refusing(nbytes)
 
     def check(self) -> None:
         used = rss_bytes()
@@ -248,6 +261,8 @@ class MemoryLimiter:
 
     def shutdown(self, timeout: float) -> None:
         self._stop.set()
+        if self._telemetry is not None:
+            self._telemetry.unregister_memory_gate(self)
 
     def consume(self, batch: Batch) -> None:
         size = batch.nbytes

@@ -218,6 +218,8 @@ class GrpcTransport:
                 )
             if not given or not bearer_matches(given[0], self._token):
                 return self.ingest.refuse("grpc", signal, "unauthenticated", "missing or wrong bearer token")
+        if self.ingest.telemetry.memory_refuses():
+            return self.ingest.memory_push_back("grpc", signal)  # before gRPC reads the call's bytes
         assert self._pool is not None
         if self._pool.in_flight >= self.max_concurrent_requests:
             return self.ingest.push_back(

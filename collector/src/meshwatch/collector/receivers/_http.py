@@ -248,6 +248,9 @@ class HttpTransport:
             declared = int(headers.get(b"content-length", b"0") or 0)
         except ValueError:
             declared = 0
+        if declared <= self.max_request_bytes and self.ingest.telemetry.memory_refuses(declared):
+            await self._reply(send, signal, self.ingest.memory_push_back("http", signal), as_json)  # body unread
+            return
         try:
             if declared > self.max_request_bytes:
                 raise _TooLarge(f"Content-Length {declared}")

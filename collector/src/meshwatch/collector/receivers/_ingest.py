@@ -70,14 +70,30 @@ class Ingest:
         self.telemetry.refused(self.receiver, transport, signal.value, reason, 1)
         return Outcome(False, 1, reason, message, retryable=True, retry_after=retry_after)
 
-    def protobuf(self, transport: str, signal: Signal, raw: bytes, peer: str = "") -> Outcome:
-        try:
-            batch = Batch.from_bytes(signal, raw, receiver=self.receiver, transport=transport, peer=peer)
-        except (DecodeError, ValueError, RuntimeError) as exc:
-            return self.refuse(transport, signal, "malformed", f"cannot decode the OTLP protobuf request: {exc}")
-        return self.batch(transport, batch)
+    def memory_push_back(self, transport: str, signal: Signal) -> Outcome:
+        """A request refused for memory before it was decoded (or read): retry later."""
+        return self.push_back(
+            transport, signal, "memory_limit", "the collector is above its memory limit; retry later", 1.0
+        )
 
-    def batch(self, transport: str, batch: Batch) -> Outcome:
+    def protobuf(self, transport: str, signal: Signal, raw: bytes, peer: str = "") -> Outcome:
+        size = len(raw)
+        if not self.telemetry.reserve_decoding(size):
+            return self.memory_push_back(transport, signal)
+        reserved = [size]
+        try:
+            try:
+                batch = Batch.from_bytes(signal, raw, receiver=self.receiver, transport=transport, peer=peer)
+            except (DecodeError, ValueError, RuntimeError) as exc:
+                return self.refuse(transport, signal, "malformed", f"cannot decode the OTLP protobuf request: {exc}")
+            return self.batch(transport, batch, reserved)
+        finally:
+            if reserved[0]:
+                self.telemetry.release_decoding(size)
+
+    def batch(self, transport: str, batch: Batch, reserved: list[int] | None = None) -> Outcome:
+        """Hand a decoded batch on; ``reserved`` (a request's decoding reservation) is released
+        just before the pipeline takes it, where the memory limiter counts it instead."""
         signal = batch.signal
         items = batch.items
         consumer = self.consumers.get(signal)
@@ -101,6 +117,9 @@ class Ingest:
             items -= invalid
             if items == 0:
                 return Outcome(True, invalid, "invalid_id", problem, rejected=invalid)
+        if reserved and reserved[0]:
+            self.telemetry.release_decoding(reserved[0])
+            reserved[0] = 0
         try:
             consumer.consume(batch)
         except Refused as refused:
