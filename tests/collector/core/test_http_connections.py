@@ -173,14 +173,19 @@ def test_more_connections_than_file_descriptors_are_refused_and_everything_recov
         assert eventually(lambda: _grpc_export(collector), timeout=5, what="gRPC while 400 connections are open")
         seen = _what_each_got(socks)
         assert seen["open"] <= 128 and seen["open"] + seen["503"] + seen["closed"] == 400, seen
-        refused = collector.metric(REFUSED, transport="http", signal="unknown")
-        assert refused >= 400 - 128, refused
+        refused = {
+            reason: collector.metric(REFUSED, transport="http", signal="unknown", reason=reason)
+            for reason in ("connection_limit", "too_many_open_files")
+        }
+        assert sum(refused.values()) >= 400 - 128, refused
+        print(f"\n400 idle HTTP connections under ulimit -n 256: {dict(seen)}; counted {refused}")
     finally:
         for sock in socks:
             sock.close()
     assert eventually(lambda: _post(collector)[0] == 200, timeout=10, what="HTTP once the connections are closed")
     size, most = _log_checks(collector)
     assert size < LOG_BUDGET and most <= 10, (size, most, collector.log_tail(20))
+    print(f"log {size} bytes, no line more than {most} times")
 
 
 def test_when_grpc_connections_take_every_descriptor_http_refuses_and_all_recover(collector_factory) -> None:
@@ -199,6 +204,8 @@ def test_when_grpc_connections_take_every_descriptor_http_refuses_and_all_recove
     assert eventually(lambda: _healthy(collector), timeout=10, what="/healthz once the connections are closed")
     assert eventually(lambda: _grpc_export(collector), timeout=10, what="gRPC once the connections are closed")
     assert eventually(lambda: _post(collector)[0] == 200, timeout=10, what="HTTP once the connections are closed")
-    assert collector.metric(REFUSED, transport="http", signal="unknown", reason="too_many_open_files") >= 1
+    too_many = collector.metric(REFUSED, transport="http", signal="unknown", reason="too_many_open_files")
+    assert too_many >= 1
     size, most = _log_checks(collector)
     assert size < LOG_BUDGET and most <= 10, (size, most, collector.log_tail(20))
+    print(f"\n400 gRPC connections under ulimit -n 256: HTTP refused {too_many:.0f}; log {size} bytes")
