@@ -7,6 +7,9 @@ test, so a warm run costs milliseconds) and how to install itself:
   Collector, telemetrygen) are built from their Go modules inside a small wrapper
   module of ours (``go get -tool`` then ``go build``), because their own
   ``go.mod`` files carry ``replace`` directives that ``go install`` refuses.
+* Go programs of our own (``go/dashboard-schema``: Grafana's schema check over
+  grafana-foundation-sdk) are built the same way from the source shipped in this
+  package; their cache folder carries a hash of the source, so an edit rebuilds.
 * Debian packages (Alertmanager and amtool, wrk, Redis, NATS) come from apt.
 * Elasticsearch comes from Maven Central's ``integ-test-zip`` distribution and
   runs on the machine's JDK 17+ as an unprivileged user.
@@ -59,7 +62,7 @@ class Component:
     name: str
     version: str
     description: str
-    kind: str  # "go", "ocb" (Collector Builder), "apt" or "maven"
+    kind: str  # "go", "gosrc" (our own Go source), "ocb" (Collector Builder), "apt" or "maven"
     binaries: dict[str, str] = field(default_factory=dict)
     go_packages: tuple[str, ...] = ()
     apt_packages: tuple[str, ...] = ()
@@ -92,6 +95,16 @@ def _go(name: str, version: str, description: str, packages: dict[str, str], exp
     )
 
 
+GO_SOURCES = Path(__file__).parent / "go"
+
+
+def _source_hash(name: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((GO_SOURCES / name).rglob("*.go")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in [
@@ -118,6 +131,22 @@ COMPONENTS: dict[str, Component] = {
             "telemetrygen, the OpenTelemetry project's load generator (benchmarks)",
             {"telemetrygen": "github.com/open-telemetry/opentelemetry-collector-contrib/cmd/telemetrygen"},
             "≈1 min download + ≈2 min build on 2 cores",
+        ),
+        _go(
+            "pint",
+            "v0.87.0",
+            "pint, Cloudflare's Prometheus rule linter (offline and against a live Prometheus)",
+            {"pint": "github.com/cloudflare/pint/cmd/pint"},
+            "≈1 min download + ≈3 min build on 2 cores",
+        ),
+        Component(
+            name="dashboard-schema",
+            version=f"v0.0.22-{_source_hash('dashboard-schema')}",
+            description="Grafana's dashboard schema check (grafana-foundation-sdk/go Dashboard.UnmarshalJSONStrict)",
+            kind="gosrc",
+            binaries={"dashboard-schema": "dashboard-schema"},
+            go_packages=("github.com/grafana/grafana-foundation-sdk/go@v0.0.22",),
+            expected_time="≈10 s download + ≈30 s build",
         ),
         Component(
             name="otelcol",
@@ -184,7 +213,16 @@ COMPONENTS: dict[str, Component] = {
 }
 
 #: What ``make test`` and ``make demo`` need; the rest is installed on demand (benchmarks).
-DEFAULT_COMPONENTS = ("alertmanager", "elasticsearch", "jaeger", "prometheus", "redis", "nats", "chromium")
+DEFAULT_COMPONENTS = (
+    "alertmanager",
+    "elasticsearch",
+    "jaeger",
+    "prometheus",
+    "redis",
+    "nats",
+    "chromium",
+    "dashboard-schema",
+)
 
 
 def binary(component: str, short: str | None = None) -> Path:
@@ -259,13 +297,15 @@ def install(names: list[str] | None = None, *, force: bool = False) -> list[str]
             say(f"installing {comp.description} {comp.version} (first time only; {comp.expected_time})")
             if comp.kind == "go":
                 _install_go(comp)
+            elif comp.kind == "gosrc":
+                _install_go_source(comp)
             elif comp.kind == "maven":
                 _install_elasticsearch(comp)
             elif comp.kind == "ocb":
                 _install_otelcol(comp)
             say(f"installed {comp.name} {comp.version} in {format_duration(time.monotonic() - started)}")
             done.append(name)
-        if any(COMPONENTS[n].kind in ("go", "ocb") for n in done):
+        if any(COMPONENTS[n].kind in ("go", "gosrc", "ocb") for n in done):
             _clean_go_caches()
         if "elasticsearch" in wanted:
             java_home()  # fail now, not at first start, if there is no JDK
@@ -352,6 +392,37 @@ def _install_go(comp: Component) -> None:
             env=env,
         )
         tmp.rename(target)  # atomic: a half-built binary never looks installed
+
+
+def _install_go_source(comp: Component) -> None:
+    """Build one of our own Go programs (``go/<name>/*.go``) against its pinned modules."""
+    go = shutil.which("go")
+    if not go:
+        raise InstallError(f"building {comp.name} needs the Go toolchain (1.24+); install it, then rerun.")
+    src = cache_dir() / "src" / f"{comp.name}-{comp.version}"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    for path in (GO_SOURCES / comp.name).glob("*.go"):
+        shutil.copy(path, src / path.name)
+    log = _logs() / f"{comp.name}-{comp.version}.log"
+    env = _go_env()
+    steps = [
+        ([go, "mod", "init", f"meshwatch.local/{comp.name}"], "go mod init"),
+        *(([go, "get", pkg], f"download {pkg}") for pkg in comp.go_packages),
+    ]
+    for command, what in steps:
+        run_with_heartbeat(command, what=what, log_path=log, cwd=src, env=env)
+    comp.folder.mkdir(parents=True, exist_ok=True)
+    for short, target in comp.binaries.items():
+        tmp = (comp.folder / target).with_suffix(".partial")
+        run_with_heartbeat(
+            [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp), "."],
+            what=f"build {short}",
+            log_path=log,
+            cwd=src,
+            env=env,
+        )
+        tmp.rename(comp.folder / target)
 
 
 #: The reference collector for side-by-side benchmarks: the same pipeline shape as
