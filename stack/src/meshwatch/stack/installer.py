@@ -192,7 +192,16 @@ COMPONENTS: dict[str, Component] = {
 }
 
 #: What ``make test`` and ``make demo`` need; the rest is installed on demand (benchmarks).
-DEFAULT_COMPONENTS = ("alertmanager", "elasticsearch", "jaeger", "prometheus", "redis", "nats", "chromium")
+DEFAULT_COMPONENTS = (
+    "alertmanager",
+    "elasticsearch",
+    "jaeger",
+    "prometheus",
+    "redis",
+    "nats",
+    "chromium",
+    "otelcol-tailsampling",  # the golden test of the tail_sampling processor
+)
 
 
 def binary(component: str, short: str | None = None) -> Path:
