@@ -577,7 +577,7 @@ def test_decisions_keep_pace_with_ingest_from_many_threads(host) -> None:
         lag_slow = lag_count - _m(host, "decision_lag_seconds_bucket", le="1.0")
         assert lag_count > 0 and lag_slow == 0  # no trace waited a second past its due time
         rate = sum(sent) / 3.0  # traces per second (one span each)
-        assert held_at_end <= rate * 0.3 * 2 + 200  # what is held is about one decision_wait's worth
+        assert held_at_end <= rate * (0.3 + 1.0) + 200  # at most decision_wait plus the lag bound of traces
     finally:
         proc.shutdown(10)
     assert sum(_kept(sink).values()) == sum(sent)

@@ -133,8 +133,13 @@ _STATUS_CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
 class StatusCode:
     def __init__(self, names: list[str]) -> None:
         self.codes = frozenset(_STATUS_CODES[n] for n in names)
+        #: A set code is serialized as field 3 (tag 0x18) of the span's Status: without those
+        #: two bytes anywhere, no span has it (UNSET is never serialized, so no shortcut then).
+        self.needles = None if 0 in self.codes else [bytes((0x18, c)) for c in self.codes]
 
     def evaluate(self, trace: TraceView) -> Decision:
+        if self.needles is not None and not any(map(trace.mentions, self.needles)):
+            return NOT_SAMPLED
         codes = self.codes
         for span in trace.spans():
             if span.status.code in codes:
