@@ -89,6 +89,54 @@ def test_latency_spans_earliest_start_to_latest_end() -> None:
     )
 
 
+def test_latency_from_ingest_bounds_agrees_with_the_walk() -> None:
+    """The processor hands ``latency`` the time range it saw at ingest; it must answer as the walk does."""
+    import random
+
+    rng = random.Random(7)
+    policy = build_policies(
+        _config([{"name": "l", "type": "latency", "latency": {"threshold_ms": 300}}]).policies, Clock()
+    )
+    evaluate = policy[0].evaluator.evaluate
+    for _ in range(300):
+        tid, t0 = os.urandom(16), 10**18
+        spans = [
+            span(trace_id=tid, start=t0 + rng.randrange(0, 400) * MS, duration=rng.randrange(1, 200) / 1000)
+            for _ in range(rng.randrange(1, 6))
+        ]
+        view = _view(traces({"service.name": "a"}, spans))
+        bounded = TraceView(
+            view.trace_id,
+            view.span_count,
+            view.nbytes,
+            view.wire,
+            (min(s.start_time_unix_nano for s in spans), max(s.end_time_unix_nano for s in spans)),
+        )
+        assert evaluate(bounded) is evaluate(view)
+
+
+def test_a_trace_split_over_batches_is_timed_end_to_end(host, clock) -> None:
+    sink = Sink()
+    proc = _processor(
+        host, clock, [{"name": "slow", "type": "latency", "latency": {"threshold_ms": 500}}], sink, decision_wait="5s"
+    )
+    try:
+        tid, t0 = os.urandom(16), 10**18
+        proc.consume(
+            batch_of(Signal.TRACES, traces({"service.name": "a"}, [span(trace_id=tid, start=t0, duration=0.3)]))
+        )
+        proc.consume(
+            batch_of(
+                Signal.TRACES, traces({"service.name": "b"}, [span(trace_id=tid, start=t0 + 400 * MS, duration=0.2)])
+            )
+        )
+        clock.now += 6
+        proc.service()
+        assert _kept(sink) == {tid: 2}  # 600 ms from the first start to the last end
+    finally:
+        proc.shutdown(5)
+
+
 def test_status_code() -> None:
     ok, failed = _trace(3), _trace(3, error=True)
     policy = {"type": "status_code", "status_code": {"status_codes": ["ERROR"]}}

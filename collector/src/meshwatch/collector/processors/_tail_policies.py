@@ -64,14 +64,18 @@ SAMPLED, NOT_SAMPLED, DROPPED = Decision.SAMPLED, Decision.NOT_SAMPLED, Decision
 class TraceView:
     """One trace as the policies see it; ``request`` is decoded on first use only."""
 
-    __slots__ = ("_request", "nbytes", "span_count", "trace_id", "wire")
+    __slots__ = ("_request", "bounds", "nbytes", "span_count", "trace_id", "wire")
 
-    def __init__(self, trace_id: bytes, span_count: int, nbytes: int, wire: bytes) -> None:
+    def __init__(
+        self, trace_id: bytes, span_count: int, nbytes: int, wire: bytes, bounds: tuple[int, int] | None = None
+    ) -> None:
         self.trace_id = trace_id
         self.span_count = span_count
         self.nbytes = nbytes
         #: The trace as a serialized ``ExportTraceServiceRequest`` (one resource entry per arrival).
         self.wire = wire
+        #: (earliest start, latest end) in ns when known at ingest, so ``latency`` need not decode.
+        self.bounds = bounds
         self._request: Any = None
 
     @property
@@ -109,6 +113,10 @@ class Latency:
 
     def evaluate(self, trace: TraceView) -> Decision:
         low, high = self.low, self.high
+        if high == 0 and trace.bounds is not None:
+            # The running duration only grows, so "exceeded at some span" is "exceeded at the end".
+            first, last = trace.bounds
+            return SAMPLED if _millis(last - first) > low else NOT_SAMPLED
         first = last = 0
         for span in trace.spans():
             start, end = span.start_time_unix_nano, span.end_time_unix_nano

@@ -70,7 +70,17 @@ class Group:
 class Trace:
     """One undecided trace."""
 
-    __slots__ = ("first_seen", "groups", "last_seen", "nbytes", "root_seen", "span_count", "trace_id")
+    __slots__ = (
+        "earliest",
+        "first_seen",
+        "groups",
+        "last_seen",
+        "latest",
+        "nbytes",
+        "root_seen",
+        "span_count",
+        "trace_id",
+    )
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
@@ -81,6 +91,9 @@ class Trace:
         self.first_seen = now
         self.last_seen = now
         self.root_seen = False
+        #: Earliest span start and latest span end (ns); -1: some span had a zero timestamp.
+        self.earliest = 0
+        self.latest = 0
 
     def add(self, resource: bytes, scope: bytes, spans: list[bytes]) -> int:
         """Append spans (already ``span_field``-encoded); returns the bytes added."""
@@ -95,6 +108,22 @@ class Trace:
         self.span_count += len(spans)
         self.nbytes += added
         return added
+
+    def widen(self, earliest: int, latest: int) -> None:
+        """Fold a batch's span time range in (``earliest`` -1: a zero timestamp was seen)."""
+        if self.earliest < 0:
+            return
+        if earliest < 0:
+            self.earliest = -1
+        elif self.span_count == 0 or not self.latest:
+            self.earliest, self.latest = earliest, latest
+        else:
+            self.earliest = min(self.earliest, earliest)
+            self.latest = max(self.latest, latest)
+
+    def bounds(self) -> tuple[int, int] | None:
+        """(earliest start, latest end), None when a zero timestamp makes Go's running walk differ."""
+        return None if self.earliest < 0 else (self.earliest, self.latest)
 
     def wire(self) -> bytes:
         """The trace as a serialized ``ExportTraceServiceRequest``."""

@@ -66,6 +66,8 @@ ROUND = 512
 #: A batch handed on holds at most this many spans / bytes of kept traces.
 OUT_SPANS = 8192
 OUT_BYTES = 4 * 1024 * 1024
+#: (resource fields, scope fields, {trace id: spans}) of one scope entry of a batch.
+Piece = tuple[bytes, bytes, dict[bytes, list[bytes]]]
 _DECISION_NAMES = {Decision.SAMPLED: "sampled", Decision.NOT_SAMPLED: "not_sampled", Decision.DROPPED: "dropped"}
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -205,11 +207,13 @@ class TailSamplingProcessor:
 
     # --- ingest --------------------------------------------------------------------------------
 
-    def _split(self, message: Any) -> tuple[list[tuple[bytes, bytes, dict[bytes, list[bytes]]]], set[bytes], int]:
-        """The batch's spans by (resource, scope) and trace id, serialized; root spans' trace ids; bytes."""
+    def _split(self, message: Any) -> tuple[list[Piece], set[bytes], dict[bytes, list[int]], int]:
+        """The batch's spans by (resource, scope) and trace id, serialized; root spans' trace ids;
+        each trace's [earliest start, latest end] (-1: a zero timestamp); bytes."""
         store = self.store
         pieces = []
         roots: set[bytes] = set()
+        bounds: dict[bytes, list[int]] = {}
         size = 0
         for rs in message.resource_spans:
             resource = store.intern(resource_prefix(rs))
@@ -226,19 +230,30 @@ class TailSamplingProcessor:
                         spans.append(field)
                     if not span.parent_span_id:
                         roots.add(trace_id)
+                    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                    known = bounds.get(trace_id)
+                    if not start or not end:
+                        bounds[trace_id] = [-1, -1]
+                    elif known is None:
+                        bounds[trace_id] = [start, end]
+                    elif known[0] >= 0:  # comparisons, not min()/max() calls: this runs per span
+                        if start < known[0]:  # noqa: PLR1730
+                            known[0] = start
+                        if end > known[1]:  # noqa: PLR1730
+                            known[1] = end
                 if by_trace:
                     pieces.append((resource, store.intern(scope_prefix(ss)), by_trace))
-        return pieces, roots, size
+        return pieces, roots, bounds, size
 
     def consume(self, batch: Batch) -> None:
-        pieces, roots, size = self._split(batch.message)
+        pieces, roots, bounds, size = self._split(batch.message)
         if not pieces:
             return
         with self._lock:
             now = self._clock()
             if self._refuse:
                 self._admit(pieces, size)
-            self._ingest(pieces, roots, now)
+            self._ingest(pieces, roots, bounds, now)
             if not self._refuse:
                 self._evict(now)
             if self._overdue(now):
@@ -247,7 +262,7 @@ class TailSamplingProcessor:
         if self._outbox:
             self._flush(block=False)
 
-    def _admit(self, pieces: list[tuple[bytes, bytes, dict[bytes, list[bytes]]]], size: int) -> None:
+    def _admit(self, pieces: list[Piece], size: int) -> None:
         """Refuse the whole batch (nothing kept) if it would pass ``num_traces`` or the memory limit."""
         if not len(self.store) and not self._outbox:
             return  # never refuse into an empty processor: the receiver's size limit bounds a batch
@@ -266,9 +281,7 @@ class TailSamplingProcessor:
                 retry_after=1.0,
             )
 
-    def _ingest(
-        self, pieces: list[tuple[bytes, bytes, dict[bytes, list[bytes]]]], roots: set[bytes], now: float
-    ) -> None:
+    def _ingest(self, pieces: list[Piece], roots: set[bytes], bounds: dict[bytes, list[int]], now: float) -> None:
         store, cache, tally = self.store, self.cache, self._tally
         early = self._quiet > 0
         too_large = self.config.maximum_trace_size_bytes
@@ -285,6 +298,8 @@ class TailSamplingProcessor:
                             tally[("filtered",)] += len(spans)
                         continue
                     trace = store.create(trace_id, now)
+                earliest, latest = bounds[trace_id]
+                trace.widen(earliest, latest)
                 store.grew(trace.add(resource, scope, spans))
                 trace.last_seen = now
                 if early and trace_id in roots and not trace.root_seen:
@@ -349,7 +364,7 @@ class TailSamplingProcessor:
         decision, policy = (
             (forced, "")
             if forced is not None
-            else self._evaluate(TraceView(trace.trace_id, trace.span_count, trace.nbytes, wire))
+            else self._evaluate(TraceView(trace.trace_id, trace.span_count, trace.nbytes, wire, trace.bounds()))
         )
         sampled = decision is SAMPLED
         self.cache.put(trace.trace_id, sampled)
@@ -442,6 +457,9 @@ class TailSamplingProcessor:
                     self._m_dropped.labels(str(self.id), "downstream_rejected").inc(spans)
                 except PartiallyAccepted as partial:
                     self._m_dropped.labels(str(self.id), "downstream_rejected").inc(partial.rejected)
+                except Exception:  # a bug downstream: count the loss, keep the bytes account right
+                    self.logger.exception("%s: handing kept traces on failed", self.id)
+                    self._m_dropped.labels(str(self.id), "downstream_error").inc(spans)
                 with self._lock:
                     self._outbox_bytes -= size
         finally:
