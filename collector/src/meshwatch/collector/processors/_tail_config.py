@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ..duration import Duration
+from ..model import StrictModel
 
 __all__ = [
     "SHARED_TYPES",
@@ -51,8 +52,8 @@ SHARED_TYPES = frozenset(SharedType.__args__)  # type: ignore[attr-defined]
 _STATUS = frozenset({"OK", "ERROR", "UNSET"})
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Section(StrictModel):
+    """A policy's own section (``latency: {...}``)."""
 
 
 class LatencyConfig(_Section):
@@ -77,12 +78,12 @@ class ProbabilisticConfig(_Section):
 
 
 class StatusCodeConfig(_Section):
-    status_codes: list[str] = []
+    status_codes: list[str] = Field(default_factory=list)
 
 
 class StringAttributeConfig(_Section):
     key: str = ""
-    values: list[str] = []
+    values: list[str] = Field(default_factory=list)
     enabled_regex_matching: bool = False
     cache_max_size: int = 0
     invert_match: bool = False
@@ -102,7 +103,7 @@ class SpanCountConfig(_Section):
 
 class TraceStateConfig(_Section):
     key: str = ""
-    values: list[str] = []
+    values: list[str] = Field(default_factory=list)
 
 
 class BooleanAttributeConfig(_Section):
@@ -111,7 +112,7 @@ class BooleanAttributeConfig(_Section):
     invert_match: bool = False
 
 
-class _SharedPolicy(BaseModel):
+class _SharedPolicy(StrictModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = ""
@@ -197,9 +198,9 @@ class CompositeConfig(_Section):
     max_total_spans_per_second: int = 0
     #: Accepted for compatibility; the Go processor (v0.161.0) evaluates the
     #: sub-policies in the order of ``composite_sub_policy``, and so does meshwatch.
-    policy_order: list[str] = []
+    policy_order: list[str] = Field(default_factory=list)
     composite_sub_policy: list[CompositeSubPolicyConfig] = Field(min_length=1)
-    rate_allocation: list[RateAllocationConfig] = []
+    rate_allocation: list[RateAllocationConfig] = Field(default_factory=list)
 
 
 class PolicyConfig(_SharedPolicy):
@@ -232,9 +233,7 @@ class DecisionCacheConfig(_Section):
     non_sampled_cache_size: int = Field(100_000, ge=0)
 
 
-class TailSamplingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TailSamplingConfig(StrictModel):
     decision_wait: Duration = Field(30.0, gt=0)
     #: meshwatch: once the root span is in, decide after this long with no new span
     #: of the trace (each span restarts it), instead of waiting ``decision_wait``. 0: off.
