@@ -157,6 +157,14 @@ COMPONENTS: dict[str, Component] = {
             expected_time="≈1 min download + ≈4 min build on 2 cores",
         ),
         Component(
+            name="otelcol-tailsampling",
+            version="v0.161.0",
+            description="reference OpenTelemetry Collector with contrib's tail sampling processor (golden test, bench)",
+            kind="ocb",
+            binaries={"otelcol-tailsampling": "otelcol-meshwatch-tailsampling"},
+            expected_time="≈1 min download + ≈5 min build on 2 cores",
+        ),
+        Component(
             name="alertmanager",
             version="debian",
             description="Alertmanager and amtool (Debian package)",
@@ -222,6 +230,7 @@ DEFAULT_COMPONENTS = (
     "nats",
     "chromium",
     "dashboard-schema",
+    "otelcol-tailsampling",  # the golden test of the tail_sampling processor
 )
 
 
@@ -442,6 +451,24 @@ OTELCOL_MODULES = {
 }
 
 
+#: A second reference build for tail sampling, in its own cache folder: contrib's
+#: ``tailsamplingprocessor`` is approved at v0.161.0 only, and a Collector Builder
+#: manifest keeps every module at one release, so it cannot join the v0.165.0 build.
+OTELCOL_TAILSAMPLING_MODULES = {
+    "receivers": ["go.opentelemetry.io/collector/receiver/otlpreceiver"],
+    "processors": ["github.com/open-telemetry/opentelemetry-collector-contrib/processor/tailsamplingprocessor"],
+    "exporters": [
+        "go.opentelemetry.io/collector/exporter/otlpexporter",
+        "go.opentelemetry.io/collector/exporter/otlphttpexporter",
+        "go.opentelemetry.io/collector/exporter/nopexporter",
+        "go.opentelemetry.io/collector/exporter/debugexporter",
+    ],
+}
+
+#: Collector Builder components: their modules (all at the component's version).
+_OCB_MODULES = {"otelcol": OTELCOL_MODULES, "otelcol-tailsampling": OTELCOL_TAILSAMPLING_MODULES}
+
+
 def _install_otelcol(comp: Component) -> None:
     go = shutil.which("go")
     if not go:
@@ -460,13 +487,14 @@ def _install_otelcol(comp: Component) -> None:
             env=env,
             count_lines=lambda line: line.startswith("go: downloading"),
         )
+    dist_name = next(iter(comp.binaries.values()))
     lines = [
         "dist:",
-        "  name: otelcol-meshwatch-ref",
+        f"  name: {dist_name}",
         "  description: reference OpenTelemetry Collector for meshwatch benchmarks",
         f"  output_path: {src / 'dist'}",
     ]
-    for section, modules in OTELCOL_MODULES.items():
+    for section, modules in _OCB_MODULES[comp.name].items():
         lines.append(f"{section}:")
         lines += [f"  - gomod: {module} {comp.version}" for module in modules]
     manifest = src / "manifest.yaml"
@@ -479,9 +507,9 @@ def _install_otelcol(comp: Component) -> None:
         count_lines=lambda line: "downloading" in line,
     )
     comp.folder.mkdir(parents=True, exist_ok=True)
-    tmp = comp.folder / "otelcol-meshwatch-ref.partial"
-    shutil.copy(src / "dist" / "otelcol-meshwatch-ref", tmp)
-    tmp.rename(comp.folder / "otelcol-meshwatch-ref")
+    tmp = comp.folder / f"{dist_name}.partial"
+    shutil.copy(src / "dist" / dist_name, tmp)
+    tmp.rename(comp.folder / dist_name)
 
 
 # --- apt -------------------------------------------------------------------------------
