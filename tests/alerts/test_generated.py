@@ -92,3 +92,15 @@ def test_a_new_slo_adds_its_rules(tmp_path: Path) -> None:
     assert "> 0.72" in burns[0]["expr"]
     assert 'le="0.25"' in text
     assert "[28d]" in text
+
+
+def test_list_tells_every_rule_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    """Twelve rules are MeshwatchErrorBudgetBurn: list shows their service, SLO and windows, so no two rows match."""
+    assert main(["list"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ALERT", "SEVERITY", "FOR", "SERVICE", "SLO", "WINDOWS", "RUNBOOK"]
+    assert len(rows) == len(set(rows)), [r for r in rows if rows.count(r) > 1]
+    burns = [r.split() for r in rows if r.startswith("MeshwatchErrorBudgetBurn")]
+    assert ["MeshwatchErrorBudgetBurn", "critical", "15m", "payments", "availability", "6h", "&", "30m"] in [
+        b[:-1] for b in burns
+    ]

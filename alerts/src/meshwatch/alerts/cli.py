@@ -6,11 +6,12 @@ import argparse
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from . import build
 from .alertmanager import DEFAULT_URLS, Receivers
-from .rules import Params
+from .rules import Alert, Params
 from .spec import SpecError, check_runbook_base_url, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p_check.add_argument("--amtool", default=None, help="amtool binary (default: meshwatch-stack's, else PATH)")
     p_check.add_argument("--dir", type=Path, default=build.ALERTS_DIR, help="alerts folder (default alerts/)")
 
-    sub.add_parser("list", help="list every alert with its severity and runbook")
+    sub.add_parser("list", help="list every alert rule: severity, for, service, SLO, burn windows, runbook")
     return parser
 
 
@@ -63,6 +64,33 @@ def _tool(explicit: str | None, component: str, name: str) -> str:
     if not found:
         raise SystemExit(f"meshwatch-alerts: {name} not found; run `meshwatch-stack install` or pass --{name}")
     return found
+
+
+def list_table(alerts: Iterable[Alert], params: Params) -> str:
+    """``list``'s table: with the labels that tell one rule of an alert from another.
+
+    Twelve rules are ``MeshwatchErrorBudgetBurn``; their service, SLO and burn windows
+    (long & short) are what differ, so they are columns, ``-`` where a rule has none.
+    """
+    header = ("ALERT", "SEVERITY", "FOR", "SERVICE", "SLO", "WINDOWS", "RUNBOOK")
+    rows = [header]
+    for alert in alerts:
+        labels = alert.labels
+        windows = f"{labels['long_window']} & {labels['short_window']}" if "long_window" in labels else "-"
+        rows.append(
+            (
+                alert.alert,
+                alert.severity,
+                alert.for_ or "-",
+                labels.get("service", "-"),
+                labels.get("slo", "-"),
+                windows,
+                params.runbook_url(alert.runbook or alert.alert),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    padded = ([cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]] for row in rows)
+    return "\n".join("  ".join(cells) for cells in padded)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "list":
             spec = load_spec(build.default_spec_path())
             params = build.effective_params(spec)
-            for alert in build.all_alerts(spec, params):
-                runbook = params.runbook_url(alert.runbook or alert.alert)
-                print(f"{alert.alert:34} {alert.severity:9} for {alert.for_ or '-':4} {runbook}")
+            print(list_table(build.all_alerts(spec, params), params))
     except SpecError as exc:
         print(f"meshwatch-alerts: {exc}", file=sys.stderr)
         return EXIT_USAGE
