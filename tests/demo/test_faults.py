@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meshwatch.demo._app import create_app
+from meshwatch.demo.cli import refusal
 from meshwatch.demo.faults import FaultState, FaultUpdate, InjectedFault
 
 
@@ -81,9 +82,31 @@ def test_bad_fault_requests_get_clear_errors() -> None:
     client, faults = _app(("redis",))
     unknown = client.put("/admin/faults", json={"down": ["kafka"]})
     assert unknown.status_code == 400 and "it depends on: redis" in unknown.json()["detail"]
-    out_of_range = client.put("/admin/faults", json={"error_rate": 1.5})
+    out_of_range = client.put("/admin/faults", json={"error_rate": 1.5, "latency_ms": "slow"})
     assert out_of_range.status_code == 422
+    # One sentence naming each field, not pydantic's error list.
+    assert out_of_range.json() == {
+        "error": "invalid request: error_rate: Input should be less than or equal to 1 (got 1.5); "
+        "latency_ms: Input should be a valid integer, unable to parse string as an integer (got 'slow')",
+        "service": "unit",
+    }
+    assert refusal(out_of_range.content) == out_of_range.json()["error"]
+    assert refusal(unknown.content) == "unit has no dependency kafka; it depends on: redis"
+    assert refusal(b"<html>502</html>") == "<html>502</html>"
     assert not faults.faults.active
+
+
+def test_a_missing_field_is_named() -> None:
+    app, _, _ = create_app("unit", telemetry=False)
+
+    @app.post("/buy")
+    async def buy(order: FaultUpdate, quantity: int) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    answer = TestClient(app).post("/buy", content=b"{")
+    assert answer.status_code == 422
+    message = answer.json()["error"]
+    assert message.startswith("invalid request: ") and "quantity: Field required" in message, message
 
 
 def test_dependency_down_marks_only_that_dependency() -> None:

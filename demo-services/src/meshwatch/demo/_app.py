@@ -9,13 +9,14 @@ instrumentors it enables (FastAPI, httpx, SQLAlchemy, redis, logging).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
 import redis.exceptions
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import meshwatch
@@ -23,7 +24,7 @@ import meshwatch
 from .deps import DependencyDown, UpstreamError
 from .faults import FaultState, InjectedFault, admin_router, fault_dependency
 
-__all__ = ["create_app", "init_telemetry"]
+__all__ = ["create_app", "init_telemetry", "validation_message"]
 
 _initialised: set[str] = set()
 
@@ -78,6 +79,16 @@ def create_app(
     return app, faults, logger
 
 
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one line: ``error_rate: Input should be less than or equal to 1 (got 1.5)``."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")) or "body"
+        got = "" if error.get("type") == "missing" else f" (got {error.get('input')!r})"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
+    return "; ".join(parts)
+
+
 def _add_error_handlers(app: FastAPI, service: str, logger: logging.Logger) -> None:
     """Failures of dependencies become JSON answers that say which one, logged once with the stack trace."""
 
@@ -108,6 +119,13 @@ def _add_error_handlers(app: FastAPI, service: str, logger: logging.Logger) -> N
     app.add_exception_handler(
         redis.exceptions.ConnectionError, handler(lambda e: 503, lambda e: f"redis unreachable: {e}")
     )
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's own answer is pydantic's error list as JSON; say it in one sentence instead.
+        message = f"invalid request: {validation_message(exc.errors())}"  # type: ignore[attr-defined]
+        return JSONResponse({"error": message, "service": service}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
 
     async def injected(request: Request, exc: Exception) -> JSONResponse:
         # Already logged where it was injected (once, without a stack trace: it is no bug).

@@ -12,6 +12,7 @@ meshwatch-demo down                        # stop everything (what `make demo-do
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import urllib.error
 from pathlib import Path
@@ -76,6 +77,20 @@ def _describe(faults: dict[str, Any]) -> str:
     return ", ".join(parts) or "no faults"
 
 
+def refusal(body: bytes) -> str:
+    """The sentence in a service's error answer (``error`` or ``detail``), else the body as it came."""
+    text = body.decode(errors="replace").strip()
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return text or "no reason given"
+    if isinstance(answer, dict):
+        for key in ("error", "detail"):
+            if isinstance(answer.get(key), str):
+                return answer[key]
+    return text
+
+
 def _fault(stack: Stack, args: argparse.Namespace) -> int:
     url = f"{_service_url(stack, args.service, args.url)}/admin/faults"
     wanted = {"error_rate": args.error_rate, "latency_ms": args.latency_ms, "down": args.down}
@@ -88,8 +103,7 @@ def _fault(stack: Stack, args: argparse.Namespace) -> int:
             http_json(url, method="DELETE")
         result = http_json(url, method="PUT", body=change) if change else http_json(url)
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        print(f"meshwatch-demo fault: {args.service} refused: {detail}", file=sys.stderr)
+        print(f"meshwatch-demo fault: {args.service} refused: {refusal(exc.read())}", file=sys.stderr)
         return EXIT_USAGE if exc.code in (400, 422) else EXIT_FAILED
     except OSError as exc:
         print(
