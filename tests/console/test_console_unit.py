@@ -76,6 +76,11 @@ def test_static_files_and_unknown_routes_without_backends() -> None:
         assert httpx.get(f"{server.url}/%2e%2e/server.py", timeout=5).status_code == 404
         missing = httpx.get(f"{server.url}/api/dashboards/nope/variables", timeout=5)
         assert missing.status_code == 404 and "no dashboard 'nope'" in missing.json()["error"]
+        # Prometheus' link (an alert's generatorURL under --web.external-url) opens Explore with its query.
+        graph = httpx.get(f"{server.url}/graph", params={"g0.expr": 'up{job="a"} == 0', "g0.tab": "1"}, timeout=5)
+        assert graph.status_code == 302
+        assert graph.headers["location"] == "/#explore?q=up%7Bjob%3D%22a%22%7D%20%3D%3D%200"
+        assert httpx.get(f"{server.url}/graph", timeout=5).headers["location"] == "/#explore"
         bad_range = httpx.get(f"{server.url}/api/dashboards/slo/panels", params={"range": "soon"}, timeout=5)
         assert bad_range.status_code == 400 and "not a duration" in bad_range.json()["error"]
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,20 @@ def _status(stack: Stack) -> int:
     return EXIT_OK
 
 
+def url_table(urls: dict[str, str]) -> str:
+    """What ``up`` prints: one ``what  URL`` line each, in the platform's order (the console first)."""
+    width = max(len(k) for k in urls)
+    return "\n".join(f"  {what:<{width}}  {url}" for what, url in urls.items())
+
+
+def _down(stack: Stack) -> int:
+    began = time.monotonic()
+    stopped = stack.down(progress=lambda name: print(f"meshwatch-demo: stopping {name}…", flush=True))
+    took = f" in {time.monotonic() - began:.0f}s" if stopped else ""
+    print(f"stopped{took}: {', '.join(stopped)}" if stopped else "nothing was running")
+    return EXIT_OK
+
+
 def _up(stack: Stack, args: argparse.Namespace) -> int:
     options = PlatformOptions(
         repo=find_repo(),
@@ -145,10 +160,8 @@ def _up(stack: Stack, args: argparse.Namespace) -> int:
         scrape_interval=args.scrape_interval,
     )
     urls = Platform(stack, options).up()
-    width = max(len(k) for k in urls)
     print("\nmeshwatch demo is up:\n")
-    for what, url in urls.items():
-        print(f"  {what:<{width}}  {url}")
+    print(url_table(urls))
     gateway = stack.servers["gateway"].url
     demo = ".venv/bin/meshwatch-demo" + (f" --state-dir {args.state_dir}" if args.state_dir else "")
     stop = f"{demo} down" if args.state_dir else "make demo-down"
@@ -158,7 +171,7 @@ Try it:
   curl -s {gateway}/api/products
   curl -s -X POST {gateway}/api/checkout -H 'content-type: application/json' \\
        -d '{{"sku": "SKU-1003", "quantity": 1, "card": "4242424242424242"}}'
-Inject a fault (no restart), watch it in Prometheus and Alertmanager, then clear it:
+Inject a fault (no restart), watch it in the console (Dashboards, Alerts), then clear it:
   {demo} fault payments --error-rate 0.2
   {demo} fault inventory --latency-ms 300
   {demo} fault inventory --down redis
@@ -191,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             return _up(stack, args)
         if args.command == "down":
-            stopped = stack.down()
-            print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
-            return EXIT_OK
+            return _down(stack)
         if args.command == "status":
             return _status(stack)
         return _fault(stack, args)

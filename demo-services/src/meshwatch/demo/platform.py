@@ -2,11 +2,11 @@
 
 Everything is started through the stack runner (:class:`meshwatch.stack.Stack`),
 so it lands in one state file and ``meshwatch-stack down`` / ``meshwatch-demo down``
-stop all of it by PID. The order follows the data: backends first, then the
-collector that feeds them, the on-call webhook Alertmanager calls, the services
-(callees before callers) and last the load. :meth:`Platform.wait_for_data` then
-waits until traces, metrics and logs are queryable, so "ready" means a user sees
-data, not just open ports.
+stop all of it by PID. The order follows the data: backends first, the console that
+shows them (where Prometheus' links point), then the collector that feeds them, the
+on-call webhook Alertmanager calls, the services (callees before callers) and last
+the load. :meth:`Platform.wait_for_data` then waits until traces, every service's
+metrics and logs are queryable, so "ready" means a user sees data, not just open ports.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from meshwatch.stack import Server, Stack, StackError, free_port
 
@@ -33,12 +34,19 @@ __all__ = [
     "find_repo",
     "http_json",
     "rss_by_server",
+    "services_without_metrics",
     "COLLECTOR_PORTS",
+    "CONSOLE_PORT",
     "DEMO_SERVICES",
+    "HTTP_SERVICES",
     "PROCESSES",
 ]
 
 DEMO_SERVICES = SERVICES
+#: The services that answer the mesh's HTTP requests (notifications only consumes messages).
+HTTP_SERVICES = tuple(s for s in SERVICES if s != "notifications")
+#: ``meshwatch-dashboards console``'s usual port; Prometheus' links (alerts' generatorURL) point there.
+CONSOLE_PORT = 3001
 #: The collector's usual ports (telemetry contract): OTLP gRPC/HTTP, self-metrics, Prometheus exporter.
 COLLECTOR_PORTS = {"otlp_grpc": 4317, "otlp_http": 4318, "telemetry": 8888, "prometheus": 8889}
 ONCALL_PORT = 9095
@@ -46,7 +54,7 @@ LOADGEN_PORT = 8089
 #: Propagators per service: payments speaks both formats, fraud (the legacy service) only Jaeger's.
 PROPAGATORS = {"payments": "tracecontext,baggage,jaeger", "fraud": "jaeger"}
 #: What the platform runs with ``run_process`` on top of the stack's backends, in start order.
-PROCESSES = ("collector", "oncall", *DEMO_SERVICES, "loadgen")
+PROCESSES = ("console", "collector", "oncall", *DEMO_SERVICES, "loadgen")
 
 
 def rss_by_server(servers: dict[str, Server]) -> dict[str, int]:
@@ -68,6 +76,12 @@ def rss_by_server(servers: dict[str, Server]) -> dict[str, int]:
             continue  # the process ended while we looked
         totals[groups[pgrp]] += rss_pages * os.sysconf("SC_PAGE_SIZE")
     return totals
+
+
+def services_without_metrics(red_jobs: set[str], span_services: set[str]) -> list[str]:
+    """The demo services the dashboards would still draw empty: an HTTP service without RED
+    metrics (its ``job``), or any service without span metrics (its ``service_name``)."""
+    return sorted({*(set(HTTP_SERVICES) - red_jobs), *(set(DEMO_SERVICES) - span_services)})
 
 
 def find_repo() -> Path:
@@ -157,6 +171,7 @@ class Platform:
         """Start everything that is not running yet, wait for data, return the URLs to show."""
         began = time.monotonic()
         self.start_backends()
+        self.start_console()
         self.start_collector()
         self.start_oncall()
         self.configure_alerting()
@@ -168,6 +183,8 @@ class Platform:
 
     def start_backends(self) -> None:
         opts = self.options
+        # Chosen before Prometheus starts: it writes this origin into every alert's generatorURL.
+        console = f"http://127.0.0.1:{self._port(CONSOLE_PORT)}"
         self._step("elasticsearch (≈20-60 s)", lambda: self.stack.start("elasticsearch", heap=opts.es_heap))
         self._step("jaeger", lambda: self.stack.start("jaeger"))
         self._step("alertmanager", lambda: self.stack.start("alertmanager"))
@@ -177,10 +194,52 @@ class Platform:
                 "prometheus",
                 scrape_interval=opts.scrape_interval,
                 scrape_timeout=opts.scrape_interval,  # Prometheus refuses a timeout longer than the interval
+                external_url=console,
             ),  # its rules come with configure_alerting, once the on-call URL they link to is known
         )
         self._step("redis", lambda: self.stack.start("redis"))
         self._step("nats (JetStream)", lambda: self.stack.start("nats"))
+
+    def console_port(self) -> int:
+        """The console's port: the one Prometheus' links point at, so an alert's generatorURL opens it.
+
+        Prometheus may run already (``make stack``, a test session) with links elsewhere (its
+        default is its own, UI-less address); then the console takes its usual port and says so.
+        """
+        prometheus = self.server("prometheus")
+        flags = http_json(f"{prometheus.url}/api/v1/status/flags")["data"]
+        linked = urlsplit(flags.get("web.external-url", ""))
+        ours = linked.hostname == "127.0.0.1" and linked.port and linked.port != prometheus.ports["http"]
+        if ours and free_port(linked.port) == linked.port:
+            return linked.port
+        port = self._port(CONSOLE_PORT)
+        self._say(
+            f"  note: alerts' generatorURL points at {flags.get('web.external-url') or 'Prometheus'}, not at the"
+            f" console on port {port} (Prometheus ran before the demo, or that port is taken);"
+            " `make demo-down && make demo` points them at the console"
+        )
+        return port
+
+    def start_console(self) -> Server:
+        if "console" in self.stack.servers:
+            return self.stack.servers["console"]
+        port = self.console_port()
+        backends = ("prometheus", "jaeger", "elasticsearch", "alertmanager")
+        argv = [self._bin("meshwatch-dashboards"), "console", "--port", str(port), "--quiet"]
+        for name in backends:
+            argv += [f"--{name}", self.server(name).url]
+        return self._step(
+            "console",
+            lambda: self.stack.run_process(
+                "console",
+                argv,
+                ready_url=f"http://127.0.0.1:{port}/",
+                urls={"http": f"http://127.0.0.1:{port}"},
+                ports={"http": port},
+                timeout=60,
+                hint="the console is `meshwatch-dashboards console` (pip install -e ./dashboards); see its log",
+            ),
+        )
 
     def collector_env(self, ports: dict[str, int]) -> dict[str, str]:
         """What the default collector config reads from the environment: where the backends are."""
@@ -403,11 +462,18 @@ class Platform:
         missing = sorted(set(DEMO_SERVICES) - services)
         return f"not yet: missing {', '.join(missing)}" if missing else f"{len(DEMO_SERVICES)} services"
 
-    def _metrics_flowing(self) -> str | None:
-        query = "count by (job) (http_server_request_duration_seconds_count)"
+    def _label_values(self, query: str, label: str) -> set[str]:
         url = f"{self.server('prometheus').url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-        jobs = {r["metric"].get("job", "") for r in http_json(url)["data"]["result"]}
-        return f"RED metrics for {len(jobs)} services" if jobs else "not yet: no HTTP server metrics"
+        return {r["metric"].get(label, "") for r in http_json(url)["data"]["result"]}
+
+    def _metrics_flowing(self) -> str | None:
+        """Every service's metrics, as the dashboards draw them: HTTP RED, and span metrics for all six."""
+        red = self._label_values("count by (job) (http_server_request_duration_seconds_count)", "job")
+        spans = self._label_values("count by (service_name) (traces_span_metrics_calls_total)", "service_name")
+        missing = services_without_metrics(red, spans)
+        if missing:
+            return f"not yet: missing {', '.join(missing)}"
+        return f"RED metrics for {len(HTTP_SERVICES)} HTTP services, span metrics for all {len(DEMO_SERVICES)}"
 
     def _logs_flowing(self) -> str | None:
         url = f"{self.server('elasticsearch').url}/meshwatch-logs-*/_count"
@@ -417,10 +483,13 @@ class Platform:
     # --- what to show -------------------------------------------------------------------
 
     def urls(self) -> dict[str, str]:
+        # The console first: the page to open. The backends below it are APIs (no web UI is built
+        # here), each shown with one request that answers.
         shown = {
-            "Jaeger (traces: query API)": f"{self.server('jaeger').url}/api/services",
-            "Prometheus": self.server("prometheus").url,
-            "Alertmanager": self.server("alertmanager").url,
+            "Console (dashboards, metrics, traces, logs, alerts)": self.server("console").url,
+            "Prometheus API (no web UI), e.g.": f"{self.server('prometheus').url}/api/v1/query?query=up",
+            "Jaeger query API (no web UI), e.g.": f"{self.server('jaeger').url}/api/services",
+            "Alertmanager API (no web UI), e.g.": f"{self.server('alertmanager').url}/api/v2/alerts",
             "Elasticsearch (logs)": f"{self.server('elasticsearch').url}/meshwatch-logs-*/_search?q=log.level:error",
             "Gateway (the shop)": f"{self.server('gateway').url}/api/products",
             "On-call webhook page": self.server("oncall").url,

@@ -17,7 +17,7 @@ from typing import Any
 from . import installer as install
 from ._paths import is_root
 
-__all__ = ["Launch", "BackendSpec", "SPECS"]
+__all__ = ["CONSOLE_URL", "Launch", "BackendSpec", "SPECS"]
 
 
 @dataclass
@@ -113,6 +113,10 @@ def _jaeger(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> La
 
 # --- Prometheus --------------------------------------------------------------------------
 
+#: Where ``meshwatch-dashboards console`` listens by default (``make demo`` starts it there when free):
+#: the origin ``meshwatch-stack up`` gives Prometheus for its links.
+CONSOLE_URL = "http://127.0.0.1:3001"
+
 
 def prometheus_config(options: dict[str, Any], alertmanager: str | None) -> dict[str, Any]:
     interval = options.get("scrape_interval", "15s")
@@ -153,9 +157,14 @@ def _prometheus(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -
         shutil.copy(rule_file, workdir / "rules" / Path(rule_file).name)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(_yaml_dump(prometheus_config(options, options.get("alertmanager"))))
+    # Where the links Prometheus writes point (each alert's generatorURL): the meshwatch console,
+    # which answers /graph?g0.expr=… with its Explore view (Prometheus' own UI is not built here).
+    # A bare origin keeps Prometheus' routes at / (a path would become its route prefix).
+    external = [f"--web.external-url={options['external_url']}"] if options.get("external_url") else []
     return Launch(
         argv=[
             str(install.binary("prometheus")),
+            *external,
             f"--config.file={config_path}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address={host}:{ports['http']}",

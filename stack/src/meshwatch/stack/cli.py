@@ -10,7 +10,7 @@ from pathlib import Path
 from . import installer
 from ._paths import cache_dir, default_state_dir
 from ._progress import InstallError, format_duration, say
-from .backends import SPECS
+from .backends import CONSOLE_URL, SPECS
 from .runner import DEFAULT_SERVERS, ORDER, Stack, StackError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -96,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.monotonic()
                 options: dict[str, object] = {}
                 if name == "prometheus":
-                    options = {"scrape_interval": args.scrape_interval, "rule_files": args.rules}
+                    options = {
+                        "scrape_interval": args.scrape_interval,
+                        "rule_files": args.rules,
+                        # alerts' generatorURL opens in `meshwatch-dashboards console` on its usual port
+                        "external_url": CONSOLE_URL,
+                    }
                 if name == "elasticsearch":
                     options = {"heap": args.es_heap}
                 stack.start(name, **options)

@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,16 +331,19 @@ class Stack:
             server.stop()
             self._save_state()
 
-    def down(self) -> list[str]:
-        """Stop everything: programs started with ``run_process`` (newest first), then the backends."""
+    def down(self, progress: Callable[[str], None] | None = None) -> list[str]:
+        """Stop everything: programs started with ``run_process`` (newest first), then the backends.
+
+        ``progress`` hears each name before it is stopped (Elasticsearch takes seconds to go).
+        """
         stopped = []
-        for name in reversed([n for n in self.servers if n not in ORDER]):
+        programs = reversed([n for n in self.servers if n not in ORDER])
+        names = [*programs, *(n for n in reversed(ORDER) if n in self.servers)]
+        for name in names:
+            if progress:
+                progress(name)
             self.stop(name)
             stopped.append(name)
-        for name in reversed(ORDER):
-            if name in self.servers:
-                self.stop(name)
-                stopped.append(name)
         return stopped
 
 

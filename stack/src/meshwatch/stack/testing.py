@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from .installer import BackendMissing
-from .runner import Server, Stack, StackError
+from .runner import Server, Stack, StackError, free_port
 
 __all__ = ["eventually", "start_or_fail"]
 
@@ -85,12 +85,17 @@ def alertmanager(stack: Stack) -> Server:
 
 @pytest.fixture(scope="session")
 def prometheus(stack: Stack, alertmanager: Server) -> Server:
-    """Prometheus scraping every second, sending alerts to the session's Alertmanager."""
+    """Prometheus scraping every second, sending alerts to the session's Alertmanager.
+
+    Its links (alerts' generatorURL) point at a free loopback port kept for a console: the demo
+    platform of tests/demo starts its console there, as ``make demo`` does on 3001.
+    """
     return start_or_fail(
         stack,
         "prometheus",
         scrape_interval=TEST_SCRAPE_INTERVAL,
         alertmanager=f"127.0.0.1:{alertmanager.ports['http']}",
+        external_url=f"http://127.0.0.1:{free_port()}",
     )
 
 

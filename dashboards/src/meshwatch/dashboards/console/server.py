@@ -15,12 +15,12 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from . import backends as api
 from .backends import BackendError, ConsoleConfig
 
-__all__ = ["ConsoleServer", "STATIC_DIR", "make_server"]
+__all__ = ["ConsoleServer", "STATIC_DIR", "explore_location", "make_server"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -53,6 +53,16 @@ def _public_config(config: ConsoleConfig) -> dict[str, str]:
     }
 
 
+def explore_location(query: str) -> str:
+    """Where Prometheus' ``/graph?g0.expr=…`` link (an alert's generatorURL) opens: the Explore tab.
+
+    Prometheus writes its links under ``--web.external-url``; the demo points that at the
+    console, which has no ``/graph`` page of its own, so the expression moves to the page's hash.
+    """
+    expr = dict(parse_qsl(query)).get("g0.expr", "")
+    return f"/#explore?q={quote(expr, safe='')}" if expr else "/#explore"
+
+
 class ConsoleServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -82,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path.rstrip("/") or "/"
         if path.startswith("/api/"):
             self._api(path, dict(parse_qsl(parts.query, keep_blank_values=True)))
+        elif path == "/graph":
+            self._redirect(explore_location(parts.query))
         else:
             self._static(path)
 
@@ -110,6 +122,12 @@ class _Handler(BaseHTTPRequestHandler):
         if kind.startswith("text/") or kind.endswith("javascript"):
             kind += "; charset=utf-8"
         self._send(200, file.read_bytes(), kind)
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
