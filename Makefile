@@ -10,7 +10,7 @@ DIST_SPECS := ./instrumentation[all] ./collector ./stack ./demo-services ./dashb
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: lock help venv backends test lint unit stack stack-down stack-status demo demo-down clean
+.PHONY: lock help venv backends test lint unit stack stack-down stack-status demo demo-down wheels clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -53,8 +53,12 @@ demo: backends ## start the demo platform (backends, collector, six services, lo
 demo-down: $(STAMP) ## stop the demo platform (everything it and meshwatch-stack started)
 	@$(VENV)/bin/meshwatch-demo down
 
+wheels: $(STAMP) ## build a wheel of each distribution into dist/, to install meshwatch outside this checkout
+	@$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist $(addprefix ./,$(DISTS))
+	@ls dist/*.whl
+
 clean: ## remove the virtual environment (the backend cache stays)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist
 
 lock: $(STAMP) ## re-resolve the newest allowed versions into constraints.txt (then run make test)
 	@$(PY) -m pip install --quiet --upgrade $(addprefix -e ,$(DIST_SPECS)) -r requirements-dev.txt
