@@ -1,6 +1,6 @@
 """What `meshwatch-dashboards push` sends, checked against Grafana's HTTP API and dashboard model.
 
-No Grafana server can run on this machine (see README), so the live push is not tested here:
+No Grafana server can run on this machine (see docs/development.md), so the live push is not tested here:
 these tests pin the request plan (paths, methods, bodies) and run the real grafana-client
 against a closed port to check the failure path.
 """

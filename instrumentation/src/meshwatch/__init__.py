@@ -31,7 +31,7 @@ def init(*, app: Any = None, **options: Any) -> Status:
 
     Every option is also read from its environment variable (``OTEL_*`` where
     OpenTelemetry defines one, else ``MESHWATCH_*``); arguments win. The full list
-    is in the README ("Instrument your service") and ``meshwatch._config.PARAMS``.
+    is in docs/instrumentation.md ("Settings") and ``meshwatch._config.PARAMS``.
     Common ones: ``service_name``, ``service_version``, ``environment``,
     ``endpoint`` (collector URL), ``protocol`` (``grpc`` or ``http/protobuf``),
     ``sample_rate``, ``propagators``, ``disabled_instrumentations``.

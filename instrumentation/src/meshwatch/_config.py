@@ -2,9 +2,9 @@
 
 A setting comes from the ``init()`` argument of the same name, else the first of
 its environment variables that is set (the standard ``OTEL_*`` one where
-OpenTelemetry defines one, then ``MESHWATCH_*``), else its default. The README
-table of settings is generated from ``PARAMS`` (``python -m meshwatch._config``),
-so the documentation cannot drift from the code.
+OpenTelemetry defines one, then ``MESHWATCH_*``), else its default. The table of
+settings in docs/instrumentation.md is generated from ``PARAMS`` (``python -m
+meshwatch._config``), and a test fails when it drifts from the code.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ DEFAULT_REDACT_PATTERNS = (
     "ssn",
 )
 
-#: Declared once. Order is the order of the README table.
+#: Declared once. Order is the order of the table in docs/instrumentation.md.
 PARAMS: dict[str, ConfigParam] = {
     "service_name": ConfigParam(
         ("OTEL_SERVICE_NAME",), None, doc="service.name; default: from OTEL_RESOURCE_ATTRIBUTES, else the program"
@@ -382,7 +382,7 @@ def _validate(settings: Settings) -> None:
 
 
 def settings_table() -> str:
-    """The Markdown table of every setting, for the README."""
+    """The Markdown table of every setting, for docs/instrumentation.md ("Settings")."""
     defaults = {f.name: f.default for f in fields(Settings)}
     lines = ["| argument | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for name, param in PARAMS.items():
