@@ -173,7 +173,9 @@ def _prometheus(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -
             "--web.enable-remote-write-receiver",
             # Exemplars link histogram samples to traces (dashboards' exemplar → Jaeger link).
             "--enable-feature=exemplar-storage",
-            "--storage.tsdb.retention.time=2d",
+            # The SLO rules read 30 days (alerts/rules/slo.rules.yml); pint's online check
+            # (tests/demo/test_pint_live.py) refuses a retention shorter than what rules query.
+            "--storage.tsdb.retention.time=31d",
             "--log.format=json",
         ],
         ready_url=f"http://{host}:{ports['http']}/-/ready",

@@ -229,6 +229,7 @@ DEFAULT_COMPONENTS = (
     "redis",
     "nats",
     "chromium",
+    "pint",
     "dashboard-schema",
     "otelcol-tailsampling",  # the golden test of the tail_sampling processor
 )
