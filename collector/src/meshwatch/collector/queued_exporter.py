@@ -113,6 +113,7 @@ class QueuedExporter:
     def start(self, host: Host) -> None:
         self._host = host
         self._telemetry = host.telemetry()
+        self._telemetry.known_exporter(*self._labels)
         queue_cfg = self.config.sending_queue
         name = f"{self.id}/{self.signal}"
         self._dead = _DeadLetters(host.storage_dir / "deadletter" / f"{safe_name(self.id)}.jsonl")

@@ -96,6 +96,25 @@ class _HeldCollector:
         yield family
 
 
+#: The documented refusal reasons (docs/telemetry-contract.md): each gets a zero series per
+#: receiver, transport and signal at start, so ``rate(meshwatch_receiver_refused_items_total[5m])``
+#: is 0 rather than absent before the first refusal (alerts and pint's series check read it).
+REFUSED_REASONS = (
+    "malformed",
+    "invalid_id",
+    "too_large",
+    "unsupported_media_type",
+    "unauthenticated",
+    "queue_full",
+    "memory_limit",
+    "concurrency_limit",
+    "timeout",
+    "shutting_down",
+)
+#: The documented reasons an exporter drops items for good, zero from the start likewise.
+DROPPED_REASONS = ("rejected", "queue_corrupt", "expired")
+
+
 class Telemetry:
     """Counters, histograms and gauges named exactly as the telemetry contract says."""
 
@@ -166,6 +185,26 @@ class Telemetry:
         self.started_at = time.time()
 
     # --- small helpers, so call sites read as sentences ------------------------------------
+
+    def known_receiver(self, receiver: str, transports: Iterable[str], signals: Iterable[str]) -> None:
+        """Zero series for a receiver's accepted and refused counters (before any request)."""
+        signals = list(signals)
+        for transport in transports:
+            for signal in signals:
+                self.receiver_accepted.labels(receiver, transport, signal)
+                for reason in REFUSED_REASONS:
+                    self.receiver_refused.labels(receiver, transport, signal, reason)
+
+    def known_exporter(self, exporter: str, signal: str) -> None:
+        """Zero series for an exporter's queued, sent and dropped counters (before any send).
+
+        ``failed`` has no zero series: its reason is the backend's own error class, unknown
+        until a send fails (alerts/pint.hcl says so for pint's series check).
+        """
+        self.exporter_queued.labels(exporter, signal)
+        self.exporter_sent.labels(exporter, signal)
+        for reason in DROPPED_REASONS:
+            self.exporter_dropped.labels(exporter, signal, reason)
 
     def accepted(self, receiver: str, transport: str, signal: str, items: int) -> None:
         self.receiver_accepted.labels(receiver, transport, signal).inc(items)

@@ -153,6 +153,9 @@ class OtlpReceiver:
 
     def start(self, host: Host) -> None:
         ingest = Ingest(str(self.id), self.consumers, host.telemetry())
+        served = (("grpc", self.config.protocols.grpc), ("http", self.config.protocols.http))
+        transports = [name for name, protocol in served if protocol is not None]
+        host.telemetry().known_receiver(str(self.id), transports, [signal.value for signal in self.consumers])
         token = self.config.auth.bearer_token.get_secret_value() if self.config.auth.bearer_token else None
         size = self.config.max_request_body_size
         protocols = self.config.protocols
