@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from ..duration import Duration
+from ..model import StrictModel
 
 __all__ = ["ClientSettings", "SaslSettings", "client_config"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class KafkaTls(_Strict):
+class KafkaTls(StrictModel):
     """``tls``: present means TLS (unless ``insecure: true``), as configtls' client settings."""
 
     insecure: bool = False
@@ -37,24 +34,24 @@ class KafkaTls(_Strict):
         return self
 
 
-class SaslSettings(_Strict):
+class SaslSettings(StrictModel):
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     username: str
     password: SecretStr
     version: int = Field(0, ge=0, le=1)  # accepted: librdkafka always uses the current handshake
 
 
-class AuthSettings(_Strict):
+class AuthSettings(StrictModel):
     sasl: SaslSettings | None = None
 
 
-class MetadataSettings(_Strict):
+class MetadataSettings(StrictModel):
     full: bool = False  # accepted, no effect (as in contrib since franz-go)
     #: How often topic metadata (partition counts, leaders) is refreshed in the background.
     refresh_interval: Duration = Field(600.0, gt=0)
 
 
-class ClientSettings(_Strict):
+class ClientSettings(StrictModel):
     brokers: list[str] = Field(default_factory=lambda: ["localhost:9092"], min_length=1)
     client_id: str = "otel-collector"
     protocol_version: str | None = None

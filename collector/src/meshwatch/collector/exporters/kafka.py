@@ -49,13 +49,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .._kafka import DEFAULT_TOPICS, ClientSettings, Encoding, client_config, fit, marshal, sarama_partition
 from .._kafka.encoding import split_by_trace
 from ..batch import Batch
 from ..component import CreateSettings, Host, Kind
 from ..duration import Duration
+from ..model import StrictModel
 from ..queued_exporter import QueuedExporter, queued_exporter
 from ..sender import ExporterSettings, SendResult, TransientError, tcp_reachable
 from ..signals import Signal, count_items
@@ -72,21 +73,17 @@ _INVALID = {KafkaError.INVALID_RECORD}
 _MAX_ROUNDS = 24
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SignalTopic(_Strict):
+class SignalTopic(StrictModel):
     #: Default per signal: otlp_spans, otlp_metrics, otlp_logs.
     topic: str | None = None
     encoding: Encoding = "otlp_proto"
 
 
-class CompressionParams(_Strict):
+class CompressionParams(StrictModel):
     level: int = -1  # the codec's default
 
 
-class ProducerSettings(_Strict):
+class ProducerSettings(StrictModel):
     #: The largest record value sent, before compression; larger requests are cut.
     max_message_bytes: int = Field(1_000_000, ge=1024, le=900_000_000)
     max_broker_write_bytes: int | None = None  # accepted: a franz-go setting

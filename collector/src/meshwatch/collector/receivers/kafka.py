@@ -50,13 +50,14 @@ from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from google.protobuf.message import DecodeError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from .._kafka import DEFAULT_TOPICS, ClientSettings, Encoding, client_config, unmarshal
 from ..batch import Batch
 from ..component import ComponentId, CreateSettings, Host, Kind
 from ..component import Consumer as PipelineConsumer
 from ..duration import Duration
+from ..model import StrictModel
 from ..signals import Signal
 from ..telemetry import Telemetry
 from ._ingest import Ingest
@@ -70,23 +71,19 @@ _TRANSPORT = "kafka"
 _LAG_EVERY = 2.0
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TopicEncoding(_Strict):
+class TopicEncoding(StrictModel):
     #: Default per signal: otlp_spans, otlp_metrics, otlp_logs.
     topics: list[str] | None = Field(None, min_length=1)
     encoding: Encoding = "otlp_proto"
 
 
-class AutoCommit(_Strict):
+class AutoCommit(StrictModel):
     #: Commit marked offsets every ``interval`` (True) or synchronously after each batch (False).
     enable: bool = True
     interval: Duration = Field(1.0, gt=0)
 
 
-class MessageMarking(_Strict):
+class MessageMarking(StrictModel):
     """Accepted for contrib compatibility; only the at-least-once values are allowed."""
 
     after: bool = True
@@ -113,7 +110,7 @@ class MessageMarking(_Strict):
         return self
 
 
-class ErrorBackoff(_Strict):
+class ErrorBackoff(StrictModel):
     """Backoff while the pipeline pushes back (never gives up: the records stay in Kafka)."""
 
     enabled: bool = True
