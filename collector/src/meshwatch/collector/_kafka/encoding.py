@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from ..receivers._otlp_json import parse_json_request
 from ..signals import REQUEST_TYPES, Signal
 
-__all__ = ["DEFAULT_TOPICS", "Encoding", "marshal", "unmarshal", "split_by_trace", "fit", "halves"]
+__all__ = ["DEFAULT_TOPICS", "Encoding", "marshal", "unmarshal", "split_by_trace", "fit", "halves", "pack_serialized"]
 
 Encoding = Literal["otlp_proto", "otlp_json"]
 
@@ -145,15 +145,101 @@ def fit(
 ) -> tuple[list[tuple[Any, bytes]], list[tuple[Any, bytes]]]:
     """Cut ``request`` until every part encodes to at most ``limit`` bytes.
 
-    Returns ``(parts that fit, single items too large on their own)``, each as
-    ``(request, encoded value)``; a metric is one item with all its data points.
+    Items are packed greedily into parts by their estimated encoded size (one encode of the
+    whole request gives the ratio); a part the estimate got wrong is cut again. Returns
+    ``(parts that fit, single items too large on their own)``, each as ``(request, encoded
+    value)``; a metric is one item with all its data points.
     """
     value = encode(request)
     if len(value) <= limit:
         return [(request, value)], []
-    cut = halves(signal, request)
-    if cut is None:
+    leaves = _leaves(signal, request)
+    if len(leaves) < 2:
         return [], [(request, value)]
-    fitting, oversized = fit(signal, cut[0], limit, encode)
-    more_fitting, more_oversized = fit(signal, cut[1], limit, encode)
-    return fitting + more_fitting, oversized + more_oversized
+    budget = 0.9 * limit * max(1, request.ByteSize()) / len(value)
+    groups: list[list[tuple[int, int, Any]]] = [[]]
+    size = 0.0
+    for leaf in leaves:
+        estimate = leaf[2].ByteSize() + 8  # the item, its tag and length
+        if groups[-1] and size + estimate > budget:
+            groups.append([])
+            size = 0.0
+        groups[-1].append(leaf)
+        size += estimate
+    if len(groups) == 1:  # the estimate says it fits, the encoding says not: halve
+        middle = len(leaves) // 2
+        groups = [leaves[:middle], leaves[middle:]]
+    fitting: list[tuple[Any, bytes]] = []
+    oversized: list[tuple[Any, bytes]] = []
+    for group in groups:
+        more_fitting, more_oversized = fit(signal, _rebuild(signal, request, group), limit, encode)
+        fitting += more_fitting
+        oversized += more_oversized
+    return fitting, oversized
+
+
+def _top_level_entries(raw: bytes) -> list[memoryview]:
+    """The serialized top-level fields of an ``Export*ServiceRequest``: its resource entries.
+
+    Every request type has one top-level field, ``resource_*`` = 1; each entry alone, and any
+    concatenation of entries, is a valid request (a field unknown to this version included).
+    """
+    view = memoryview(raw)
+    entries: list[memoryview] = []
+    pos, end = 0, len(raw)
+    while pos < end:
+        start = pos
+        tag, pos = _varint(raw, pos)
+        wire = tag & 7
+        if wire == 2:
+            length, pos = _varint(raw, pos)
+            pos += length
+        elif wire == 0:
+            _, pos = _varint(raw, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unexpected wire type {wire} in a serialized request")
+        if pos > end:
+            raise ValueError("a serialized request ends inside a field")
+        entries.append(view[start:pos])
+    return entries
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("a serialized request ends inside a varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def pack_serialized(raw: bytes, limit: int) -> tuple[list[bytes], list[bytes]]:
+    """Cut a serialized request at its resource entries into requests of at most ``limit`` bytes.
+
+    No decoding: concatenated entries are a valid request. Returns ``(requests that fit,
+    single-resource requests larger than limit)``; only those need decoding to be cut further.
+    """
+    fitting: list[bytes] = []
+    oversized: list[bytes] = []
+    current: list[memoryview] = []
+    size = 0
+    for entry in _top_level_entries(raw):
+        if len(entry) > limit:
+            oversized.append(bytes(entry))
+            continue
+        if current and size + len(entry) > limit:
+            fitting.append(b"".join(current))
+            current, size = [], 0
+        current.append(entry)
+        size += len(entry)
+    if current:
+        fitting.append(b"".join(current))
+    return fitting, oversized

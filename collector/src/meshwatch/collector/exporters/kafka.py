@@ -52,7 +52,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from pydantic import Field
 
 from .._kafka import DEFAULT_TOPICS, ClientSettings, Encoding, client_config, fit, marshal, sarama_partition
-from .._kafka.encoding import split_by_trace
+from .._kafka.encoding import pack_serialized, split_by_trace
 from ..batch import Batch
 from ..component import CreateSettings, Host, Kind
 from ..duration import Duration
@@ -248,14 +248,32 @@ class KafkaSender:
         """The records of ``batch`` (fitting ``max_message_bytes``) and the items too large alone."""
         limit = self.config.producer.max_message_bytes
         if not self.by_trace:
-            if self.encoding == "otlp_proto" and batch.nbytes <= limit:
-                raw = batch.raw  # the very bytes that were queued: nothing decoded or re-encoded
-                return [_Record(None, raw, raw, None, batch.items)], []
+            if self.encoding == "otlp_proto":
+                return self._records_serialized(batch, limit)
             return self._fit(batch.message, limit, None)
         records: list[_Record] = []
         oversized: list[_Record] = []
         for trace_id, request in split_by_trace(batch.message):
             fitting, alone = self._fit(request, limit, trace_id.hex().encode())
+            records += fitting
+            oversized += alone
+        return records, oversized
+
+    def _records_serialized(self, batch: Batch, limit: int) -> tuple[list[_Record], list[_Record]]:
+        """otlp_proto without keys: the queued bytes as they are, cut at resource boundaries if needed.
+
+        Only a single resource entry over ``limit`` is decoded (and cut by item).
+        """
+        raw = batch.raw
+        if len(raw) <= limit:  # the very bytes that were queued: nothing decoded or re-encoded
+            return [_Record(None, raw, raw, None, batch.items)], []
+        packed, large = pack_serialized(raw, limit)
+        records = [
+            _Record(None, part, part, None, count_items(self.signal, _decoded(self.signal, part))) for part in packed
+        ]
+        oversized: list[_Record] = []
+        for entry in large:
+            fitting, alone = self._fit(_decoded(self.signal, entry), limit, None)
             records += fitting
             oversized += alone
         return records, oversized
@@ -287,13 +305,19 @@ class KafkaSender:
             cached = self._partitions
             if cached is not None and time.monotonic() - cached[1] < self.config.metadata.refresh_interval:
                 return cached[0]
-        try:
-            metadata = self._producer.list_topics(self.topic, timeout=min(5.0, self.config.timeout))
-        except KafkaException as exc:
-            error = exc.args[0]
-            raise TransientError(error.name().lower(), f"kafka {self.topic}: metadata: {error.str()}") from None
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
+        # A topic made on first use (auto-creation) has no partitions in the first answer: ask a
+        # few times before calling it a transient failure.
+        for attempt in range(5):
+            try:
+                metadata = self._producer.list_topics(self.topic, timeout=min(5.0, self.config.timeout))
+            except KafkaException as exc:
+                error = exc.args[0]
+                raise TransientError(error.name().lower(), f"kafka {self.topic}: metadata: {error.str()}") from None
+            topic = metadata.topics.get(self.topic)
+            if topic is not None and topic.error is None and topic.partitions:
+                break
+            time.sleep(0.2 * (attempt + 1))
+        else:
             why = topic.error.str() if topic is not None and topic.error is not None else "no partitions yet"
             raise TransientError("unknown_topic", f"kafka topic {self.topic}: {why}")
         with self._partitions_lock:
@@ -343,6 +367,10 @@ class KafkaSender:
     def _forget_partitions(self) -> None:
         with self._partitions_lock:
             self._partitions = None
+
+
+def _decoded(signal: Signal, raw: bytes) -> Any:
+    return Batch.from_bytes(signal, raw).message
 
 
 class _Factory:
