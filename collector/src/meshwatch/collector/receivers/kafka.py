@@ -206,6 +206,7 @@ class KafkaReceiver:
                     raise ValueError(f"receiver {self.id}: topic {name} is configured for two signals")
                 self.topics[name] = (signal, encoding)
         self._consumer: Consumer | None = None
+        self._host: Host | None = None
         self._ingest: Ingest | None = None
         self._telemetry: Telemetry | None = None
         self._thread: threading.Thread | None = None
@@ -221,6 +222,7 @@ class KafkaReceiver:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self, host: Host) -> None:
+        self._host = host
         self._telemetry = host.telemetry()
         self._ingest = Ingest(str(self.id), self.consumers, self._telemetry)
         self._consumer = Consumer(consumer_config(self.config), logger=logging.getLogger("meshwatch.kafka"))
@@ -282,10 +284,10 @@ class KafkaReceiver:
                 wait = min(wait, backoff.max_interval) * (1 + backoff.randomization_factor * (random.random() - 0.5))  # noqa: S311 - jitter
                 delay = min(delay * backoff.multiplier, backoff.max_interval)
                 self._serve_group_while_paused(wait)
-        except Exception:  # a bug here must not end consumption silently
+        except Exception as exc:  # a bug here must not end consumption silently: stop the collector
             log.exception("%s: the consumer loop failed; records not accepted are read again after a restart", self.id)
-            if self._telemetry is not None:
-                self._telemetry.kafka_paused.labels(str(self.id)).set(1)
+            if self._host is not None:
+                self._host.report_fatal(self.id, exc)
         finally:
             try:
                 consumer.close()  # leaves the group; with autocommit, commits what was marked
