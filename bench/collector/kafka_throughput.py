@@ -10,10 +10,15 @@ Two collectors under test (CUT) per side, each in one process:
 
 ``mw`` is meshwatch (its durable disk queue on both sides, fsync ``interval``, the shipped
 default); ``go`` is otelcol v0.165 with contrib's kafka exporter/receiver v0.165.1 (in-memory
-sending queue, its default). A round sends ``--spans`` spans (512-span requests of 8 traces,
-fresh trace ids, 4 sender threads) to the producing CUT of a fresh topic, waits until the CUT
-reports them all sent to Kafka, then starts the consuming CUT on that topic and waits until
-the sink has every one of them (the run fails loudly if a count differs).
+sending queue, its default) and the receiver's at-least-once settings (``message_marking.after:
+true``, ``error_backoff.enabled: true``); ``go-default`` the same with the receiver's defaults,
+which mark a record before the pipeline has it: when its exporter's queue is full the records
+are skipped, so its delivered count may fall short (recorded, not fatal: the point of the run).
+
+A round sends ``--spans`` spans (512-span requests of 8 traces, fresh trace ids, 4 sender
+threads) to the producing CUT of a fresh topic, waits until the CUT reports them all sent to
+Kafka, then starts the consuming CUT on that topic and waits until the sink has every one of
+them (the run fails if a count differs, ``go-default`` excepted).
 
 Figures per round: produce wall rate (first send → the CUT's sent counter reaches the total)
 and spans per CUT CPU-second; consume wall rate (the consuming CUT ready → the sink has the
@@ -23,7 +28,7 @@ spans per CUT CPU-second from ready to the last span. Rounds interleave the
 CUTs and reverse their order every other round; medians and min–max go to stdout, raw figures
 to ``--output`` with the commit and the load average.
 
-    .venv/bin/python bench/collector/kafka_throughput.py [--spans 307200] [--rounds 3]
+    .venv/bin/python bench/collector/kafka_throughput.py [--spans 204800] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from meshwatch.collector.testing import free_port, start_collector
 from meshwatch.stack import Server, Stack, binary
 
 RESULTS = ROOT / "bench" / "results" / "kafka-throughput.json"
-CUTS = ("mw", "go")
+CUTS = ("mw", "go", "go-default")
 
 
 def go_process(workdir: Path, config: dict[str, Any]) -> GoCollector:
@@ -92,7 +97,7 @@ def start_producer(cut: str, workdir: Path, kafka: Server, topic: str) -> tuple[
         "partition_traces_by_id": True,
         "producer": {"compression": "none"},
     }
-    if cut == "go":
+    if cut.startswith("go"):
         port = free_port()
         go = go_process(
             workdir,
@@ -129,7 +134,11 @@ def start_consumer(cut: str, workdir: Path, kafka: Server, topic: str, sink: str
         "initial_offset": "earliest",
         "traces": {"topics": [topic], "encoding": "otlp_proto"},
     }
-    if cut == "go":
+    if cut.startswith("go"):
+        if cut == "go":
+            # contrib's at-least-once settings: mark after the pipeline, retry what it refused
+            receiver["message_marking"] = {"after": True, "on_error": False}
+            receiver["error_backoff"] = {"enabled": True}
         go = go_process(
             workdir,
             {
@@ -191,13 +200,21 @@ def send_all(endpoint: str, requests: int, threads: int = 4) -> None:
         w.join()
 
 
-def wait_for(read: Any, target: float, timeout: float, what: str) -> float:
+def wait_for(read: Any, target: float, timeout: float, what: str, *, settle: float = 0.0) -> float:
+    """When ``read()`` reaches ``target``; with ``settle``, also when it has not moved for that long
+    (a collector that dropped data never reaches the target: the caller records the shortfall)."""
     deadline = time.monotonic() + timeout
+    last_value, last_change = None, time.monotonic()
     while True:
         value = read()
+        now = time.monotonic()
         if value >= target:
-            return time.monotonic()
-        if time.monotonic() > deadline:
+            return now
+        if value != last_value:
+            last_value, last_change = value, now
+        elif settle and value > 0 and now - last_change > settle:
+            return last_change
+        if now > deadline:
             raise RuntimeError(f"{what}: {value} of {target} after {timeout}s")
         time.sleep(0.05)
 
@@ -230,7 +247,7 @@ def one_round(cut: str, round_: int, args: argparse.Namespace, base: Path, *, ka
         ready, cpu_ready = time.monotonic(), stats.cpu_seconds()  # joining the group is counted from here
         first = wait_for(delivered, 1, 120, f"{cut} consumer first span")
         at_first = delivered()
-        last = wait_for(delivered, total, 300, f"{cut} consumer delivered")
+        last = wait_for(delivered, total, 300, f"{cut} consumer delivered", settle=10.0)
         consume_cpu = stats.cpu_seconds() - cpu_ready
         consume_rss = stats.peak_rss_mb()
         time.sleep(1.0)
@@ -283,7 +300,7 @@ def summarise(runs: list[dict[str, Any]], cuts: list[str]) -> list[dict[str, Any
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spans", type=int, default=307_200, help="spans per round and CUT (multiple of 512)")
+    parser.add_argument("--spans", type=int, default=204_800, help="spans per round and CUT (multiple of 512)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=",".join(CUTS))
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -344,7 +361,7 @@ def main() -> int:
     }
     args.output.write_text(json.dumps(record, indent=2) + "\n")
     print(f"raw results: {args.output}")
-    return 0 if all(row["all_delivered"] for row in summary) else 1
+    return 0 if all(row["all_delivered"] for row in summary if row["cut"] != "go-default") else 1
 
 
 if __name__ == "__main__":
