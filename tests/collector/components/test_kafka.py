@@ -246,3 +246,27 @@ def test_sigkill_of_a_consuming_collector_loses_nothing(collector_factory, kafka
         assert consumer.metric("meshwatch_kafka_receiver_rebalances_total", event="assigned") >= 1
     with capsys.disabled():
         print(f"\nkafka SIGKILL: sent {len(sent)} spans, arrived {len(sent)} distinct, {duplicates} duplicates")
+
+
+def test_a_second_member_takes_partitions_over_and_both_count_the_rebalance(collector_factory, kafka: Server) -> None:
+    topic = _topic()
+    first_half, _ = produce_spans(kafka, topic, records=40, spans_per_record=25)
+    with otlp_sink() as sink:
+        one = collector_factory(receiver_collector(kafka, topic, sink.url), name="one")
+        eventually(lambda: sink.span_ids() >= first_half, timeout=60, what="the first member drains the topic")
+        assert one.metric("meshwatch_kafka_receiver_rebalances_total", event="revoked") == 0  # positive control
+        two = collector_factory(receiver_collector(kafka, topic, sink.url), name="two")
+        eventually(
+            lambda: one.metric("meshwatch_kafka_receiver_rebalances_total", event="revoked") >= 1,
+            timeout=60,
+            what="the first member gives partitions up",
+        )
+        eventually(
+            lambda: two.metric("meshwatch_kafka_receiver_rebalances_total", event="assigned") >= 1,
+            timeout=60,
+            what="the second member gets partitions",
+        )
+        second_half, _ = produce_spans(kafka, topic, records=40, spans_per_record=25)
+        eventually(lambda: sink.span_ids() >= first_half | second_half, timeout=60, what="every span")
+        took = [c.metric("meshwatch_kafka_receiver_committed_records_total") for c in (one, two)]
+        assert took[1] > 0 and sum(took) >= 80, took  # both members consumed; each record at least once
