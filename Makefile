@@ -25,7 +25,7 @@ $(STAMP): requirements-dev.txt constraints.txt $(addsuffix /pyproject.toml,$(DIS
 
 venv: $(STAMP) ## create .venv with all meshwatch distributions and test tools
 
-backends: $(STAMP) ## install Jaeger, Prometheus, Alertmanager, Elasticsearch, Redis, NATS once (cached per machine)
+backends: $(STAMP) ## install Jaeger, Prometheus, Alertmanager, Elasticsearch, Redis, NATS, Kafka, the reference otelcol once (cached per machine)
 	@$(VENV)/bin/meshwatch-stack install
 
 lint: $(STAMP) ## ruff

@@ -18,6 +18,7 @@ _BACKEND_FIXTURES = frozenset(
         "elasticsearch",
         "redis_server",
         "nats_server",
+        "kafka",
         "promtool",
         "amtool",
     }

@@ -140,8 +140,11 @@ class OtlpSink:
 
 
 @contextlib.contextmanager
-def otlp_sink() -> Iterator[OtlpSink]:
-    """Serve an :class:`OtlpSink` on a free loopback port for the duration of the block."""
+def otlp_sink(port: int = 0) -> Iterator[OtlpSink]:
+    """Serve an :class:`OtlpSink` on loopback ``port`` (0: a free one) for the duration of the block.
+
+    A given port lets a test point an exporter at a sink that is not there yet and start it later.
+    """
     sink = OtlpSink()
     routes = {"/v1/traces": sink._add_traces, "/v1/logs": sink._add_logs, "/v1/metrics": sink._add_metrics}
 
@@ -167,7 +170,7 @@ def otlp_sink() -> Iterator[OtlpSink]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     sink.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, name="otlp-sink", daemon=True)

@@ -96,6 +96,28 @@ class _HeldCollector:
         yield family
 
 
+class _KafkaLagCollector:
+    """``meshwatch_kafka_receiver_lag_records``: what each kafka receiver last measured, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.readers: dict[str, Callable[[], dict[tuple[str, int], int]]] = {}
+
+    def collect(self) -> Iterable[Any]:
+        family = GaugeMetricFamily(
+            "meshwatch_kafka_receiver_lag_records",
+            "Records of an assigned partition not yet accepted by the pipeline (high watermark - next offset)",
+            labels=["receiver", "topic", "partition"],
+        )
+        for receiver, read in list(self.readers.items()):
+            try:
+                lags = read()
+            except Exception:  # noqa: S112 - a receiver being stopped must not break the scrape
+                continue
+            for (topic, partition), lag in sorted(lags.items()):
+                family.add_metric([receiver, topic, str(partition)], float(lag))
+        yield family
+
+
 #: The documented refusal reasons (docs/telemetry-contract.md): each gets a zero series per
 #: receiver, transport and signal at start, so ``rate(meshwatch_receiver_refused_items_total[5m])``
 #: is 0 rather than absent before the first refusal (alerts and pint's series check read it).
@@ -181,6 +203,29 @@ class Telemetry:
         #: Bytes of the requests being decoded by the receivers (``reserve_decoding``).
         self.decoding_bytes = 0
         self._decoding_lock = threading.Lock()
+        self.kafka_rebalances = Counter(
+            "meshwatch_kafka_receiver_rebalances",
+            "Partition assignment changes of a kafka receiver's consumer",
+            ["receiver", "event"],  # assigned, revoked, lost
+            registry=r,
+        )
+        self.kafka_paused = Gauge(
+            "meshwatch_kafka_receiver_paused",
+            "1 while a kafka receiver has paused consumption because the pipeline pushes back",
+            ["receiver"],
+            registry=r,
+        )
+        self.kafka_pauses = Counter(
+            "meshwatch_kafka_receiver_pauses", "Times a kafka receiver paused consumption", ["receiver"], registry=r
+        )
+        self.kafka_committed = Counter(
+            "meshwatch_kafka_receiver_committed_records",
+            "Records whose offsets a kafka receiver marked for commit, after the pipeline accepted them",
+            ["receiver", "topic"],
+            registry=r,
+        )
+        self._kafka_lag = _KafkaLagCollector()
+        r.register(self._kafka_lag)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.started_at = time.time()
 
@@ -254,6 +299,13 @@ class Telemetry:
 
     def unregister_held(self, component: str) -> None:
         self._held.readers.pop(component, None)
+
+    def register_kafka_lag(self, receiver: str, read: Callable[[], dict[tuple[str, int], int]]) -> None:
+        """``read()`` gives ``{(topic, partition): lag in records}`` for the receiver's assigned partitions."""
+        self._kafka_lag.readers[receiver] = read
+
+    def unregister_kafka_lag(self, receiver: str) -> None:
+        self._kafka_lag.readers.pop(receiver, None)
 
     def held_bytes(self) -> dict[str, int]:
         """``{component: bytes held}`` from every registered reader."""

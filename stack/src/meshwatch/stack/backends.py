@@ -6,8 +6,10 @@ runner has one code path for every server and the specs are easy to read.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +25,8 @@ __all__ = ["CONSOLE_URL", "Launch", "BackendSpec", "SPECS"]
 @dataclass
 class Launch:
     argv: list[str]
-    #: Readiness: an HTTP URL that answers 2xx, or ``tcp://host:port`` that accepts a connection.
+    #: Readiness: an HTTP URL that answers 2xx, ``tcp://host:port`` that accepts a connection, or
+    #: ``kafka://host:port`` whose Metadata response lists a broker.
     ready_url: str
     urls: dict[str, str]
     env: dict[str, str] = field(default_factory=dict)
@@ -319,6 +322,73 @@ def _nats(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Laun
     )
 
 
+# --- Kafka (the buffer between collector tiers) -----------------------------------------------
+
+
+def kafka_cluster_id() -> str:
+    """A fresh KRaft cluster id, spelled as Kafka's ``Uuid.toString`` (``StorageTool random-uuid``):
+    16 random bytes, URL-safe base64 without padding. Made here to save one JVM start."""
+    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+def kafka_properties(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> dict[str, Any]:
+    """``server.properties`` of a single combined broker+controller KRaft node on loopback."""
+    host = "127.0.0.1"
+    return {
+        "process.roles": "broker,controller",
+        "node.id": 1,
+        "controller.quorum.voters": f"1@{host}:{ports['controller']}",
+        "listeners": f"PLAINTEXT://{host}:{ports['broker']},CONTROLLER://{host}:{ports['controller']}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{ports['broker']}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": workdir / "data",
+        # One node: every internal topic has one replica.
+        "offsets.topic.replication.factor": 1,
+        "offsets.topic.num.partitions": int(options.get("offsets_partitions", 4)),
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        "share.coordinator.state.topic.replication.factor": 1,
+        "share.coordinator.state.topic.min.isr": 1,
+        # A consumer group forms at once instead of after 3 s (tests start and kill consumers).
+        "group.initial.rebalance.delay.ms": 0,
+        # Topics made on first use get this many partitions, so a consumer group can share them.
+        "num.partitions": int(options.get("partitions", 4)),
+        "auto.create.topics.enable": str(options.get("auto_create_topics", True)).lower(),
+        "message.max.bytes": int(options.get("message_max_bytes", 1048588)),
+        "log.retention.hours": 24,
+    }
+
+
+def _kafka(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+    host = "127.0.0.1"
+    (workdir / "data").mkdir(exist_ok=True)
+    config_path = workdir / "server.properties"
+    config_path.write_text("".join(f"{k}={v}\n" for k, v in kafka_properties(workdir, ports, options).items()))
+    java = str(install.java_home() / "bin" / "java")
+    classpath = install.kafka_classpath()
+    heap = options.get("heap", "256m")
+    # Formatting the storage is a JVM of its own; chained in one shell so the start is not
+    # blocked on it and a failure shows in the same log (the shell then exits: "exited while starting").
+    fmt = [java, "-Xmx128m", "-cp", classpath, "kafka.tools.StorageTool", "format", "--ignore-formatted"]
+    fmt += ["-t", kafka_cluster_id(), "-c", str(config_path)]
+    server = [java, f"-Xms{min(128, _megabytes(heap))}m", f"-Xmx{heap}", "-XX:+UseSerialGC"]
+    server += ["-Djava.awt.headless=true", "-cp", classpath, "kafka.Kafka", str(config_path)]
+    return Launch(
+        argv=["/bin/sh", "-c", f"{shlex.join(fmt)} && exec {shlex.join(server)}"],
+        ready_url=f"kafka://{host}:{ports['broker']}",
+        urls={"bootstrap": f"{host}:{ports['broker']}"},
+        ready_timeout=90.0,
+        hint="Kafka needs a JDK 17+ (`meshwatch-stack install kafka` puts its jars in the cache); its log says more.",
+    )
+
+
+def _megabytes(size: str) -> int:
+    number, unit = int(size[:-1]), size[-1].lower()
+    return number * 1024 if unit == "g" else number
+
+
 def _ids(user: str) -> tuple[int, int]:
     import pwd
 
@@ -350,5 +420,6 @@ SPECS: dict[str, BackendSpec] = {
         ),
         BackendSpec("redis", "redis", ("redis",), {"redis": 6379}, _redis),
         BackendSpec("nats", "nats", ("nats", "monitor"), {"nats": 4222, "monitor": 8222}, _nats),
+        BackendSpec("kafka", "kafka", ("broker", "controller"), {"broker": 9092, "controller": 9094}, _kafka),
     ]
 }

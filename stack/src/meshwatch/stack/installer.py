@@ -13,6 +13,8 @@ test, so a warm run costs milliseconds) and how to install itself:
 * Debian packages (Alertmanager and amtool, wrk, Redis, NATS) come from apt.
 * Elasticsearch comes from Maven Central's ``integ-test-zip`` distribution and
   runs on the machine's JDK 17+ as an unprivileged user.
+* Apache Kafka is its Maven Central artifact and runtime dependencies (a folder of
+  jars, resolved by Maven), run on the same JDK.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _maven
 from ._paths import cache_dir, is_root
 from ._progress import InstallError, format_duration, run_with_heartbeat, say
 
@@ -44,11 +47,15 @@ __all__ = [
     "binary",
     "es_home",
     "java_home",
+    "kafka_classpath",
 ]
 
 ES_VERSION = "8.19.21"
 ES_USER = "meshwatch-es"
-MAVEN_REPO = os.environ.get("MESHWATCH_MAVEN_REPO", "https://repo1.maven.org/maven2")
+MAVEN_REPO = os.environ.get("MESHWATCH_MAVEN_REPO", _maven.DEFAULT_REPO)
+KAFKA_VERSION = "4.4.0"
+#: The broker and a logging backend for the slf4j 1.7 API it resolves to (logs go to stderr).
+KAFKA_ARTIFACTS = (f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}", "org.slf4j:slf4j-simple:1.7.36")
 
 
 class BackendMissing(RuntimeError):
@@ -62,7 +69,9 @@ class Component:
     name: str
     version: str
     description: str
-    kind: str  # "go", "gosrc" (our own Go source), "ocb" (Collector Builder), "apt" or "maven"
+    #: "go", "gosrc" (our own Go source), "ocb" (Collector Builder), "apt", "maven" (a zip) or
+    #: "maven-jars" (a classpath)
+    kind: str
     binaries: dict[str, str] = field(default_factory=dict)
     go_packages: tuple[str, ...] = ()
     apt_packages: tuple[str, ...] = ()
@@ -105,6 +114,67 @@ def _source_hash(name: str) -> str:
     return digest.hexdigest()[:10]
 
 
+#: The Collector Builder release, and the core modules' release.
+OTELCOL_CORE_VERSION = "v0.165.0"
+#: Contrib's Kafka exporter and receiver: v0.165.1 is the newest patch of the release served here
+#: (built together with core v0.165.0, which it accepts).
+_KAFKA_CONTRIB_VERSION = "v0.165.1"
+_CORE = "go.opentelemetry.io/collector"
+_CONTRIB = "github.com/open-telemetry/opentelemetry-collector-contrib"
+
+#: The reference collector for side-by-side benchmarks and interoperability tests: the same
+#: pipeline shape as meshwatch's (OTLP in, batch, OTLP out / spanmetrics / Prometheus, Kafka
+#: out and in), as ``(module, version)`` per builder section.
+OTELCOL_MODULES: dict[str, list[tuple[str, str]]] = {
+    "receivers": [
+        (f"{_CORE}/receiver/otlpreceiver", OTELCOL_CORE_VERSION),
+        (f"{_CONTRIB}/receiver/kafkareceiver", _KAFKA_CONTRIB_VERSION),
+    ],
+    "processors": [(f"{_CORE}/processor/batchprocessor", OTELCOL_CORE_VERSION)],
+    "exporters": [
+        (f"{_CORE}/exporter/otlpexporter", OTELCOL_CORE_VERSION),
+        (f"{_CORE}/exporter/otlphttpexporter", OTELCOL_CORE_VERSION),
+        (f"{_CORE}/exporter/nopexporter", OTELCOL_CORE_VERSION),
+        (f"{_CORE}/exporter/debugexporter", OTELCOL_CORE_VERSION),
+        (f"{_CONTRIB}/exporter/prometheusexporter", OTELCOL_CORE_VERSION),
+        (f"{_CONTRIB}/exporter/kafkaexporter", _KAFKA_CONTRIB_VERSION),
+    ],
+    "connectors": [(f"{_CONTRIB}/connector/spanmetricsconnector", OTELCOL_CORE_VERSION)],
+    "extensions": [(f"{_CONTRIB}/extension/storage/filestorage", OTELCOL_CORE_VERSION)],
+}
+
+
+def otelcol_version() -> str:
+    """The cache key of the reference collector: its core release and a hash of its module list.
+
+    Adding a module changes the binary, so it gets a folder of its own: a checkout that
+    still names the old list keeps using the old build.
+    """
+    listing = "\n".join(f"{s} {m} {v}" for s, mods in OTELCOL_MODULES.items() for m, v in mods)
+    return f"{OTELCOL_CORE_VERSION}-{hashlib.sha256(listing.encode()).hexdigest()[:8]}"
+
+
+#: A second reference build for tail sampling, in its own cache folder: contrib's
+#: ``tailsamplingprocessor`` is approved at v0.161.0 only, so it cannot join the v0.165 build.
+_TAILSAMPLING_VERSION = "v0.161.0"
+OTELCOL_TAILSAMPLING_MODULES: dict[str, list[tuple[str, str]]] = {
+    "receivers": [(f"{_CORE}/receiver/otlpreceiver", _TAILSAMPLING_VERSION)],
+    "processors": [(f"{_CONTRIB}/processor/tailsamplingprocessor", _TAILSAMPLING_VERSION)],
+    "exporters": [
+        (f"{_CORE}/exporter/otlpexporter", _TAILSAMPLING_VERSION),
+        (f"{_CORE}/exporter/otlphttpexporter", _TAILSAMPLING_VERSION),
+        (f"{_CORE}/exporter/nopexporter", _TAILSAMPLING_VERSION),
+        (f"{_CORE}/exporter/debugexporter", _TAILSAMPLING_VERSION),
+    ],
+}
+
+#: Collector Builder components: (the builder's release, their modules with versions).
+_OCB_BUILDS: dict[str, tuple[str, dict[str, list[tuple[str, str]]]]] = {
+    "otelcol": (OTELCOL_CORE_VERSION, OTELCOL_MODULES),
+    "otelcol-tailsampling": (_TAILSAMPLING_VERSION, OTELCOL_TAILSAMPLING_MODULES),
+}
+
+
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in [
@@ -129,7 +199,7 @@ COMPONENTS: dict[str, Component] = {
             "telemetrygen",
             "v0.161.0",
             "telemetrygen, the OpenTelemetry project's load generator (benchmarks)",
-            {"telemetrygen": "github.com/open-telemetry/opentelemetry-collector-contrib/cmd/telemetrygen"},
+            {"telemetrygen": f"{_CONTRIB}/cmd/telemetrygen"},
             "≈1 min download + ≈2 min build on 2 cores",
         ),
         _go(
@@ -150,8 +220,8 @@ COMPONENTS: dict[str, Component] = {
         ),
         Component(
             name="otelcol",
-            version="v0.165.0",
-            description="reference OpenTelemetry Collector built with the Collector Builder (benchmarks)",
+            version=otelcol_version(),
+            description="reference OpenTelemetry Collector (Collector Builder; benchmarks, Kafka interoperability)",
             kind="ocb",
             binaries={"otelcol": "otelcol-meshwatch-ref"},
             expected_time="≈1 min download + ≈4 min build on 2 cores",
@@ -180,6 +250,14 @@ COMPONENTS: dict[str, Component] = {
             kind="maven",
             binaries={"elasticsearch": f"elasticsearch-{ES_VERSION}/bin/elasticsearch"},
             expected_time="≈30 s download",
+        ),
+        Component(
+            name="kafka",
+            version=KAFKA_VERSION,
+            description="Apache Kafka (KRaft; Maven Central jars) on the JDK",
+            kind="maven-jars",
+            binaries={"kafka": f"libs/kafka_2.13-{KAFKA_VERSION}.jar"},
+            expected_time="≈45 s download (45 jars, 43 MB)",
         ),
         Component(
             name="wrk",
@@ -232,6 +310,8 @@ DEFAULT_COMPONENTS = (
     "pint",
     "dashboard-schema",
     "otelcol-tailsampling",  # the golden test of the tail_sampling processor
+    "kafka",  # ≈15-45 s: 45 jars from Maven Central
+    "otelcol",  # ≈4 min of Go build on an idle 2-core machine: the Kafka interoperability tests
 )
 
 
@@ -253,8 +333,13 @@ def es_home() -> Path:
     return binary("elasticsearch").parent.parent
 
 
+def kafka_classpath() -> str:
+    """The ``-cp`` of the installed Kafka broker (every jar of its folder)."""
+    return str(binary("kafka").parent / "*")
+
+
 def java_home() -> Path:
-    """A JDK for Elasticsearch: ``ES_JAVA_HOME`` if set, else the ``java`` on PATH."""
+    """A JDK for Elasticsearch and Kafka: ``ES_JAVA_HOME`` if set, else the ``java`` on PATH."""
     explicit = os.environ.get("ES_JAVA_HOME")
     if explicit:
         return Path(explicit)
@@ -311,14 +396,17 @@ def install(names: list[str] | None = None, *, force: bool = False) -> list[str]
                 _install_go_source(comp)
             elif comp.kind == "maven":
                 _install_elasticsearch(comp)
+            elif comp.kind == "maven-jars":
+                _install_kafka(comp)
             elif comp.kind == "ocb":
                 _install_otelcol(comp)
             say(f"installed {comp.name} {comp.version} in {format_duration(time.monotonic() - started)}")
             done.append(name)
         if any(COMPONENTS[n].kind in ("go", "gosrc", "ocb") for n in done):
             _clean_go_caches()
-        if "elasticsearch" in wanted:
+        if "elasticsearch" in wanted or "kafka" in wanted:
             java_home()  # fail now, not at first start, if there is no JDK
+        if "elasticsearch" in wanted:
             _ensure_es_user()
     for name in wanted:
         if not COMPONENTS[name].installed():
@@ -435,41 +523,6 @@ def _install_go_source(comp: Component) -> None:
         tmp.rename(comp.folder / target)
 
 
-#: The reference collector for side-by-side benchmarks: the same pipeline shape as
-#: meshwatch's (OTLP in, batch, OTLP out / spanmetrics / Prometheus), all at one release.
-OTELCOL_MODULES = {
-    "receivers": ["go.opentelemetry.io/collector/receiver/otlpreceiver"],
-    "processors": ["go.opentelemetry.io/collector/processor/batchprocessor"],
-    "exporters": [
-        "go.opentelemetry.io/collector/exporter/otlpexporter",
-        "go.opentelemetry.io/collector/exporter/otlphttpexporter",
-        "go.opentelemetry.io/collector/exporter/nopexporter",
-        "go.opentelemetry.io/collector/exporter/debugexporter",
-        "github.com/open-telemetry/opentelemetry-collector-contrib/exporter/prometheusexporter",
-    ],
-    "connectors": ["github.com/open-telemetry/opentelemetry-collector-contrib/connector/spanmetricsconnector"],
-    "extensions": ["github.com/open-telemetry/opentelemetry-collector-contrib/extension/storage/filestorage"],
-}
-
-
-#: A second reference build for tail sampling, in its own cache folder: contrib's
-#: ``tailsamplingprocessor`` is approved at v0.161.0 only, and a Collector Builder
-#: manifest keeps every module at one release, so it cannot join the v0.165.0 build.
-OTELCOL_TAILSAMPLING_MODULES = {
-    "receivers": ["go.opentelemetry.io/collector/receiver/otlpreceiver"],
-    "processors": ["github.com/open-telemetry/opentelemetry-collector-contrib/processor/tailsamplingprocessor"],
-    "exporters": [
-        "go.opentelemetry.io/collector/exporter/otlpexporter",
-        "go.opentelemetry.io/collector/exporter/otlphttpexporter",
-        "go.opentelemetry.io/collector/exporter/nopexporter",
-        "go.opentelemetry.io/collector/exporter/debugexporter",
-    ],
-}
-
-#: Collector Builder components: their modules (all at the component's version).
-_OCB_MODULES = {"otelcol": OTELCOL_MODULES, "otelcol-tailsampling": OTELCOL_TAILSAMPLING_MODULES}
-
-
 def _install_otelcol(comp: Component) -> None:
     go = shutil.which("go")
     if not go:
@@ -479,10 +532,11 @@ def _install_otelcol(comp: Component) -> None:
     log = _logs() / f"{comp.name}-{comp.version}.log"
     gobin = src / "bin"
     env = {**_go_env(), "GOBIN": str(gobin)}
+    builder_version, modules_by_section = _OCB_BUILDS[comp.name]
     builder = gobin / "builder"
     if not builder.exists():
         run_with_heartbeat(
-            [go, "install", f"go.opentelemetry.io/collector/cmd/builder@{comp.version}"],
+            [go, "install", f"{_CORE}/cmd/builder@{builder_version}"],
             what="install the OpenTelemetry Collector Builder",
             log_path=log,
             env=env,
@@ -495,9 +549,9 @@ def _install_otelcol(comp: Component) -> None:
         "  description: reference OpenTelemetry Collector for meshwatch benchmarks",
         f"  output_path: {src / 'dist'}",
     ]
-    for section, modules in _OCB_MODULES[comp.name].items():
+    for section, modules in modules_by_section.items():
         lines.append(f"{section}:")
-        lines += [f"  - gomod: {module} {comp.version}" for module in modules]
+        lines += [f"  - gomod: {module} {version}" for module, version in modules]
     manifest = src / "manifest.yaml"
     manifest.write_text("\n".join(lines) + "\n")
     run_with_heartbeat(
@@ -599,6 +653,19 @@ def _sha1(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- Kafka -------------------------------------------------------------------------------
+
+
+def _install_kafka(comp: Component) -> None:
+    _maven.copy_runtime_jars(
+        list(KAFKA_ARTIFACTS),
+        comp.folder / "libs",
+        work=cache_dir() / "src" / f"{comp.name}-{comp.version}",
+        log_path=_logs() / f"{comp.name}-{comp.version}.log",
+        repo=MAVEN_REPO,
+    )
 
 
 def _ensure_es_user() -> None:

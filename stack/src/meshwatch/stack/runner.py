@@ -23,13 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._kafka_probe import kafka_metadata
 from ._paths import default_state_dir
 from .backends import SPECS, Launch, prometheus_config
 
 __all__ = ["Server", "Stack", "StackError", "free_port", "wait_http"]
 
 #: Start order: Alertmanager before Prometheus so Prometheus can be pointed at it.
-ORDER = ("elasticsearch", "jaeger", "alertmanager", "prometheus", "redis", "nats")
+ORDER = ("elasticsearch", "jaeger", "alertmanager", "prometheus", "redis", "nats", "kafka")
 #: What `meshwatch-stack up` starts when no server is named: the four observability backends.
 DEFAULT_SERVERS = ("elasticsearch", "jaeger", "alertmanager", "prometheus")
 
@@ -52,7 +53,8 @@ def free_port(preferred: int | None = None) -> int:
 
 
 def wait_http(url: str, *, timeout: float, is_alive: Any = None, what: str = "") -> None:
-    """Poll ``url`` until it answers 2xx (or, for ``tcp://host:port``, accepts a connection).
+    """Poll ``url`` until it answers 2xx (for ``tcp://host:port``: accepts a connection; for
+    ``kafka://host:port``: answers a Metadata request listing a broker).
 
     Fails early if ``is_alive()`` turns false, so a server that crashed at start is
     reported at once with its log rather than after the whole timeout.
@@ -62,6 +64,16 @@ def wait_http(url: str, *, timeout: float, is_alive: Any = None, what: str = "")
     while time.monotonic() < deadline:
         if is_alive is not None and not is_alive():
             raise StackError(f"{what or url}: the process exited while starting")
+        if url.startswith("kafka://"):
+            host, _, port = url.removeprefix("kafka://").rpartition(":")
+            try:
+                if kafka_metadata(host, int(port)).brokers:
+                    return
+                last_error = "Metadata lists no broker yet"
+            except (OSError, ValueError) as exc:
+                last_error = str(exc) or type(exc).__name__
+            time.sleep(0.2)
+            continue
         if url.startswith("tcp://"):
             host, _, port = url.removeprefix("tcp://").rpartition(":")
             try:

@@ -117,6 +117,15 @@ def nats_server(stack: Stack) -> Server:
     return start_or_fail(stack, "nats")
 
 
+@pytest.fixture(scope="session")
+def kafka(stack: Stack) -> Server:
+    """Apache Kafka 4.4 (KRaft, one combined node, 256 MB heap): ``urls['bootstrap']`` is ``host:port``.
+
+    Topics made on first use have 4 partitions, so a consumer group of several members shares them.
+    """
+    return start_or_fail(stack, "kafka")
+
+
 #: The fields the dashboards and the console read from a log record, as the collector's template maps them.
 _LOG_TEST_MAPPING = {
     "@timestamp": {"type": "date_nanos"},
