@@ -36,13 +36,16 @@ ENCODINGS = ["otlp_proto", "otlp_json"]
 
 
 @contextlib.contextmanager
-def otelcol(config: dict[str, Any], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The reference collector with ``config``, its own metrics on a free port; stopped after the block."""
+def otelcol(
+    config: dict[str, Any], workdir: Path, *, metrics_port: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The reference collector with ``config``, its own metrics on ``metrics_port`` (default: a free
+    port); stopped after the block."""
     try:
         program = binary("otelcol")
     except BackendMissing as exc:
         pytest.fail(str(exc), pytrace=False)
-    metrics = free_port()
+    metrics = metrics_port or free_port()
     config.setdefault("service", {})["telemetry"] = {
         "logs": {"level": "info"},
         "metrics": {"readers": [{"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": metrics}}}}]},

@@ -150,7 +150,9 @@ class BatchingSettings(StrictModel):
     """How queued records are combined into one send."""
 
     max_items: int = Field(8192, ge=1)
-    max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: Under the 4 MiB that gRPC servers accept by default (the OpenTelemetry Collector's
+    #: ``max_recv_msg_size_mib: 4``): a bigger merged send is refused by them, every time.
+    max_bytes: int = Field(4_000_000, ge=1024)
     #: When fewer than ``max_items`` are waiting, wait up to this long for more before
     #: sending (fewer, bigger sends; the data is already durable, so nobody waits on it).
     linger: Duration = Field(0.0, ge=0, le=10)
