@@ -64,11 +64,10 @@ _INTERNAL = SpanKind.INTERNAL
 _RANDOM = trace_api.TraceFlags.RANDOM_TRACE_ID
 #: TraceFlags by sampled + 2 * random_trace_id.
 _FLAGS = tuple(trace_api.TraceFlags(flags) for flags in (0, 1, _RANDOM, 1 | _RANDOM))
-_DROP = Decision.DROP
 _RECORD_ONLY = Decision.RECORD_ONLY
 _RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
 #: SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid).
-_TRACE_ID, _IS_REMOTE, _TRACE_FLAGS, _TRACE_STATE, _IS_VALID = 0, 2, 3, 4, 5
+_TRACE_ID, _TRACE_FLAGS, _IS_VALID = 0, 3, 5
 _SpanContext = trace_api.SpanContext
 _NO_STATE = DEFAULT_TRACE_STATE
 _new_tuple = tuple.__new__
@@ -382,8 +381,8 @@ class MeshwatchTracer(Tracer):
         set_status_on_exception: bool = True,
     ) -> trace_api.Span:
         # The SDK's Tracer.start_span, step for step, with MeshwatchSpan in place of _Span;
-        # the defaults (random ids, meshwatch's fixed-decision sampler, no SDK self-metrics)
-        # are decided inline, reading SpanContext fields by position (C) not by property (Python).
+        # the defaults (random ids, no SDK self-metrics) are decided inline, the sampling by
+        # SwitchableSampler.decide; reading SpanContext fields by position (C) not by property (Python).
         links = links or ()
         parent = _get_current_span(context).get_span_context()
         if parent is not None and not isinstance(parent, trace_api.SpanContext):
@@ -406,18 +405,9 @@ class MeshwatchTracer(Tracer):
             trace_id = ids.generate_trace_id()
             random_trace_id = ids.is_trace_id_random()
         sampler = self.sampler
-        static = sampler.static_decisions if isinstance(sampler, SwitchableSampler) else None
-        if static is not None:
-            # SwitchableSampler over ParentBased(fixed samplers): its decision, without three parent lookups.
-            if parent is None:
-                if kind is trace_api.SpanKind.CLIENT and sampler.drops_root(kind):  # type: ignore[union-attr]
-                    return trace_api.INVALID_SPAN  # a broker client's housekeeping: not recorded at all
-                decision, trace_state = static[0], None
-            else:
-                decision = static[1 + 2 * (not parent[_IS_REMOTE]) + (not parent[_TRACE_FLAGS] & 1)]
-                trace_state = parent[_TRACE_STATE]
-            if decision is _DROP:
-                decision, attributes = _RECORD_ONLY, None
+        if isinstance(sampler, SwitchableSampler):
+            # meshwatch's one decision, given the parent already looked up (DROP: not recorded)
+            decision, attributes, trace_state = sampler.decide(parent, kind, context, trace_id, name, attributes, links)
         else:
             result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
             decision, attributes, trace_state = result.decision, result.attributes, result.trace_state

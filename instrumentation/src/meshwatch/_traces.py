@@ -19,7 +19,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import sampling as sdk_sampling
 from opentelemetry.trace import Link, SpanKind, get_current_span
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace.span import SpanContext, TraceState
 from opentelemetry.util.types import Attributes
 
 from ._batch import BoundedBatcher
@@ -27,7 +27,14 @@ from ._config import ConfigError
 from ._red import RedMetrics
 from ._redact import Redactor
 
-__all__ = ["MeshwatchSpanProcessor", "SwitchableSampler", "build_propagator", "build_sampler", "redact_spans"]
+__all__ = [
+    "Decided",
+    "MeshwatchSpanProcessor",
+    "SwitchableSampler",
+    "build_propagator",
+    "build_sampler",
+    "redact_spans",
+]
 
 _logger = logging.getLogger("meshwatch")
 
@@ -118,14 +125,20 @@ def started_by_broker_client() -> bool:
     return False
 
 
+#: What a span is given at its start: the decision (DROP: not recorded at all), its attributes, its trace state.
+Decided = tuple[sdk_sampling.Decision, Attributes, "TraceState | None"]
+_NOT_RECORDED_DECIDED: Decided = (_DROP, None, None)
+#: SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid).
+_IS_REMOTE, _TRACE_FLAGS, _TRACE_STATE = 2, 3, 4
+
+
 class SwitchableSampler(sdk_sampling.Sampler):
     """Tracers keep the sampler they were created with; this lets a second ``init()`` change it.
 
-    Sampled or not, a span is always recorded (RED metrics count every request);
-    unsampled spans are never exported. When the inner sampler is ``ParentBased``
-    over the SDK's fixed ``ALWAYS_ON``/``ALWAYS_OFF`` samplers (meshwatch's default
-    at 100 %), the decision is made here from the parent alone, with the same
-    result as the SDK's chain but one parent lookup instead of three.
+    Sampled or not, a span is always recorded with its start attributes (RED metrics
+    count every request by method and route); unsampled spans are never exported.
+    ``decide`` is the one place this is decided: meshwatch's tracer calls it with the
+    parent it has already looked up, the SDK's tracer through ``should_sample``.
     """
 
     def __init__(self, inner: sdk_sampling.Sampler, *, broker_polling_spans: bool = False) -> None:
@@ -140,11 +153,46 @@ class SwitchableSampler(sdk_sampling.Sampler):
     @inner.setter
     def inner(self, sampler: sdk_sampling.Sampler) -> None:
         self._inner = sampler
-        self.static_decisions = _static_decisions(sampler)
+        #: Decisions of a ParentBased over fixed samplers (meshwatch's default at 100 %), by parent
+        #: shape: the same result as the SDK's chain, with no delegate calls and one parent lookup.
+        self._static = _static_decisions(sampler)
 
-    def drops_root(self, kind: SpanKind | None) -> bool:
-        """A root span not to record at all: a broker client's own call (see ``started_by_broker_client``)."""
-        return kind is SpanKind.CLIENT and not self.broker_polling_spans and started_by_broker_client()
+    @property
+    def decides_without_delegate(self) -> bool:
+        """True when ``decide`` reads the decision from the parent alone (no inner sampler call)."""
+        return self._static is not None
+
+    def decide(  # noqa: PLR0917 - the Sampler's arguments, with the parent already looked up
+        self,
+        parent: SpanContext | None,
+        kind: SpanKind | None,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+    ) -> Decided:
+        """The sampling decision for a span whose valid parent is ``parent`` (None for a root).
+
+        DROP means not recorded at all (a broker client's own housekeeping, see
+        ``started_by_broker_client``); the inner sampler's DROP becomes RECORD_ONLY
+        with the start attributes kept (the SDK's samplers return none with a DROP).
+        """
+        if parent is None and kind is SpanKind.CLIENT and not self.broker_polling_spans and started_by_broker_client():
+            return _NOT_RECORDED_DECIDED
+        static = self._static
+        if static is not None:
+            if parent is None:
+                decision, trace_state = static[0], None
+            else:
+                # by position: the SpanContext properties are Python calls
+                decision = static[1 + 2 * (not parent[_IS_REMOTE]) + (not parent[_TRACE_FLAGS] & 1)]
+                trace_state = parent[_TRACE_STATE]
+            return (_RECORD_ONLY if decision is _DROP else decision), attributes, trace_state
+        result = self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links)
+        if result.decision is _DROP:
+            return _RECORD_ONLY, attributes, result.trace_state
+        return result.decision, result.attributes, result.trace_state
 
     def should_sample(  # noqa: PLR0917 - the Sampler interface
         self,
@@ -156,29 +204,13 @@ class SwitchableSampler(sdk_sampling.Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> sdk_sampling.SamplingResult:
-        static = self.static_decisions
-        if static is not None:
-            parent = get_current_span(parent_context).get_span_context()
-            if parent is None or not parent.is_valid:
-                if self.drops_root(kind):
-                    return _NOT_RECORDED
-                decision, parent_state = static[0], None
-            else:
-                decision = static[1 + 2 * (not parent.is_remote) + (not parent.trace_flags.sampled)]
-                parent_state = parent.trace_state
-            if decision is _DROP:
-                return sdk_sampling.SamplingResult(_RECORD_ONLY, None, parent_state)
-            return sdk_sampling.SamplingResult(decision, attributes, parent_state)
-        if kind is SpanKind.CLIENT and not self.broker_polling_spans:
-            parent = get_current_span(parent_context).get_span_context()
-            # the stack is walked only for a root span: a child's parent says it is not housekeeping
-            if (parent is None or not parent.is_valid) and started_by_broker_client():
-                return _NOT_RECORDED
-        result = self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-        if result.decision is _DROP:
-            # Not exported, but still recorded: RED metrics count every request, sampled or not.
-            return sdk_sampling.SamplingResult(_RECORD_ONLY, result.attributes, result.trace_state)
-        return result
+        parent = get_current_span(parent_context).get_span_context()
+        if parent is not None and not parent.is_valid:
+            parent = None
+        decision, kept, state = self.decide(parent, kind, parent_context, trace_id, name, attributes, links)
+        if decision is _DROP:
+            return _NOT_RECORDED
+        return sdk_sampling.SamplingResult(decision, kept, state)
 
     def get_description(self) -> str:
         return f"meshwatch({self._inner.get_description()})"
