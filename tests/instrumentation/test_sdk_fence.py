@@ -33,7 +33,33 @@ def _fresh_fence() -> Iterator[None]:
 def test_the_fast_parts_pass_their_check_on_this_sdk() -> None:
     parts = _sdk_fence.sdk_parts()
     assert parts.tracer_provider is MeshwatchTracerProvider and parts.fast_spans and parts.fast_encoders
+    assert parts.fast_logs
     assert parts.fallback_reason is None
+
+
+def test_a_log_record_missing_a_field_of_the_sdks_falls_back_to_the_sdk_handler(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As if an SDK release added a LogRecord field the encoder reads: the SDK's handler takes over."""
+    from meshwatch import _logs
+
+    original = _logs._OTLPRecord.__init__
+
+    def without_event_name(self: _logs._OTLPRecord, *args: object) -> None:
+        original(self, *args)
+        del self.event_name
+
+    monkeypatch.setattr(_logs._OTLPRecord, "__init__", without_event_name)
+    with caplog.at_level(logging.WARNING, logger="meshwatch"):
+        parts = _sdk_fence.sdk_parts()
+    assert not parts.fast_logs
+    assert parts.fast_spans, "the span class passed its own check"
+    assert "event_name" in (parts.fallback_reason or "")
+    assert sum("stock OpenTelemetry SDK parts" in r.message for r in caplog.records) == 1
+
+
+def test_forced_stock_parts_use_the_sdk_log_handler() -> None:
+    assert not _sdk_fence.sdk_parts(fast_path=False).fast_logs
 
 
 def test_a_span_class_that_records_differently_falls_back_to_the_sdks(
@@ -82,7 +108,25 @@ for i in range(5):
     with tracer.start_as_current_span("step", attributes={"item": i, "tags": ["a", "b"]}) as span:
         span.add_event("half way", {"i": i})
         logging.getLogger("fence").warning("step done", extra={"item": i})
+        try:
+            raise ValueError(i)
+        except ValueError:
+            logging.getLogger("fence").exception("step failed", extra={"item": i})
+logging.getLogger("fence").info("outside any span")
 """
+
+
+def _log_summary(record: object) -> tuple[object, ...]:
+    """What a user sees of a log record (the SDK's handler adds code.* attributes on top)."""
+    attributes = {k: v for k, v in record.attributes.items() if not k.startswith(("code.", "exception.stacktrace"))}
+    stack = record.attributes.get("exception.stacktrace", "")
+    return (
+        record.body,
+        record.severity,
+        bool(record.trace_id),
+        tuple(sorted(attributes.items(), key=str)),
+        "raise ValueError(i)" in stack,
+    )
 
 
 @pytest.mark.integration
@@ -96,7 +140,27 @@ def test_the_stock_parts_deliver_the_same_telemetry(tmp_path: Path) -> None:
             subprocess.run(["meshwatch-run", "python", str(script)], env=env, check=True, capture_output=True)
             with sink.lock:
                 spans = sorted((s.name, s.kind, tuple(sorted(s.attributes.items(), key=str))) for s in sink.spans)
-                logs = sorted((r.attributes.get("item"), bool(r.trace_id)) for r in sink.logs if r.body == "step done")
+                logs = sorted(
+                    (
+                        _log_summary(r)
+                        for r in sink.logs
+                        if r.attributes.get("code.function.name", "") != "_log_started"
+                        and not str(r.body).startswith("meshwatch ")
+                    ),
+                    key=str,
+                )
         seen[fast] = (spans, logs)
-    assert len(seen["true"][0]) == 5 and len(seen["true"][1]) == 5
-    assert seen["true"] == seen["false"]
+    assert len(seen["true"][0]) == 5
+    assert len(seen["true"][1]) == 11, seen["true"][1]
+    assert (
+        "step failed",
+        "ERROR",
+        True,
+        (("exception.message", "3"), ("exception.type", "ValueError"), ("item", 3)),
+        True,
+    ) in seen["true"][1]
+    assert seen["true"][0] == seen["false"][0]
+    assert set(seen["true"][1]) ^ set(seen["false"][1]) == set(), (
+        set(seen["true"][1]) - set(seen["false"][1]),
+        set(seen["false"][1]) - set(seen["true"][1]),
+    )

@@ -59,6 +59,7 @@ _RESERVED = frozenset(
         "color_message",
     }
 )
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 #: Keys of the JSON line itself; an extra field with one of these names is prefixed.
 _LINE_KEYS = frozenset(
     {"timestamp", "level", "logger", "message", "service", "trace_id", "span_id", "exception", "stack"}
@@ -136,6 +137,9 @@ class MeshwatchHandler(logging.Handler):
     """Writes each record as a JSON line on stdout and/or queues it for OTLP export.
 
     ``sinks`` receive every finished OTLP record too (the pytest fixture's capture).
+    With ``sdk_handler`` (the SDK's ``LoggingHandler``, when ``_sdk_fence`` finds the
+    SDK's log record changed) the OTLP record is the SDK's, made by that handler and
+    routed by the logger provider's processor to the same queue and sinks.
     """
 
     def __init__(
@@ -147,8 +151,10 @@ class MeshwatchHandler(logging.Handler):
         resource: Resource,
         redactor: Redactor,
         level: int = logging.NOTSET,
+        sdk_handler: logging.Handler | None = None,
     ) -> None:
         super().__init__(level)
+        self.sdk_handler = sdk_handler
         self.service = service
         self.stdout = stdout
         self.enqueue = enqueue
@@ -231,6 +237,14 @@ class MeshwatchHandler(logging.Handler):
             stream.flush()
         if (self.enqueue is None and not self.sinks) or record.name.startswith("opentelemetry"):
             return  # the SDK's own complaints about exporting are not shipped through the exporter
+        if self.sdk_handler is not None:
+            # The stock path (Logger.emit -> meshwatch's log processor), given the extras this
+            # handler ships: without the logging instrumentor's otel* copies and private fields.
+            # (not makeLogRecord: it goes through the record factory, which adds them again)
+            shipped = object.__new__(logging.LogRecord)
+            shipped.__dict__.update({k: v for k, v in record.__dict__.items() if k in _STANDARD or k in extras})
+            self.sdk_handler.emit(shipped)
+            return
         attributes = {k: _otlp_value(v) for k, v in extras.items()}
         if exception:
             attributes["exception.type"] = exception["type"]

@@ -1,7 +1,9 @@
 """The one place that decides whether meshwatch's faster replacements of SDK parts are used.
 
-meshwatch replaces three parts of the OpenTelemetry SDK for speed: the span and
-tracer classes (``_span``) and the OTLP span and log encoders (``_otlp``). They rely
+meshwatch replaces four parts of the OpenTelemetry SDK for speed: the span and
+tracer classes (``_span``), the OTLP span and log encoders (``_otlp``) and the
+log handler's direct construction of the SDK's log records (``_logs``, in place
+of the SDK's ``LoggingHandler`` → ``Logger.emit`` path). They rely
 on SDK internals (private attributes of ``ReadableSpan``, ``BoundedAttributes``,
 the tracer-metrics hook, ...), which any SDK release may change. So at ``init()``,
 once per process, this module imports them and checks that they still produce what
@@ -38,6 +40,8 @@ class SdkParts:
     encode_logs: Encoder
     fast_spans: bool
     fast_encoders: bool
+    #: meshwatch's handler builds the OTLP log record itself; False: the SDK's LoggingHandler does.
+    fast_logs: bool = False
     fallback_reason: str | None = None
 
 
@@ -184,6 +188,47 @@ def _check_encoders() -> tuple[tuple[Encoder, Encoder] | None, str | None]:
     return (encode_spans, encode_logs), None
 
 
+def _check_log_records() -> str | None:
+    """meshwatch's log records must carry every field the SDK's LogRecord sets, and encode the same."""
+    try:
+        from opentelemetry._logs import LogRecord, SeverityNumber
+        from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs as official_logs
+        from opentelemetry.sdk._logs import ReadableLogRecord
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import TraceFlags
+
+        from ._logs import _OTLPRecord
+
+        fields = (1_700_000_000_000_000_000, 1_700_000_000_000_000_500, 0xAB, 0xCD, TraceFlags(1), "WARN")
+        values = (SeverityNumber.WARN, "message", {"n": 1, "exception.type": "ValueError"})
+        ours = _OTLPRecord(*fields, *values)
+        stock = LogRecord(
+            timestamp=fields[0],
+            observed_timestamp=fields[1],
+            trace_id=fields[2],
+            span_id=fields[3],
+            trace_flags=fields[4],
+            severity_text=fields[5],
+            severity_number=values[0],
+            body=values[1],
+            attributes=values[2],
+        )
+        missing = set(vars(stock)) - set(vars(ours))
+        if missing:
+            return f"meshwatch's log records lack the SDK LogRecord's {', '.join(sorted(missing))}"
+        scope, resource = InstrumentationScope("meshwatch.fence"), Resource(_FENCE_RESOURCE)
+        encoded = [
+            official_logs([ReadableLogRecord(log_record=r, resource=resource, instrumentation_scope=scope)])
+            for r in (ours, stock)
+        ]
+    except Exception as exc:
+        return f"meshwatch's log records: {type(exc).__name__}: {exc}"
+    if encoded[0] != encoded[1]:
+        return "meshwatch's log records encode differently from this SDK's"
+    return None
+
+
 _CACHE: dict[bool, SdkParts] = {}
 
 
@@ -192,17 +237,21 @@ def sdk_parts(*, fast_path: bool = True) -> SdkParts:
     if fast_path in _CACHE:
         return _CACHE[fast_path]
     if not fast_path:
-        parts = SdkParts(TracerProvider, _official_span_encoder, _official_log_encoder, False, False, "configured")
+        parts = SdkParts(
+            TracerProvider, _official_span_encoder, _official_log_encoder, False, False, False, "configured"
+        )
     else:
         provider, span_reason = _check_spans()
         encoders, encoder_reason = _check_encoders()
-        reasons = [r for r in (span_reason, encoder_reason) if r]
+        log_reason = _check_log_records()
+        reasons = [r for r in (span_reason, encoder_reason, log_reason) if r]
         parts = SdkParts(
             provider or TracerProvider,
             encoders[0] if encoders else _official_span_encoder,
             encoders[1] if encoders else _official_log_encoder,
             provider is not None,
             encoders is not None,
+            log_reason is None,
             "; ".join(reasons) or None,
         )
         if reasons:

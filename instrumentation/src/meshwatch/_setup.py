@@ -216,12 +216,18 @@ def _configure_logging(st: _State) -> None:
     sinks = old[0].sinks if old else []
     if not settings.log_capture:
         return
+    sdk_handler = None
+    if not sdk_parts(fast_path=settings.sdk_fast_path).fast_logs:
+        from opentelemetry.sdk._logs import LoggingHandler  # the SDK's own record construction
+
+        sdk_handler = LoggingHandler(logger_provider=st.logger_provider)
     handler = MeshwatchHandler(
         service=str(st.resource.attributes.get("service.name")),
         stdout=settings.log_stdout,
         enqueue=st.log_batcher.add if st.log_batcher else None,
         resource=st.resource,
         redactor=st.redactor,
+        sdk_handler=sdk_handler,
     )
     handler.sinks = sinks
     st.handler = handler
