@@ -1,7 +1,9 @@
 """Build the OTLP (or console) exporter for one signal from the settings.
 
-Imports happen inside the factories: the gRPC stack is only loaded when gRPC is
-chosen, and the HTTP one only for ``http/protobuf``. Factories are called by the
+All three signals go through the same senders (``_transport``), built by
+``build_sender`` from the same settings, so a TLS file, a header, the timeout or
+the compression reaches metrics exactly as it reaches traces and logs. Imports
+happen inside the factories: the gRPC stack is only loaded when gRPC is chosen. Factories are called by the
 batch worker in the process that exports, so a forked worker connects anew.
 """
 
@@ -13,95 +15,58 @@ from typing import Any
 
 from ._config import Settings
 
-__all__ = ["exporter_factory", "metric_exporter_factory"]
+__all__ = ["FanOutExporter", "build_sender", "exporter_factory", "metric_exporter_factory"]
 
 
-def _common(settings: Settings, signal: str) -> dict[str, Any]:
-    return {
-        "endpoint": settings.endpoint_for(signal),
-        "headers": dict(settings.headers) or None,
-        "timeout": settings.export_timeout,
+def build_sender(settings: Settings, signal: str) -> Any:
+    """The OTLP sender of one signal: every export setting (endpoint, protocol, TLS files, headers,
+    timeout, compression) is read here, once, for traces, metrics and logs alike."""
+    from ._transport import GrpcSender, HttpSender
+
+    endpoint = settings.endpoint_for(signal)
+    tls = {
+        "certificate": settings.certificate,
+        "client_certificate": settings.client_certificate,
+        "client_key": settings.client_key,
     }
+    common = {"headers": settings.headers, "timeout": settings.export_timeout, "compression": settings.compression}
+    if settings.protocol_for(signal) == "grpc":
+        insecure = settings.insecure if settings.insecure is not None else not endpoint.startswith("https://")
+        return GrpcSender(signal, endpoint, insecure=insecure, **common, **tls)
+    return HttpSender(signal, endpoint, **common, **tls)
 
 
-def _grpc_kwargs(settings: Settings, signal: str) -> dict[str, Any]:
-    # Metrics use the official exporters: a few hundred points per interval cost little.
-    from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
-
-    kwargs = _common(settings, signal)
-    endpoint = kwargs["endpoint"]
-    insecure = settings.insecure
-    if insecure is None:
-        insecure = not endpoint.startswith("https://")
-    kwargs["insecure"] = insecure
-    if not insecure:  # the same TLS settings as traces and logs (the exporter's own env reading is bypassed)
-        from ._transport import grpc_credentials
-
-        kwargs["credentials"] = grpc_credentials(settings.certificate, settings.client_certificate, settings.client_key)
-    kwargs["compression"] = Compression.Gzip if settings.compression == "gzip" else Compression.NoCompression
-    return kwargs
+def _check_kinds(signal: str, kinds: Sequence[str], known: Sequence[str]) -> list[str]:
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise ValueError(f"unknown {signal} exporter {unknown[0]!r}; use {', '.join(known)} or none")
+    return list(dict.fromkeys(kinds))  # otlp,otlp is one exporter
 
 
-def _http_kwargs(settings: Settings, signal: str) -> dict[str, Any]:
-    from opentelemetry.exporter.otlp.proto.http import Compression
-
-    kwargs = _common(settings, signal)
-    kwargs["certificate_file"] = settings.certificate
-    kwargs["client_certificate_file"] = settings.client_certificate
-    kwargs["client_key_file"] = settings.client_key
-    kwargs["compression"] = Compression.Gzip if settings.compression == "gzip" else Compression.NoCompression
-    return kwargs
-
-
-def exporter_factory(settings: Settings, signal: str, kind: str) -> Callable[[], Any]:
+def exporter_factory(settings: Settings, signal: str, kinds: Sequence[str]) -> Callable[[], Any]:
     """A zero-argument callable building the span (``traces``) or log (``logs``) exporter.
 
-    OTLP uses meshwatch's own encoder and senders (``_otlp``, ``_transport``): the
-    same bytes on the wire as the official exporters, for a fraction of the CPU.
+    Every kind named (``otlp,console``) is honoured: the batch goes to each. OTLP uses
+    meshwatch's own encoder (where the fence checked it) and senders (``_transport``):
+    the same bytes on the wire as the official exporters, for a fraction of the CPU.
     """
-    if kind == "console":
-        return lambda: _ConsoleExporter(signal)
-    if kind != "otlp":
-        raise ValueError(f"unknown {signal} exporter {kind!r}; use otlp, console or none")
-    protocol = settings.protocol_for(signal)
+    kinds = _check_kinds(signal, kinds, ("otlp", "console"))
     # Imported here, on init()'s thread, not in build(): build() runs on an export thread,
     # and a worker forked while that thread was importing inherits a half-imported module.
     from ._sdk_fence import sdk_parts
-    from ._transport import GrpcSender, HttpSender, OTLPExporter
+    from ._transport import OTLPExporter
 
     parts = sdk_parts(fast_path=settings.sdk_fast_path)  # meshwatch's encoder where checked, else the SDK's
     encode = parts.encode_spans if signal == "traces" else parts.encode_logs
 
-    def build() -> Any:
-        endpoint = settings.endpoint_for(signal)
-        sender: GrpcSender | HttpSender
-        if protocol == "grpc":
-            insecure = settings.insecure if settings.insecure is not None else not endpoint.startswith("https://")
-            sender = GrpcSender(
-                signal,
-                endpoint,
-                insecure=insecure,
-                headers=settings.headers,
-                timeout=settings.export_timeout,
-                compression=settings.compression,
-                certificate=settings.certificate,
-                client_certificate=settings.client_certificate,
-                client_key=settings.client_key,
-            )
-        else:
-            sender = HttpSender(
-                signal,
-                endpoint,
-                headers=settings.headers,
-                timeout=settings.export_timeout,
-                compression=settings.compression,
-                certificate=settings.certificate,
-                client_certificate=settings.client_certificate,
-                client_key=settings.client_key,
-            )
-        return OTLPExporter(encode, sender)
+    def build_one(kind: str) -> Any:
+        if kind == "console":
+            return _ConsoleExporter(signal)
+        return OTLPExporter(encode, build_sender(settings, signal))
 
-    return build
+    if len(kinds) == 1:
+        return lambda: build_one(kinds[0])
+    return lambda: FanOutExporter([build_one(kind) for kind in kinds])
 
 
 def metric_exporter_factory(settings: Settings, kind: str) -> Callable[[], Any]:
@@ -112,25 +77,28 @@ def metric_exporter_factory(settings: Settings, kind: str) -> Callable[[], Any]:
         return lambda: ConsoleMetricExporter(out=sys.stderr)
     if kind != "otlp":
         raise ValueError(f"unknown metrics exporter {kind!r}; use otlp, prometheus, console or none")
-    protocol = settings.protocol_for("metrics")
-    # The exporter's module is imported now, on init()'s thread: build() runs on the metric
-    # reader's thread, and a gunicorn worker forked while that thread was importing got a
-    # half-initialised module ("partially initialized module ... OTLPMetricExporter") and
-    # never exported a metric.
-    exporter_class: Any
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as exporter_class
+    # Imported now, on init()'s thread: build() runs on the metric reader's thread, and a
+    # gunicorn worker forked while that thread was importing got a half-initialised module.
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 
-        kwargs = _grpc_kwargs
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as exporter_class
+    from ._transport import OTLPMetricExporter
 
-        kwargs = _http_kwargs  # its Compression comes from the package just imported
+    return lambda: OTLPMetricExporter(encode_metrics, build_sender(settings, "metrics"))
 
-    def build() -> Any:
-        return exporter_class(**kwargs(settings, "metrics"))
 
-    return build
+class FanOutExporter:
+    """Spans or log records to several exporters (``OTEL_TRACES_EXPORTER=otlp,console``); fails if any fails."""
+
+    def __init__(self, exporters: Sequence[Any]) -> None:
+        self.exporters = list(exporters)
+
+    def export(self, batch: Sequence[Any]) -> bool:
+        results = [exporter.export(batch) for exporter in self.exporters]  # each one, even after a failure
+        return all(results)  # meshwatch's exporters answer a bool
+
+    def shutdown(self) -> None:
+        for exporter in self.exporters:
+            exporter.shutdown()
 
 
 class _ConsoleExporter:

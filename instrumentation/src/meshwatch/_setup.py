@@ -147,7 +147,7 @@ def _span_batcher(settings: Settings, redactor: Redactor) -> BoundedBatcher[Any]
         return None
     return BoundedBatcher(
         "traces",
-        exporter_factory(settings, "traces", kinds[0]),
+        exporter_factory(settings, "traces", kinds),
         max_queue_size=settings.max_queue_size,
         max_export_batch_size=settings.max_export_batch_size,
         schedule_delay=settings.schedule_delay,
@@ -161,7 +161,7 @@ def _log_batcher(settings: Settings) -> BoundedBatcher[Any] | None:
         return None
     return BoundedBatcher(
         "logs",
-        exporter_factory(settings, "logs", kinds[0]),
+        exporter_factory(settings, "logs", kinds),
         max_queue_size=settings.max_queue_size,
         max_export_batch_size=settings.max_export_batch_size,
         schedule_delay=settings.schedule_delay,

@@ -9,6 +9,7 @@ exactly as the OTLP/HTTP spec says, and counts every span it is sent, duplicates
 from __future__ import annotations
 
 import contextlib
+import gzip
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,7 +73,17 @@ class OtlpSink:
     spans: list[SpanSeen] = field(default_factory=list)
     logs: list[LogSeen] = field(default_factory=list)
     points: list[PointSeen] = field(default_factory=list)
+    #: (path, request headers) of every export received, to check what each signal was sent with.
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def headers_by_path(self) -> dict[str, list[dict[str, str]]]:
+        """Request headers (lower-case names) of every export, by path (``/v1/traces``, ...)."""
+        with self.lock:
+            out: dict[str, list[dict[str, str]]] = {}
+            for path, headers in self.requests:
+                out.setdefault(path, []).append(headers)
+            return out
 
     def span_names(self) -> list[str]:
         with self.lock:
@@ -153,6 +164,10 @@ def otlp_sink(port: int = 0) -> Iterator[OtlpSink]:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with sink.lock:
+                sink.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                body = gzip.decompress(body)
             add = routes.get(self.path)
             if add is None:
                 self.send_error(404)
