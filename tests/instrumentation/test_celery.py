@@ -1,7 +1,7 @@
 """A Celery worker (prefork pool, Redis broker) and a producer, both under ``meshwatch-run``, no OTel code.
 
 The task's span must join the producer's trace, a failing task must be an error
-span, a line logged in the task must be exported and printed as JSON with the
+span, task duration and failures must be metrics, a line logged in the task must be exported and printed as JSON with the
 task's trace id (Celery's own logging set-up removes other handlers), and an idle
 worker must not export the broker client's polling as one-span traces.
 Everything is counted at an OTLP sink (Jaeger would merge identical spans).
@@ -118,6 +118,30 @@ def test_task_joins_the_producers_trace_and_its_log_is_exported(redis_server: An
         def task_log() -> list[Any]:
             with sink.lock:
                 return [r for r in sink.logs if r.body == "adding"]
+
+        def task_metrics() -> dict[tuple[str, str, str], float]:
+            with sink.lock:
+                points = [p for p in sink.points if p.resource.get("service.name") == "celery-worker"]
+            seen: dict[tuple[str, str, str], float] = {}
+            for p in points:  # cumulative: the last point of a series is its total
+                if p.metric == "celery.task.duration":
+                    seen[(p.metric, p.attributes["celery.task.name"], p.attributes["celery.task.state"])] = p.count
+                elif p.metric == "celery.task.failures":
+                    seen[(p.metric, p.attributes["celery.task.name"], p.attributes["error.type"])] = p.value
+            return seen
+
+        wanted = {
+            ("celery.task.duration", "tasks.add", "SUCCESS"): 1,
+            ("celery.task.duration", "tasks.fail", "FAILURE"): 1,
+            ("celery.task.failures", "tasks.fail", "ValueError"): 1,
+        }
+        metrics = eventually(
+            lambda: (found := task_metrics()) and all(k in found for k in wanted) and found,
+            timeout=20,
+            what="task duration and failure metrics at the sink",
+        )
+        assert {k: metrics[k] for k in wanted} == wanted, metrics
+        assert ("celery.task.failures", "tasks.add", "ValueError") not in metrics
 
         exported = eventually(task_log, timeout=20, what="the task's log record at the sink")
         assert exported[0].trace_id == trace_id

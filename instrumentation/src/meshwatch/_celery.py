@@ -15,12 +15,18 @@ A prefork pool process ends with ``os._exit`` at a warm shutdown, so ``atexit`` 
 runs there: the spans and log records of the last tasks it ran were lost (one of two
 in the test). Celery's ``worker_process_shutdown`` signal, sent in the pool process
 just before, flushes them.
+
+Task duration and failures are metrics too (``celery.task.duration`` in seconds and
+``celery.task.failures``, by task name), measured from Celery's own task signals in
+the process that runs the task, so they count every task, sampled or not, with or
+without the Celery instrumentor.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -29,9 +35,11 @@ from ._server_logs import is_console_handler
 if TYPE_CHECKING:
     from ._logs import MeshwatchHandler
 
-__all__ = ["console_stream", "integrate_celery"]
+__all__ = ["TASK_DURATION", "console_stream", "integrate_celery", "record_task_metrics"]
 
 _connected: list[Callable[..., None]] = []
+_metrics_connected: list[Callable[..., None]] = []
+TASK_DURATION = "celery.task.duration"
 
 
 def console_stream() -> IO[str]:
@@ -78,4 +86,39 @@ def integrate_celery(current_handler: Callable[[], MeshwatchHandler | None], flu
     signals.after_setup_task_logger.connect(restore, weak=False)
     signals.worker_process_shutdown.connect(flush_pool_process, weak=False)
     _connected.append(restore)
+    return True
+
+
+def record_task_metrics(meter: Any) -> bool:
+    """Task duration (by name and final state) and failures (by name and error type), once per process."""
+    if _metrics_connected:
+        return True
+    try:
+        from celery import signals
+    except ImportError:
+        return False
+    duration = meter.create_histogram(TASK_DURATION, unit="s", description="Time a Celery task took to run.")
+    failures = meter.create_counter(
+        "celery.task.failures", unit="{task}", description="Celery tasks that ended in an exception."
+    )
+    started: dict[str, float] = {}
+
+    def prerun(task_id: str | None = None, **_: Any) -> None:
+        if task_id is not None:
+            started[task_id] = time.perf_counter()
+
+    def postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **kwargs: Any) -> None:
+        began = started.pop(task_id, None) if task_id is not None else None
+        name = getattr(task, "name", None) or "unknown"
+        if began is not None:
+            duration.record(
+                time.perf_counter() - began, {"celery.task.name": name, "celery.task.state": state or "UNKNOWN"}
+            )
+        if state == "FAILURE":
+            error = kwargs.get("retval")
+            failures.add(1, {"celery.task.name": name, "error.type": type(error).__name__ if error else "unknown"})
+
+    signals.task_prerun.connect(prerun, weak=False)
+    signals.task_postrun.connect(postrun, weak=False)
+    _metrics_connected.append(postrun)
     return True

@@ -28,6 +28,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
+from ._celery import TASK_DURATION
 from ._config import Settings
 from ._dropped import TALLY
 from ._exporters import metric_exporter_factory
@@ -46,6 +47,7 @@ def _views() -> list[View]:
     return [
         View(instrument_name="http.server.request.duration", aggregation=buckets),
         View(instrument_name="http.client.request.duration", aggregation=buckets),
+        View(instrument_name=TASK_DURATION, aggregation=buckets),
     ]
 
 

@@ -28,7 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from ._batch import BoundedBatcher
-from ._celery import integrate_celery
+from ._celery import integrate_celery, record_task_metrics
 from ._config import Settings, resolve
 from ._dropped import TALLY
 from ._exporters import exporter_factory
@@ -235,6 +235,8 @@ def _configure_logging(st: _State) -> None:
     configure_structlog()
     if importlib.util.find_spec("celery") is not None:
         integrate_celery(lambda: st.handler, _at_exit)
+        if st.meter_provider is not None:
+            record_task_metrics(st.meter_provider.get_meter("meshwatch.celery"))
     hook_server_logging(lambda: st.handler)
 
 
