@@ -1,9 +1,9 @@
 """A Celery worker (prefork pool, Redis broker) and a producer, both under ``meshwatch-run``, no OTel code.
 
 The task's span must join the producer's trace, a failing task must be an error
-span, task duration and failures must be metrics, a line logged in the task must be exported and printed as JSON with the
-task's trace id (Celery's own logging set-up removes other handlers), and an idle
-worker must not export the broker client's polling as one-span traces.
+span, task duration and failures must be metrics, a line logged in the task must
+be exported and printed as JSON with the task's trace id (Celery's own logging
+set-up removes other handlers), and an idle worker must not export the broker client's polling as one-span traces.
 Everything is counted at an OTLP sink (Jaeger would merge identical spans).
 """
 
