@@ -3,7 +3,8 @@
 uvicorn and gunicorn set up their own loggers after meshwatch (and they do not
 propagate to the root logger), so their start-up lines, access log and
 "Exception in ASGI application" used to stay in the server's plain-text format
-and never reached the collector.
+and never reached the collector. The crash is then found in the real Elasticsearch
+by its exception type, through the collector.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meshwatch.collector.otlp_sink import otlp_sink, sink_env
+from meshwatch.collector.testing import start_collector
 from meshwatch.stack import free_port
 from meshwatch.stack.testing import eventually
 
@@ -99,3 +103,70 @@ def test_gunicorn_lines_are_json_and_exported(tmp_path: Path) -> None:
     assert not plain, f"lines that are not JSON: {plain[:5]}"
     assert any(o["logger"] == "gunicorn.error" and o["message"].startswith("Booting worker") for o in objects)
     assert any(o["logger"] == "gunicorn.access" and "/stock/5" in o["message"] for o in objects)
+
+
+def test_an_unhandled_exception_under_uvicorn_is_found_in_elasticsearch_by_its_type(
+    tmp_path: Path, elasticsearch: Any
+) -> None:
+    """Service → meshwatch collector → the real Elasticsearch: a term query on error.type finds the crash."""
+    from elasticsearch import Elasticsearch
+
+    prefix = f"mwcrash-{uuid.uuid4().hex[:8]}"
+    collector = start_collector(
+        {
+            "exporters": {
+                "elasticsearch": {
+                    "endpoints": [elasticsearch.url],
+                    "index_prefix": prefix,
+                    "sending_queue": {"fsync": "never"},
+                }
+            },
+            "service": {"pipelines": {"logs": {"receivers": ["otlp"], "exporters": ["elasticsearch"]}}},
+        },
+        tmp_path / "collector",
+    )
+    client = Elasticsearch(elasticsearch.url, request_timeout=30)
+    port = free_port()
+    service_name = f"crash-{uuid.uuid4().hex[:6]}"
+    try:
+        env = base_env(
+            OTEL_SERVICE_NAME=service_name,
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{collector.grpc_endpoint}",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            OTEL_TRACES_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_BSP_SCHEDULE_DELAY="200",
+        )
+        argv = ["meshwatch-run", "uvicorn", "pricing:app", "--port", str(port)]
+        service = start("uvicorn-crash", argv, env, tmp_path, port=port, ready_path="/price/1")
+        with running(service):
+            assert _get(f"{service.url}/boom") == 500
+
+            def crashes() -> list[dict[str, Any]]:
+                client.indices.refresh(index=f"{prefix}-*", ignore_unavailable=True, allow_no_indices=True)
+                query = {
+                    "bool": {
+                        "filter": [
+                            {"term": {"error.type": "RuntimeError"}},
+                            {"term": {"service.name": service_name}},
+                        ]
+                    }
+                }
+                found = client.search(index=f"{prefix}-*", query=query, size=5, allow_no_indices=True)
+                return [hit["_source"] for hit in found["hits"]["hits"]]
+
+            hits = eventually(crashes, timeout=60, what="the crash searchable by error.type in Elasticsearch")
+        crash = hits[0]
+        assert crash["message"].startswith("Exception in ASGI application")
+        assert "pricing exploded" in crash["error"]["message"]
+        assert "raise RuntimeError" in crash["error"]["stack_trace"]
+        assert crash["log"]["level"] == "error"
+        # positive control of the query: another type finds nothing
+        client.indices.refresh(index=f"{prefix}-*", ignore_unavailable=True, allow_no_indices=True)
+        other = client.count(index=f"{prefix}-*", query={"term": {"error.type": "KeyError"}}, allow_no_indices=True)
+        assert other["count"] == 0
+    finally:
+        collector.stop(timeout=20)
+        client.indices.delete(index=f"{prefix}-*", allow_no_indices=True)
+        client.options(ignore_status=404).indices.delete_index_template(name=prefix)
+        client.close()
