@@ -125,15 +125,20 @@ def test_missing_instrumented_library_never_breaks_init(tmp_path: Path) -> None:
         builtins.__import__ = refuse
         status = meshwatch.init(service_name="partial", traces_exporter="none", metrics_exporter="none",
                                 logs_exporter="none", disabled_instrumentations="grpc,sqlalchemy")
-        print('{"instrumented": %s, "skipped": %s}' % (
-            __import__("json").dumps(status.instrumented), __import__("json").dumps(sorted(status.skipped))))
+        import redis, requests  # instrumentors are applied when their library is imported
+        from opentelemetry.instrumentation.requests import RequestsInstrumentor
+        print('{"instrumented": %s, "skipped": %s, "requests": %s}' % (
+            __import__("json").dumps(status.instrumented), __import__("json").dumps(sorted(status.skipped)),
+            __import__("json").dumps(RequestsInstrumentor().is_instrumented_by_opentelemetry)))
         """,
         tmp_path,
     )
     report = next(x for x in lines if "instrumented" in x)
+    assert report["requests"] is True, "applied at import"
     assert "requests" in report["instrumented"]
-    assert "redis" not in report["instrumented"]
     assert {"grpc_client", "grpc_server", "sqlalchemy"} <= set(report["skipped"])
+    warning = next(x for x in lines if "did not instrument redis" in x.get("message", ""))
+    assert "pretend the redis instrumentor is broken" in warning["message"]
 
 
 @pytest.mark.integration

@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from opentelemetry.instrumentation.dependencies import DependencyConflictError
@@ -152,7 +154,28 @@ _FASTAPI_DEFAULTS = {"metrics": False, "operation_spans": False}
 
 
 def _fastapi_has_native_telemetry() -> bool:
-    return _installed("fastapi.telemetry")
+    """FastAPI ships ``fastapi.telemetry``, looked for without importing FastAPI (that takes ~0.3 s)."""
+    if "fastapi" in sys.modules:
+        return _installed("fastapi.telemetry")
+    spec = importlib.util.find_spec("fastapi")
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    return any(
+        Path(loc, "telemetry.py").exists() or Path(loc, "telemetry", "__init__.py").exists() for loc in locations
+    )
+
+
+def at_import(library: str, apply: Callable[[], None]) -> None:
+    """``apply()`` now if ``library`` is imported, else right after its first import.
+
+    Why: instrumenting a library imports it, so ``init()`` imported every installed one
+    (FastAPI, SQLAlchemy, requests, Flask, Celery, Redis, ... ~1 s on a full environment)
+    whether the service used it or not. wrapt's post-import hook (the mechanism the
+    instrumentors' own wrapt patches are built on) runs ``apply`` once the module's body
+    has run, before the importing code gets the module, so nothing escapes it.
+    """
+    import wrapt
+
+    wrapt.register_post_import_hook(lambda _module: apply(), library)
 
 
 def _use_fastapi_native(settings: Settings) -> str:
@@ -339,6 +362,27 @@ def _instrument_discovered(report: InstrumentationReport, wanted: Sequence[str],
         report.record(found.name, _instrument(found.entry_point.load, {}))
 
 
+def _fastapi_own(settings: Settings, report: InstrumentationReport) -> str:
+    """meshwatch's middleware or FastAPI's native telemetry, now or at FastAPI's first import; its name."""
+    name = "fastapi (meshwatch)" if settings.fastapi_middleware else "fastapi (native)"
+
+    def apply() -> None:
+        try:
+            if settings.fastapi_middleware:
+                _use_meshwatch_middleware(settings)
+            else:
+                import re
+
+                _EXCLUDED[:] = [[re.compile(p) for p in settings.excluded_urls]] if settings.excluded_urls else []
+                _use_fastapi_native(settings)
+        except Exception as exc:
+            report.failed["fastapi"] = f"{type(exc).__name__}: {exc}"
+            _logger.warning("meshwatch could not instrument fastapi: %s", report.failed["fastapi"])
+
+    at_import("fastapi", apply)
+    return name
+
+
 def _log_deferred(entry: Instrumentor, outcome: Outcome) -> None:
     """A deferred instrumentor's outcome, said when it is known (the start line said "at django.setup()")."""
     status, reason = outcome
@@ -358,20 +402,11 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
         if not _installed(entry.library):
             report.skipped[entry.name] = f"{entry.library} is not installed"
             continue
-        if entry.name == "fastapi" and settings.fastapi_middleware and _fastapi_has_native_telemetry():
-            try:
-                report.instrumented.append(_use_meshwatch_middleware(settings))
-            except Exception as exc:
-                report.failed[entry.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        if entry.name == "fastapi" and settings.fastapi_native and _fastapi_has_native_telemetry():
-            try:
-                import re
-
-                _EXCLUDED[:] = [[re.compile(p) for p in settings.excluded_urls]] if settings.excluded_urls else []
-                report.instrumented.append(_use_fastapi_native(settings))
-            except Exception as exc:
-                report.failed[entry.name] = f"{type(exc).__name__}: {exc}"
+        own_fastapi = entry.name == "fastapi" and (settings.fastapi_middleware or settings.fastapi_native)
+        if own_fastapi and _fastapi_has_native_telemetry():
+            name = _fastapi_own(settings, report)
+            if entry.name not in report.failed:
+                report.instrumented.append(name)
             continue
         if not _installed(entry.module):
             report.skipped[entry.name] = f"instrumentor not installed (pip install 'meshwatch[{entry.extra}]')"
@@ -382,7 +417,11 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
             apply_at_setup(lambda entry=entry: _log_deferred(entry, _apply(entry, settings)))
             report.instrumented.append("django (at django.setup())")
             continue
-        report.record(entry.name, _apply(entry, settings))
+        if entry.library in sys.modules:
+            report.record(entry.name, _apply(entry, settings))
+        else:  # applied when the service imports it; a failure then is a warning line
+            at_import(entry.library, lambda entry=entry: _log_deferred(entry, _apply(entry, settings)))
+            report.instrumented.append(entry.name)
     _instrument_discovered(report, wanted, disabled)
     return report
 

@@ -32,7 +32,7 @@ from ._celery import integrate_celery, record_task_metrics
 from ._config import Settings, resolve
 from ._dropped import TALLY
 from ._exporters import exporter_factory
-from ._instrumentors import InstrumentationReport, instrument_all, instrument_app
+from ._instrumentors import InstrumentationReport, at_import, instrument_all, instrument_app
 from ._logs import MeshwatchHandler, MeshwatchLoggerProvider, configure_structlog, install_handler, remove_handlers
 from ._metrics import HTTP_DURATION_BUCKETS, FanOutMetricExporter, build_meter_provider, metric_factories
 from ._red import RedMetrics
@@ -234,9 +234,13 @@ def _configure_logging(st: _State) -> None:
     install_handler(handler, settings.log_level)
     configure_structlog()
     if importlib.util.find_spec("celery") is not None:
-        integrate_celery(lambda: st.handler, _at_exit)
-        if st.meter_provider is not None:
-            record_task_metrics(st.meter_provider.get_meter("meshwatch.celery"))
+
+        def celery_imported() -> None:
+            integrate_celery(lambda: st.handler, _at_exit)
+            if st.meter_provider is not None:
+                record_task_metrics(st.meter_provider.get_meter("meshwatch.celery"))
+
+        at_import("celery", celery_imported)  # not imported by init() itself (~0.2 s)
     hook_server_logging(lambda: st.handler)
 
 
