@@ -8,9 +8,12 @@ DISTS := instrumentation collector stack demo-services dashboards alerts
 # What pip installs: the distributions, editable, with the extras the tests exercise.
 DIST_SPECS := ./instrumentation[all] ./collector ./stack ./demo-services ./dashboards ./alerts
 PYTEST_ARGS ?=
+# Both ends of the OpenTelemetry range instrumentation/pyproject.toml allows (sdk=contrib), each
+# tested in its own venv by instrumentation/sdk-range.sh (the end .venv is pinned to is skipped).
+SDK_RANGE ?= 1.45.0=0.66b0 1.45.2=0.66b2
 
 .DEFAULT_GOAL := help
-.PHONY: lock help venv backends test lint unit stack stack-down stack-status demo demo-down wheels clean
+.PHONY: lock help venv backends test lint unit sdk-range stack stack-down stack-status demo demo-down wheels clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -32,7 +35,10 @@ lint: $(STAMP) ## ruff
 	@$(VENV)/bin/ruff check --no-cache .
 	@$(VENV)/bin/ruff format --no-cache --check --quiet . || (echo "run: $(VENV)/bin/ruff format ." && exit 1)
 
-test: $(STAMP) backends lint ## set up everything and run the whole test suite against real backends
+sdk-range: $(STAMP) ## the instrumentation tests on the oldest and newest supported OpenTelemetry SDK
+	@instrumentation/sdk-range.sh $(PYTHON) $(SDK_RANGE)
+
+test: $(STAMP) backends lint sdk-range ## set up everything and run the whole test suite against real backends
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP) ## only the tests that need no server
@@ -58,7 +64,7 @@ wheels: $(STAMP) ## build a wheel of each distribution into dist/, to install me
 	@ls dist/*.whl
 
 clean: ## remove the virtual environment (the backend cache stays)
-	rm -rf $(VENV) .pytest_cache .ruff_cache dist
+	rm -rf $(VENV) .venv-sdk-* .pytest_cache .ruff_cache dist
 
 lock: $(STAMP) ## re-resolve the newest allowed versions into constraints.txt (then run make test)
 	@$(PY) -m pip install --quiet --upgrade $(addprefix -e ,$(DIST_SPECS)) -r requirements-dev.txt

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The supported OpenTelemetry range (instrumentation/pyproject.toml) is what is tested: the
+# instrumentation unit tests run once more on each end of it that .venv does not already have,
+# each in its own venv (.venv-sdk-<version>, built once from constraints.txt with the
+# OpenTelemetry pins moved to that release). Usage: sdk-range.sh PYTHON CORE=CONTRIB...
+set -euo pipefail
+python=$1; shift
+pinned_core=$(sed -n 's/^opentelemetry-sdk==//p' constraints.txt)
+pinned_contrib=$(sed -n 's/^opentelemetry-instrumentation==//p' constraints.txt)
+for pair in "$@"; do
+  core=${pair%=*}; contrib=${pair#*=}
+  if [[ $core == "$pinned_core" ]]; then
+    echo "==> opentelemetry-sdk $core is .venv's own: tested by the main suite"; continue
+  fi
+  venv=.venv-sdk-$core
+  if [[ ! -f $venv/.installed || constraints.txt -nt $venv/.installed ]]; then
+    echo "==> $venv: the instrumentation and test tools on opentelemetry-sdk $core / contrib $contrib"
+    rm -rf "$venv"; "$python" -m venv "$venv"
+    sed -E -e "s/^(opentelemetry-[a-z0-9-]+)==${pinned_core//./\\.}\$/\\1==$core/" \
+           -e "s/^(opentelemetry-[a-z0-9-]+)==${pinned_contrib//./\\.}\$/\\1==$contrib/" \
+           constraints.txt > "$venv/constraints.txt"
+    "$venv/bin/pip" install --quiet --progress-bar off -e './instrumentation[all]' -e ./collector -e ./stack \
+      -r requirements-dev.txt -c "$venv/constraints.txt"
+    touch "$venv/.installed"
+  fi
+  got=$("$venv/bin/python" -c 'from importlib.metadata import version as v; print(v("opentelemetry-sdk"), v("opentelemetry-instrumentation"))')
+  [[ $got == "$core $contrib" ]] || { echo "$venv has opentelemetry $got, expected $core $contrib" >&2; exit 1; }
+  echo "==> instrumentation unit tests on opentelemetry-sdk $core / contrib $contrib"
+  "$venv/bin/pytest" tests/instrumentation -m "not integration and not e2e" -q -p no:cacheprovider
+  # the fence's planted faults and forced fallback, and every export setting on every signal
+  "$venv/bin/pytest" tests/instrumentation/test_sdk_fence.py tests/instrumentation/test_export_settings.py \
+    -q -p no:cacheprovider
+done
