@@ -2,7 +2,7 @@
 # The supported OpenTelemetry range (instrumentation/pyproject.toml) is what is tested: the
 # instrumentation unit tests run once more on each end of it that .venv does not already have,
 # each in its own venv (.venv-sdk-<version>, built once from constraints.txt with the
-# OpenTelemetry pins moved to that release). Usage: sdk-range.sh PYTHON CORE=CONTRIB...
+# OpenTelemetry pins replaced by that release's). Usage: sdk-range.sh PYTHON CORE=CONTRIB...
 set -euo pipefail
 python=$1; shift
 pinned_core=$(sed -n 's/^opentelemetry-sdk==//p' constraints.txt)
@@ -16,9 +16,12 @@ for pair in "$@"; do
   if [[ ! -f $venv/.installed || constraints.txt -nt $venv/.installed ]]; then
     echo "==> $venv: the instrumentation and test tools on opentelemetry-sdk $core / contrib $contrib"
     rm -rf "$venv"; "$python" -m venv "$venv"
-    sed -E -e "s/^(opentelemetry-[a-z0-9-]+)==${pinned_core//./\\.}\$/\\1==$core/" \
-           -e "s/^(opentelemetry-[a-z0-9-]+)==${pinned_contrib//./\\.}\$/\\1==$contrib/" \
-           constraints.txt > "$venv/constraints.txt"
+    # Not every OpenTelemetry package has every release (no propagator-b3 1.45.2): pin the SDK,
+    # the API and the instrumentation base, and let pip choose the rest to match them.
+    { grep -v '^opentelemetry-' constraints.txt
+      printf '%s\n' "opentelemetry-api==$core" "opentelemetry-sdk==$core" \
+        "opentelemetry-instrumentation==$contrib" "opentelemetry-semantic-conventions==$contrib"
+    } > "$venv/constraints.txt"
     "$venv/bin/pip" install --quiet --progress-bar off -e './instrumentation[all]' -e ./collector -e ./stack \
       -r requirements-dev.txt -c "$venv/constraints.txt"
     touch "$venv/.installed"

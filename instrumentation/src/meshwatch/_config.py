@@ -141,11 +141,15 @@ PARAMS: dict[str, ConfigParam] = {
     "export_timeout": ConfigParam(
         ("OTEL_EXPORTER_OTLP_TIMEOUT",), 10.0, _float, doc="seconds per export call (env: ms)", env_scale=1000
     ),
-    "traces_exporter": ConfigParam(("OTEL_TRACES_EXPORTER",), ("otlp",), _list, doc="otlp, console or none"),
+    "traces_exporter": ConfigParam(
+        ("OTEL_TRACES_EXPORTER",), ("otlp",), _list, doc="any of otlp, console (each gets every span); or none"
+    ),
     "metrics_exporter": ConfigParam(
         ("OTEL_METRICS_EXPORTER",), ("otlp",), _list, doc="any of otlp, prometheus, console; or none"
     ),
-    "logs_exporter": ConfigParam(("OTEL_LOGS_EXPORTER",), ("otlp",), _list, doc="otlp, console or none"),
+    "logs_exporter": ConfigParam(
+        ("OTEL_LOGS_EXPORTER",), ("otlp",), _list, doc="any of otlp, console (each gets every record); or none"
+    ),
     "sample_rate": ConfigParam(
         ("OTEL_TRACES_SAMPLER_ARG", "MESHWATCH_SAMPLE_RATE"), 1.0, _float, doc="share of new traces kept (0…1)"
     ),
@@ -185,7 +189,7 @@ PARAMS: dict[str, ConfigParam] = {
         ("MESHWATCH_SDK_FAST_PATH",),
         True,
         _bool,
-        doc="meshwatch's faster span class and OTLP encoder where checked equal to the SDK's; false: the SDK's own",
+        doc="meshwatch's span class, OTLP encoder and log records where checked equal to the SDK's; false: the SDK's",
     ),
     "broker_polling_spans": ConfigParam(
         ("MESHWATCH_BROKER_POLLING_SPANS",),
