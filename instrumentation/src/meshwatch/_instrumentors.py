@@ -359,7 +359,40 @@ def _instrument_discovered(report: InstrumentationReport, wanted: Sequence[str],
         if conflict is not None:
             report.skipped[found.name] = conflict
             continue
+        library = _instrumented_module(found)
+        if library is not None and library not in sys.modules:
+            # loading the instrumentor imports its library (the Celery one imports Celery): at import
+            at_import(library, lambda found=found: _log_discovered(found, _instrument(found.entry_point.load, {})))
+            report.instrumented.append(found.name)
+            continue
         report.record(found.name, _instrument(found.entry_point.load, {}))
+
+
+def _instrumented_module(found: Discovered) -> str | None:
+    """The one top-level module an entry point's instrumentor is for, read from package metadata, or None.
+
+    Its distribution's ``instruments`` extra names the library's distribution (``celery<6.0,>=4.0``),
+    whose ``top_level.txt`` names the module. None (so: applied at once) when that is not one module.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    dist = getattr(found.entry_point, "dist", None)
+    requirements = [r for r in (dist.requires or []) if "extra == 'instruments'" in r] if dist else []
+    if len(requirements) != 1:
+        return None
+    try:
+        top_level = (distribution(Requirement(requirements[0]).name).read_text("top_level.txt") or "").split()
+    except (PackageNotFoundError, ValueError):
+        return None
+    return top_level[0] if len(top_level) == 1 else None
+
+
+def _log_discovered(found: Discovered, outcome: Outcome) -> None:
+    status, reason = outcome
+    if status != "instrumented":
+        _logger.warning("meshwatch did not instrument %s: %s", found.name, reason)
 
 
 def _fastapi_own(settings: Settings, report: InstrumentationReport) -> str:
