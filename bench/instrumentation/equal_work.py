@@ -307,6 +307,7 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="meshwatch-bench-equal-"))
     frameworks = args.frameworks.split(",")
+    commit_at_start = _commit()  # and at the end: a commit landing mid-run shows as two
     started = time.time()
     print(f"workdir {workdir}; {os.cpu_count()} CPUs; load {os.getloadavg()}; wrk -t1 -c{args.connections}")
     collector, ports = start_otelcol(workdir)
@@ -337,7 +338,8 @@ def main() -> int:
     args.output.write_text(
         json.dumps(
             {
-                "commit": _commit(),
+                "commit": commit_at_start,
+                "commit_at_end": _commit(),
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
                 "cpus": os.cpu_count(),
                 "wall_s": round(time.time() - started),
