@@ -22,8 +22,10 @@ for pair in "$@"; do
       printf '%s\n' "opentelemetry-api==$core" "opentelemetry-sdk==$core" \
         "opentelemetry-instrumentation==$contrib" "opentelemetry-semantic-conventions==$contrib"
     } > "$venv/constraints.txt"
+    # opentelemetry-distro is the benchmark's reference, not a test dependency (and has no 0.66b2)
+    grep -v '^opentelemetry-distro' requirements-dev.txt > "$venv/requirements.txt"
     "$venv/bin/pip" install --quiet --progress-bar off -e './instrumentation[all]' -e ./collector -e ./stack \
-      -r requirements-dev.txt -c "$venv/constraints.txt"
+      -r "$venv/requirements.txt" -c "$venv/constraints.txt"
     touch "$venv/.installed"
   fi
   got=$("$venv/bin/python" -c 'from importlib.metadata import version as v; print(v("opentelemetry-sdk"), v("opentelemetry-instrumentation"))')
