@@ -16,11 +16,11 @@ for pair in "$@"; do
   if [[ ! -f $venv/.installed || constraints.txt -nt $venv/.installed ]]; then
     echo "==> $venv: the instrumentation and test tools on opentelemetry-sdk $core / contrib $contrib"
     rm -rf "$venv"; "$python" -m venv "$venv"
-    # Not every OpenTelemetry package has every release (no propagator-b3 1.45.2): pin the SDK,
-    # the API and the instrumentation base, and let pip choose the rest to match them.
+    # Not every OpenTelemetry package has every release (no propagator-b3 1.45.2, no contrib
+    # instrumentor but a few at 0.66b2): pin the SDK, the API and the instrumentation base, and
+    # let pip choose the rest to match them (the SDK pins its semantic conventions itself).
     { grep -v '^opentelemetry-' constraints.txt
-      printf '%s\n' "opentelemetry-api==$core" "opentelemetry-sdk==$core" \
-        "opentelemetry-instrumentation==$contrib" "opentelemetry-semantic-conventions==$contrib"
+      printf '%s\n' "opentelemetry-api==$core" "opentelemetry-sdk==$core" "opentelemetry-instrumentation==$contrib"
     } > "$venv/constraints.txt"
     # opentelemetry-distro is the benchmark's reference, not a test dependency (and has no 0.66b2)
     grep -v '^opentelemetry-distro' requirements-dev.txt > "$venv/requirements.txt"
