@@ -125,11 +125,13 @@ def test_missing_instrumented_library_never_breaks_init(tmp_path: Path) -> None:
         builtins.__import__ = refuse
         status = meshwatch.init(service_name="partial", traces_exporter="none", metrics_exporter="none",
                                 logs_exporter="none", disabled_instrumentations="grpc,sqlalchemy")
-        import redis, requests  # instrumentors are applied when their library is imported
+        import importlib.util, json, requests  # instrumentors are applied when their library is imported
+        has_redis = importlib.util.find_spec("redis") is not None
+        if has_redis:
+            import redis
         from opentelemetry.instrumentation.requests import RequestsInstrumentor
-        print('{"instrumented": %s, "skipped": %s, "requests": %s}' % (
-            __import__("json").dumps(status.instrumented), __import__("json").dumps(sorted(status.skipped)),
-            __import__("json").dumps(RequestsInstrumentor().is_instrumented_by_opentelemetry)))
+        print(json.dumps({"instrumented": status.instrumented, "skipped": sorted(status.skipped),
+                          "requests": RequestsInstrumentor().is_instrumented_by_opentelemetry, "redis": has_redis}))
         """,
         tmp_path,
     )
@@ -137,8 +139,11 @@ def test_missing_instrumented_library_never_breaks_init(tmp_path: Path) -> None:
     assert report["requests"] is True, "applied at import"
     assert "requests" in report["instrumented"]
     assert {"grpc_client", "grpc_server", "sqlalchemy"} <= set(report["skipped"])
-    warning = next(x for x in lines if "did not instrument redis" in x.get("message", ""))
-    assert "pretend the redis instrumentor is broken" in warning["message"]
+    if report["redis"]:  # imported after init(): the broken instrumentor is a warning, not a failure
+        warning = next(x for x in lines if "did not instrument redis" in x.get("message", ""))
+        assert "pretend the redis instrumentor is broken" in warning["message"]
+    else:
+        assert "redis" in report["skipped"]
 
 
 @pytest.mark.integration
