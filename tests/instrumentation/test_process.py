@@ -351,3 +351,27 @@ def test_a_stop_signal_handler_the_program_set_is_left_alone(tmp_path: Path) -> 
         tmp_path,
     )
     assert {"term_kept": True, "hup_kept": True} in lines
+
+
+def test_init_imports_no_instrumented_library_the_service_does_not_import(tmp_path: Path) -> None:
+    """Instrumentors wait for their library's first import (init() imported all of them: ~1 s of CPU)."""
+    lines, _ = run_script(
+        """
+        import json, sys, meshwatch
+        status = meshwatch.init(service_name="lazy", traces_exporter="none", metrics_exporter="none",
+                                logs_exporter="none")
+        libraries = ["fastapi", "flask", "django", "sqlalchemy", "celery", "httpx", "pika", "redis"]
+        loaded = [m for m in libraries if m in sys.modules]
+        import flask
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        print(json.dumps({"loaded": loaded, "instrumented": status.instrumented,
+                          "flask": FlaskInstrumentor().is_instrumented_by_opentelemetry,
+                          "patched": flask.Flask.__name__}))
+        """,
+        tmp_path,
+    )
+    report = next(x for x in lines if "loaded" in x)
+    assert report["loaded"] == [], f"init() imported {report['loaded']}"
+    assert "flask" in report["instrumented"] and "celery" in report["instrumented"]
+    assert report["flask"] is True, "applied when the service imported Flask"
+    assert report["patched"] == "_InstrumentedFlask", "the importing code got the instrumented class"

@@ -416,6 +416,16 @@ def _fastapi_own(settings: Settings, report: InstrumentationReport) -> str:
     return name
 
 
+def _django_when_imported(entry: Instrumentor, settings: Settings) -> None:
+    """At once if Django's settings are configured, else at the start of the first ``django.setup()``."""
+    if _django_ready():
+        _log_deferred(entry, _apply(entry, settings))
+        return
+    from ._django import apply_at_setup
+
+    apply_at_setup(lambda: _log_deferred(entry, _apply(entry, settings)))
+
+
 def _log_deferred(entry: Instrumentor, outcome: Outcome) -> None:
     """A deferred instrumentor's outcome, said when it is known (the start line said "at django.setup()")."""
     status, reason = outcome
@@ -444,10 +454,8 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
         if not _installed(entry.module):
             report.skipped[entry.name] = f"instrumentor not installed (pip install 'meshwatch[{entry.extra}]')"
             continue
-        if entry.name == "django" and not _django_ready():
-            from ._django import apply_at_setup
-
-            apply_at_setup(lambda entry=entry: _log_deferred(entry, _apply(entry, settings)))
+        if entry.name == "django" and ("django" not in sys.modules or not _django_ready()):
+            at_import("django", lambda entry=entry: _django_when_imported(entry, settings))
             report.instrumented.append("django (at django.setup())")
             continue
         if entry.library in sys.modules:
