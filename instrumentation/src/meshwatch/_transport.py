@@ -37,6 +37,42 @@ _SERVICES = {
     "metrics": ("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export", "ExportMetricsServiceResponse"),
 }
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+
+
+def error_text(body: bytes, content_type: str) -> str:
+    """The message of an OTLP/HTTP error answer, for a person.
+
+    OTLP/HTTP answers errors with a ``google.rpc.Status`` in the request's encoding, so a
+    protobuf body is decoded for its ``message`` (printing it raw showed bytes such as
+    ``\\b\\x03\\x125this collector has no logs pipeline``); JSON gives its ``message``; anything
+    else is shown as text, shortened.
+    """
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "application/x-protobuf":
+        from google.protobuf.message import DecodeError
+        from google.rpc.status_pb2 import Status
+
+        try:
+            status = Status.FromString(body)
+        except DecodeError:
+            pass
+        else:
+            if status.message:
+                return status.message[:500]
+    elif kind == "application/json":
+        import json
+
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            pass
+        else:
+            if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+                return parsed["message"][:500]
+    text = body[:200].decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
+
+
 _MAX_BACKOFF = 8.0
 
 
@@ -287,7 +323,7 @@ class HttpSender:
                     self.signal,
                     self.endpoint,
                     status,
-                    data[:200].decode("utf-8", "replace"),
+                    error_text(data, response.getheader("Content-Type", "")),
                 )
                 return False
             if status:
