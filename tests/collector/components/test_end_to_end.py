@@ -76,7 +76,7 @@ def test_otlp_logs_become_documents_in_elasticsearch(collector_factory, elastics
             0
         ]
         source = hit["_source"]
-        assert source["service"] == {"name": "e2e-logs", "instance": {"id": "i-1"}}
+        assert source["service"] == {"name": "e2e-logs", "node": {"name": "i-1"}}  # ECS service.node.name
         assert source["log"]["level"] == "info"
         assert source["attributes"]["db.password"] == "***"  # redacted before it left the collector
         assert collector.metric("meshwatch_exporter_sent_items_total", exporter="elasticsearch", signal="logs") == 20
