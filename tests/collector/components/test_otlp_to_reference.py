@@ -73,3 +73,37 @@ def test_a_backlog_reaches_the_reference_collector_at_its_default_message_limit(
         eventually(lambda: _accepted(metrics_url) >= 3000, timeout=60, what="all 3000 spans at the reference")
         assert _accepted(metrics_url) == 3000
         assert collector.metric("meshwatch_exporter_failed_items_total") == 0, collector.log_tail()
+
+
+def test_a_request_over_the_references_limit_is_dead_lettered_and_the_rest_flows(
+    collector_factory: Any, tmp_path: Path
+) -> None:
+    """One 5 MiB request (the reference accepts 4): refused every time, so it must not stall the queue."""
+    grpc_port, metrics = free_port(), free_port()
+    reference = {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}}}},
+        "exporters": {"nop": {}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["nop"]}}},
+    }
+    with otelcol(reference, tmp_path / "otelcol", metrics_port=metrics):
+        collector = collector_factory(
+            {
+                "exporters": {"otlp/reference": {"endpoint": f"127.0.0.1:{grpc_port}", "tls": {"insecure": True}}},
+                "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/reference"]}}},
+            }
+        )
+        huge = traces({"service.name": "huge"}, [span(attributes={"payload": "x" * (5 << 20)})]).SerializeToString()
+        for body in (huge, _big_request(), _big_request()):
+            request = urllib.request.Request(
+                f"{collector.http_url}/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+        metrics_url = f"http://127.0.0.1:{metrics}/metrics"
+        eventually(lambda: _accepted(metrics_url) >= 200, timeout=60, what="the 200 spans sent after the huge one")
+        assert _accepted(metrics_url) == 200
+        eventually(
+            lambda: collector.metric("meshwatch_exporter_dropped_items_total", reason="rejected") == 1,
+            timeout=30,
+            what="the huge span dead-lettered and counted",
+        )

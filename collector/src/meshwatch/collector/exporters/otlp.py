@@ -102,6 +102,13 @@ class OtlpExporterConfig(ExporterSettings):
     compression: Literal["none", "gzip"] = "none"
 
 
+def _too_large(error: grpc.RpcError) -> bool:
+    """gRPC's answer to a message over the server's receive limit (Go: "grpc: received message
+    larger than max"; C core: "Received message larger than max"), not a backend's back-pressure."""
+    details = (error.details() or "").lower()
+    return "larger than max" in details and _retry_after(error) is None
+
+
 def _retry_after(error: grpc.RpcError) -> float | None:
     """Seconds from a ``RetryInfo`` in the error's trailing metadata, if the server sent one."""
     for key, value in error.trailing_metadata() or ():
@@ -173,6 +180,12 @@ class GrpcSender:
         except grpc.RpcError as error:
             code = error.code()
             message = f"{self.target}: {code.name}: {error.details()}"
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _too_large(error):
+                # The backend's message-size limit (gRPC's own answer, no RetryInfo): the same
+                # bytes are refused every time, so retrying would stall the queue for ever.
+                # Permanent: a merged send is split and retried in parts, one record alone
+                # is dead-lettered.
+                raise PermanentError("too_large", message) from None
             if code in _TRANSIENT:
                 raise TransientError(code.name.lower(), message, retry_after=_retry_after(error)) from None
             raise PermanentError(code.name.lower(), message) from None
