@@ -41,6 +41,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _load import ProcStats, terminate, wait_port
+from queue_fsync_latency import _commit
 
 from meshwatch.collector.otlp_sink import otlp_sink
 from meshwatch.collector.testing import free_port, start_collector
@@ -331,17 +332,6 @@ def memory_round(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str
         "held_bytes_reported": held,
         "loadavg": _loadavg(),
     }
-
-
-def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
-        )
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _summary(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:

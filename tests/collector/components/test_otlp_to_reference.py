@@ -32,6 +32,23 @@ def _big_request(spans: int = 100) -> bytes:
     return request.SerializeToString()
 
 
+def _reference(grpc_port: int) -> dict[str, Any]:
+    """The reference collector at its defaults: OTLP/gRPC in (4 MiB limit), ``nop`` out."""
+    return {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}}}},
+        "exporters": {"nop": {}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["nop"]}}},
+    }
+
+
+def _post(collector: Any, body: bytes) -> None:
+    request = urllib.request.Request(
+        f"{collector.http_url}/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
 def _accepted(metrics_url: str) -> float:
     return sum(v for (name, _), v in scrape(metrics_url).items() if name == "otelcol_receiver_accepted_spans_total")
 
@@ -40,11 +57,7 @@ def test_a_backlog_reaches_the_reference_collector_at_its_default_message_limit(
     collector_factory: Any, tmp_path: Path
 ) -> None:
     grpc_port, metrics = free_port(), free_port()
-    reference = {
-        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}}}},
-        "exporters": {"nop": {}},
-        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["nop"]}}},
-    }
+    reference = _reference(grpc_port)
     with otelcol(reference, tmp_path / "otelcol", metrics_port=metrics):
         collector = collector_factory(
             {
@@ -62,13 +75,7 @@ def test_a_backlog_reaches_the_reference_collector_at_its_default_message_limit(
         body = _big_request()
         assert len(body) > 250_000
         for _ in range(30):  # ≈ 9 MiB queued within the linger
-            request = urllib.request.Request(
-                f"{collector.http_url}/v1/traces",
-                data=body,
-                headers={"Content-Type": "application/x-protobuf"},
-            )
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status == 200
+            _post(collector, body)
         metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         eventually(lambda: _accepted(metrics_url) >= 3000, timeout=60, what="all 3000 spans at the reference")
         assert _accepted(metrics_url) == 3000
@@ -80,11 +87,7 @@ def test_a_request_over_the_references_limit_is_dead_lettered_and_the_rest_flows
 ) -> None:
     """One 5 MiB request (the reference accepts 4): refused every time, so it must not stall the queue."""
     grpc_port, metrics = free_port(), free_port()
-    reference = {
-        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}}}},
-        "exporters": {"nop": {}},
-        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["nop"]}}},
-    }
+    reference = _reference(grpc_port)
     with otelcol(reference, tmp_path / "otelcol", metrics_port=metrics):
         collector = collector_factory(
             {
@@ -94,11 +97,7 @@ def test_a_request_over_the_references_limit_is_dead_lettered_and_the_rest_flows
         )
         huge = traces({"service.name": "huge"}, [span(attributes={"payload": "x" * (5 << 20)})]).SerializeToString()
         for body in (huge, _big_request(), _big_request()):
-            request = urllib.request.Request(
-                f"{collector.http_url}/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"}
-            )
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status == 200
+            _post(collector, body)
         metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         eventually(lambda: _accepted(metrics_url) >= 200, timeout=60, what="the 200 spans sent after the huge one")
         assert _accepted(metrics_url) == 200
