@@ -9,6 +9,7 @@ hold the GIL (own and inclusive samples).
 
     .venv/bin/python bench/collector/profile_small_requests.py [--seconds 12] [--fsync interval]
 
+Raw figures go to ``bench/results/profile-small-requests.json`` with the commit.
 Needs ``perf`` and ``.venv/bin/meshwatch-stack install otelcol telemetrygen``.
 """
 
@@ -16,18 +17,24 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import telemetrygen_compare as tg
+from queue_fsync_latency import ROOT, _commit
+
+RESULTS = ROOT / "bench" / "results" / "profile-small-requests.json"
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
-def _run(name: str, base: Path, seconds: float, profiler: list[str]) -> None:
+def _run(name: str, base: Path, seconds: float, profiler: list[str]) -> dict[str, float]:
     sink = tg.start_go(base / f"sink-{name}", exporters={"nop": {}}, extensions={})
     cut, pid, endpoint = tg.start_cut(name, base / f"cut-{name}-{profiler[0]}", sink.grpc_endpoint)
     try:
@@ -39,13 +46,15 @@ def _run(name: str, base: Path, seconds: float, profiler: list[str]) -> None:
         cpu, accepted = stats.cpu_seconds() - cpu_before, tg.counters(cut)[0] - accepted_before
         spy.wait(timeout=seconds + 60)
         requests = accepted / 100
-        print(f"{profiler[0]}: {accepted:.0f} spans, {cpu:.2f} CPU s, {cpu / requests * 1000:.2f} ms CPU per request")
+        per_request = cpu / requests * 1000
+        print(f"{profiler[0]}: {accepted:.0f} spans, {cpu:.2f} CPU s, {per_request:.2f} ms CPU per request")
+        return {"spans": accepted, "cpu_seconds": round(cpu, 3), "cpu_ms_per_request": round(per_request, 3)}
     finally:
         tg.stop_cut(cut)
         sink.stop()
 
 
-def _perf_split(path: Path) -> None:
+def _perf_split(path: Path) -> dict[str, float]:
     report = subprocess.run(
         ["perf", "report", "-i", str(path), "--no-children", "--sort", "dso", "--stdio", "-g", "none"],
         capture_output=True,
@@ -53,12 +62,16 @@ def _perf_split(path: Path) -> None:
         check=True,
     ).stdout
     print("CPU by shared object (perf):")
+    split: dict[str, float] = {}
     for line in report.splitlines():
         if line.strip() and not line.startswith("#"):
             print("  " + line.strip())
+            share, _, dso = line.strip().partition(" ")
+            split[dso.strip()] = float(share.rstrip("%"))
+    return split
 
 
-def _gil_functions(path: Path, top: int = 20) -> None:
+def _gil_functions(path: Path, top: int = 20) -> dict[str, Any]:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
@@ -74,6 +87,11 @@ def _gil_functions(path: Path, top: int = 20) -> None:
         print(f"  {title}:")
         for frame, samples in counter.most_common(top):
             print(f"    {samples / total:6.1%}  {frame[:110]}")
+    return {
+        "samples": total,
+        "own": {frame: round(n / total, 4) for frame, n in own.most_common(top)},
+        "inclusive": {frame: round(n / total, 4) for frame, n in inclusive.most_common(top)},
+    }
 
 
 def main() -> None:
@@ -86,12 +104,23 @@ def main() -> None:
     window = str(int(args.seconds))
     perf_data, spy_data = base / "perf.data", base / "py-spy.txt"
     perf = ["perf", "record", "-F", "499", "-g", "-p", "{pid}", "-o", str(perf_data), "--", "sleep", window]
-    _run(name, base, args.seconds, perf)
-    _perf_split(perf_data)
+    started_on = _commit()
+    perf_run = _run(name, base, args.seconds, perf)
+    split = _perf_split(perf_data)
     py_spy = [str(PY_SPY), "record", "-p", "{pid}", "-f", "raw", "-o", str(spy_data), "-r", "200", "-d", window]
     py_spy.append("--gil")
-    _run(name, base, args.seconds, py_spy)
-    _gil_functions(spy_data)
+    spy_run = _run(name, base, args.seconds, py_spy)
+    gil = _gil_functions(spy_data)
+    record = {
+        "commit": started_on,
+        "commit_at_end": _commit(),
+        "loadavg": os.getloadavg(),
+        "args": vars(args),
+        "perf": {**perf_run, "cpu_by_shared_object_percent": split},
+        "py_spy_gil": {**spy_run, **gil},
+    }
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"raw results: {RESULTS}")
 
 
 if __name__ == "__main__":
