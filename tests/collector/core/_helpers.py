@@ -220,6 +220,15 @@ def count_at_sink(sink: Any, trace_ids: list[bytes], spans: int, *, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(n < spans for n in per_trace().values()):
         time.sleep(0.5)
+    # Copies still in flight when the first copy of every span is in (a request sent twice,
+    # a batch resent after a restart) must be counted too: wait until the sink is quiet.
+    quiet_for, last = 0.0, -1
+    while time.monotonic() < deadline and quiet_for < 1.5:
+        with sink.lock:
+            now = len(sink.spans)
+        quiet_for = quiet_for + 0.25 if now == last else 0.0
+        last = now
+        time.sleep(0.25)
     missing = sum(max(0, spans - n) for n in per_trace().values())
     with sink.lock:
         received = sum(1 for s in sink.spans if s.trace_id in wanted)
