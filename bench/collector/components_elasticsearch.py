@@ -3,17 +3,21 @@
 Prints µs of collector CPU (this process' CPU time, so Elasticsearch's own work is
 not counted) per log record for: encoding a 512-record OTLP request into the bulk
 body (documents, deterministic ids, action lines), and a full ``send`` (encode +
-bulk request + per-document result handling), next to the issue's target of
-≤20 µs per record (≥50,000 records/s per core). Elasticsearch is started through
-the stack runner on free ports (≈20-40 s) unless --url points at a running one.
+bulk request + per-document result handling); the issue's target is ≤20 µs per record
+(≥50,000 records/s per core). Each case is repeated, interleaved; medians and spread go
+to ``--output`` (default ``bench/results/components-elasticsearch.json``) with the
+commit. Elasticsearch is started through the stack runner on free ports (≈20-40 s)
+unless --url points at a running one.
 
-    .venv/bin/python bench/collector/components_elasticsearch.py [--batches 40] [--url http://127.0.0.1:9200]
+    .venv/bin/python bench/collector/components_elasticsearch.py [--batches 40] [--repeats 5] [--url http://127.0.0.1:9200]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +30,9 @@ from meshwatch.collector.exporters._es_docs import encode_logs
 from meshwatch.collector.exporters.elasticsearch import ElasticsearchConfig, ElasticsearchSender
 from meshwatch.collector.processors._otlp import set_any
 from meshwatch.collector.signals import Signal
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import RESULTS, Recorder, interleaved, spread
 
 RECORDS = 512
 
@@ -82,10 +89,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=40, help="bulk requests of 512 records to send")
     parser.add_argument("--url", help="a running Elasticsearch (default: start one through the stack runner)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of every case")
+    parser.add_argument("--output", default=str(RESULTS / "components-elasticsearch.json"))
     args = parser.parse_args()
-    raw = realistic_logs()
-    # as the exporter gets it from its queue: serialized bytes, decoded here once
-    encode_us = cpu_per_record(lambda: encode_logs(raw, "meshwatch-logs"), 100)
+    recorder = Recorder("bench/collector/components_elasticsearch.py " + " ".join(sys.argv[1:]))
+    raw = realistic_logs()  # as the exporter gets it from its queue: serialized bytes
 
     stack = None
     url = args.url
@@ -101,25 +109,52 @@ def main() -> None:
     sender = ElasticsearchSender(ElasticsearchConfig(endpoints=[url], index_prefix=prefix, timeout=60))
     sender.start(None)
     try:
-        # distinct records per batch (fresh times and ids), as the queue hands them over: bytes
-        batches = [Batch(Signal.LOGS, _raw=realistic_logs(), _items=RECORDS) for _ in range(args.batches + 2)]
-        for batch in batches[:2]:
-            sender.send(batch)  # warm up: template, index creation, connections
-        start_cpu, start_wall = time.process_time(), time.perf_counter()
-        rejected = 0
-        for batch in batches[2:]:
-            rejected += sender.send(batch).rejected
-        cpu = time.process_time() - start_cpu
-        wall = time.perf_counter() - start_wall
-        sent = args.batches * RECORDS
-        send_us = cpu / sent * 1e6
-        print(f"{'case':52s} {'µs/record':>10s}   reference")
-        print(f"{'decode + encode 512-record request (docs, ids, body)':52s} {encode_us:10.2f}   —")
-        print(f"{'send: encode + bulk + per-document results':52s} {send_us:10.2f}   target ≤ 20 (issue)")
+        for _ in range(2):
+            sender.send(
+                Batch(Signal.LOGS, _raw=realistic_logs(), _items=RECORDS)
+            )  # warm up: template, index, connections
+        sends: list[dict[str, float]] = []
+
+        def send_round() -> float:
+            # distinct records per batch (fresh times and ids), as the queue hands them over: bytes
+            batches = [Batch(Signal.LOGS, _raw=realistic_logs(), _items=RECORDS) for _ in range(args.batches)]
+            start_cpu, start_wall = time.process_time(), time.perf_counter()
+            rejected = sum(sender.send(batch).rejected for batch in batches)
+            cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
+            sent = args.batches * RECORDS
+            sends.append({"records": sent, "rejected": rejected, "wall_s": wall, "records_per_s_wall": sent / wall})
+            return cpu / sent * 1e6
+
+        measured = interleaved(
+            {
+                "decode + encode 512-record request (docs, ids, body)": lambda: cpu_per_record(
+                    lambda: encode_logs(raw, "meshwatch-logs"), 100
+                ),
+                "send: encode + bulk + per-document results": send_round,
+            },
+            args.repeats,
+        )
+        rows = {name: spread(values) for name, values in measured.items()}
+        print(f"{'case':52s} {'µs/record':>10s} {'(min–max)':>15s}")
+        for name, row in rows.items():
+            print(f"{name:52s} {row['median']:10.2f} {row['min']:7.2f}–{row['max']:<7.2f}")
+        send_us = rows["send: encode + bulk + per-document results"]["median"]
+        rejected = sum(s["rejected"] for s in sends)
         print(
-            f"records sent: {sent} in {wall:.2f}s wall ({sent / wall:,.0f}/s with one sender thread, "
-            f"Elasticsearch on the same 2 cores); collector-CPU bound rate {1e6 / send_us:,.0f} records/s per core; "
-            f"rejected: {rejected}"
+            f"records sent: {sum(s['records'] for s in sends)} over {args.repeats} repeats "
+            f"(wall rate median {statistics.median(s['records_per_s_wall'] for s in sends):,.0f}/s with one sender "
+            f"thread, Elasticsearch on the same 2 cores); collector-CPU bound rate {1e6 / send_us:,.0f} records/s "
+            f"per core; rejected: {rejected}"
+        )
+        recorder.write(
+            Path(args.output),
+            {
+                "unit": "collector CPU µs per log record",
+                "repeats": args.repeats,
+                "cases": rows,
+                "sends": sends,
+                "records_per_core_from_median": 1e6 / send_us,
+            },
         )
     finally:
         sender.shutdown()

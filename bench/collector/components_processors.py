@@ -3,18 +3,23 @@
 Processors run on 512-span requests (≈10 attributes per span, from
 components_spanmetrics.realistic_request); the Prometheus exporter on a request of
 512 histogram and counter points. For the exporter, ``consume`` (what the receive
-path pays) and the background fold are shown apart.
+path pays) and the background fold are shown apart. Every case is repeated, interleaved;
+medians and spread go to ``--output`` (default ``bench/results/components-processors.json``)
+with the commit.
 
-    .venv/bin/python bench/collector/components_processors.py [--rounds 100]
+    .venv/bin/python bench/collector/components_processors.py [--rounds 100] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _results import RESULTS, Recorder, interleaved, spread
 from components_spanmetrics import SPANS, realistic_request
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
@@ -77,8 +82,11 @@ def cpu_us(fn, rounds: int, items: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=100, help="requests per repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of every case")
+    parser.add_argument("--output", default=str(RESULTS / "components-processors.json"))
     args = parser.parse_args()
+    recorder = Recorder("bench/collector/components_processors.py " + " ".join(sys.argv[1:]))
     host = CollectorHost(Path(tempfile.mkdtemp(prefix="meshwatch-bench-")))
     raw = realistic_request()
 
@@ -91,9 +99,11 @@ def main() -> None:
         proc.start(host)
         return lambda: proc.consume(Batch.from_bytes(Signal.TRACES, raw))
 
-    decode = cpu_us(lambda: Batch.from_bytes(Signal.TRACES, raw).message, args.rounds, SPANS)
-    rows = [("decode (reference for the rows below)", decode)]
-    cases = [
+    def decode_only() -> object:
+        return Batch.from_bytes(Signal.TRACES, raw).message
+
+    cases = {"decode (reference for the rows below)": lambda: cpu_us(decode_only, args.rounds, SPANS)}
+    processors = [
         (
             "attributes: upsert 1 key + delete 1 key",
             attributes,
@@ -107,8 +117,9 @@ def main() -> None:
         ("redaction: default patterns, no secrets present", redaction, {}),
         ("probabilistic_sampler: 25 %", probabilistic_sampler, {"sampling_percentage": 25}),
     ]
-    for name, module, config in cases:
-        rows.append((name, cpu_us(processor(module, config), args.rounds, SPANS) - decode))
+    for name, module, config in processors:
+        run = processor(module, config)
+        cases[name] = lambda run=run: cpu_us(run, args.rounds, SPANS)
 
     metrics_raw = metrics_request()
     exporter = prometheus.PrometheusExporter(
@@ -121,26 +132,50 @@ def main() -> None:
     exporter._wake.set()
     exporter._thread.join()
     batch = Batch.from_bytes(Signal.METRICS, metrics_raw)
-    consume = cpu_us(lambda: exporter.consume(batch), args.rounds, 512)  # stays under max_pending_bytes
-    exporter._pending.clear()
-    exporter._pending_bytes = 0
+
+    def consume() -> float:
+        cost = cpu_us(lambda: exporter.consume(batch), args.rounds, 512)  # stays under max_pending_bytes
+        exporter._pending.clear()
+        exporter._pending_bytes = 0
+        return cost
 
     def fold_one() -> None:
         exporter._pending.append(metrics_raw)
         exporter.drain()
 
-    fold = cpu_us(fold_one, args.rounds, 512)
+    cases["prometheus exporter: consume (receive path), per metric point"] = consume
+    cases["prometheus exporter: fold into series (background), per metric point"] = lambda: cpu_us(
+        fold_one, args.rounds, 512
+    )
+    measured = interleaved(cases, args.repeats)
+    decode = statistics.median(measured["decode (reference for the rows below)"])
+    rows = {}
+    print(f"{'case':70s} {'µs/item':>8s} {'(min–max)':>15s}")
+    for name, values in measured.items():
+        # a processor's own cost: its run (decode + pass) less the median decode
+        own = (
+            [v - decode for v in values]
+            if name.split(":")[0] in {"attributes", "redaction", "probabilistic_sampler"}
+            else values
+        )
+        rows[name] = spread(own)
+        print(f"{name:70s} {rows[name]['median']:8.3f} {rows[name]['min']:7.3f}–{rows[name]['max']:<7.3f}")
     start = time.perf_counter()
     families = exporter.store.families()
     render_ms = (time.perf_counter() - start) * 1e3
     exporter.shutdown(2)
-    print(f"{'case':52s} {'µs/item':>8s}")
-    for name, value in rows:
-        print(f"{name:52s} {value:8.2f}")
-    print(f"{'prometheus exporter: consume (receive path)':52s} {consume:8.3f}   per metric point")
-    print(f"{'prometheus exporter: fold into series (background)':52s} {fold:8.2f}   per metric point")
     series = sum(1 for f in families for s in f.samples)
     print(f"render {series} samples for a scrape: {render_ms:.1f} ms")
+    recorder.write(
+        Path(args.output),
+        {
+            "unit": "collector CPU µs per item (span or metric point); processors: less the decode",
+            "repeats": args.repeats,
+            "requests_per_repeat": args.rounds,
+            "cases": rows,
+            "scrape_render": {"samples": series, "ms": render_ms},
+        },
+    )
 
 
 if __name__ == "__main__":

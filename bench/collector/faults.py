@@ -2,15 +2,21 @@
 
 Outage: load at a steady rate into meshwatch-collector → real Jaeger; Jaeger is stopped
 for 60 s and restarted on the same ports (its memory store starts empty, so the count
-covers what was acknowledged from the moment it stopped). Printed: spans acknowledged
-during the outage and after, how many arrived, missing, duplicates, the queue's peak
-and the time to drain after the restart.
+covers what was acknowledged from the moment it stopped); a second exporter of the same
+pipeline goes to a span counter (``_span_counter.py``) stopped and restarted with it,
+which, unlike Jaeger's query API, counts a span sent twice twice. Printed: spans
+acknowledged during the outage and after, how many arrived in Jaeger, missing,
+duplicates at the counter, the queue's peak and the time to drain after the restart.
+The counter's positive control (a planted duplicate) runs first.
 
 Overload: the collector with a memory limit (memory_limiter 300 MiB) and a bounded
 queue, loaded by closed-loop senders well past what Jaeger takes here (≥2× its
 sustainable rate). Printed: offered, acknowledged and refused rates, whether every
 acknowledged span was delivered (collector accepted = senders' acks = sent to Jaeger,
 nothing dropped) and peak RSS against the limit.
+
+Raw results go to ``--output`` (default ``bench/results/faults-<outage|overload|all>.json``)
+with the commit.
 
     .venv/bin/python bench/collector/faults.py [--outage 60] [--rate 20000] [--overload-seconds 30]
 """
@@ -32,6 +38,8 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _load import EXPORT, SPANS_PER_REQUEST, TRACES_PER_REQUEST, ProcStats, placeholder, realistic_request
+from _results import RESULTS, Recorder
+from _span_counter import SpanCounter
 
 from meshwatch.collector.testing import start_collector
 from meshwatch.stack.runner import Server, Stack, wait_http
@@ -124,23 +132,37 @@ def exporter(jaeger: Server, **queue) -> dict:
     }
 
 
-def outage(stack: Stack, tmp: Path, args) -> None:
+def outage(stack: Stack, tmp: Path, args) -> dict:
+    """Jaeger and a span counter stopped together: Jaeger says what arrived, the counter what arrived twice."""
     jaeger = stack.start("jaeger", max_traces=100_000)
+    counter = SpanCounter()
     config = {
-        "exporters": {"otlp/jaeger": exporter(jaeger)},
-        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/jaeger"]}}},
+        "exporters": {
+            "otlp/jaeger": exporter(jaeger),
+            "otlphttp/counter": {
+                "endpoint": counter.url,
+                "sending_queue": {"fsync": "interval"},
+                "retry_on_failure": {"initial_interval": 0.5, "max_interval": 5},
+            },
+        },
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/jaeger", "otlphttp/counter"]}}},
     }
     collector = start_collector(config, tmp / "outage")
     load = TracedLoad(collector.grpc_endpoint, args.rate).start()
     time.sleep(5)
     jaeger.stop()
+    counter.stop()
     stopped_at = time.monotonic()
-    print(f"outage: Jaeger stopped under {args.rate:,.0f} spans/s; waiting {args.outage:.0f}s", flush=True)
+    print(
+        f"outage: Jaeger (and the span counter) stopped under {args.rate:,.0f} spans/s; waiting {args.outage:.0f}s",
+        flush=True,
+    )
     peak = 0.0
     while time.monotonic() - stopped_at < args.outage:
         peak = max(peak, collector.metric("meshwatch_queue_size_items"))
         time.sleep(1)
     jaeger = restart(jaeger)
+    counter.start()
     stack.servers["jaeger"] = jaeger
     restarted_at = time.monotonic()
     time.sleep(10)
@@ -150,23 +172,58 @@ def outage(stack: Stack, tmp: Path, args) -> None:
     drained = time.monotonic() - restarted_at
     ids = [t for sent, t in load.acked if sent >= stopped_at]
     time.sleep(2)
-    missing, duplicates = count_arrived(jaeger.url, ids)
+    missing, _merged = count_arrived(jaeger.url, ids)
+    at_counter = counter.count(set(ids), 64)
     spans = len(ids) * 64
+    dropped = collector.metric("meshwatch_exporter_dropped_items_total")
     print(
-        f"  acknowledged from the stop on: {spans:,} spans ({len(ids):,} traces); arrived: {spans - missing:,}; "
-        f"missing: {missing}; duplicates: {duplicates} ({duplicates / max(1, spans):.3%})"
+        f"  acknowledged from the stop on: {spans:,} spans ({len(ids):,} traces); arrived in Jaeger: "
+        f"{spans - missing:,}; missing: {missing}; at the counter: {at_counter} "
+        f"(duplicates {at_counter['duplicates'] / max(1, spans):.3%})"
     )
     print(
         f"  queue peak {peak:,.0f} spans; drained {drained:.1f}s after the restart (incl. 10 s of further load); "
-        f"refused: {load.refused or 'none'}; dropped: "
-        f"{collector.metric('meshwatch_exporter_dropped_items_total'):.0f}"
+        f"refused: {load.refused or 'none'}; dropped: {dropped:.0f}"
     )
     collector.stop()
     jaeger.stop()
+    counter.stop()
     stack.servers.pop("jaeger", None)
+    return {
+        "rate_spans_per_s": args.rate,
+        "outage_s": args.outage,
+        "acknowledged_spans_from_the_stop": spans,
+        "traces": len(ids),
+        "missing_in_jaeger": missing,
+        "at_counter": at_counter,
+        "duplicate_share": at_counter["duplicates"] / max(1, spans),
+        "queue_peak_spans": peak,
+        "drained_after_restart_s": drained,
+        "refused": load.refused,
+        "dropped": dropped,
+    }
 
 
-def overload(stack: Stack, tmp: Path, args) -> None:
+def counter_control() -> dict:
+    """The duplicate count's positive control: a request planted twice must count its spans twice."""
+    counter = SpanCounter()
+    try:
+        body = realistic_request("bench-control")
+        for _ in range(2):
+            request = urllib.request.Request(
+                f"{counter.url}/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"}
+            )
+            urllib.request.urlopen(request, timeout=10).close()
+        trace_ids = {t for t, _ in counter.copies}
+        result = counter.count(trace_ids, 64)
+    finally:
+        counter.stop()
+    if result["duplicates"] != SPANS_PER_REQUEST:
+        raise SystemExit(f"the span counter missed a planted duplicate: {result}")
+    return result
+
+
+def overload(stack: Stack, tmp: Path, args) -> dict:
     """Closed-loop senders offering more than Jaeger takes, into a bounded queue and a memory limit."""
     from _load import Load
 
@@ -214,8 +271,24 @@ def overload(stack: Stack, tmp: Path, args) -> None:
         f"  collector accepted {accepted:,.0f} = acknowledged {acked:,}: {accepted == acked}; delivered to Jaeger "
         f"{sent:,.0f}; dropped {dropped:.0f}; every item delivered or refused: {sent == acked and dropped == 0}"
     )
-    print(f"  peak RSS {max(peak_rss, stats.peak_rss_mb()):.0f} MB (limit 300 MiB); queue peak {peak_queue:,.0f}")
+    rss = max(peak_rss, stats.peak_rss_mb())
+    print(f"  peak RSS {rss:.0f} MB (limit 300 MiB); queue peak {peak_queue:,.0f}")
     collector.stop()
+    return {
+        "seconds": elapsed,
+        "offered_spans_per_s": (acked + refused) / elapsed,
+        "acknowledged_spans_per_s": acked / elapsed,
+        "acknowledged": acked,
+        "refused_at_senders": refused,
+        "refused_counted_by_collector": counted,
+        "refused_by_reason": by_reason,
+        "accepted": accepted,
+        "sent_to_jaeger": sent,
+        "dropped": dropped,
+        "every_item_delivered_or_refused": sent == acked and dropped == 0,
+        "peak_rss_mb": rss,
+        "queue_peak_spans": peak_queue,
+    }
 
 
 def main() -> None:
@@ -225,7 +298,10 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=30)
     parser.add_argument("--queue-size", type=int, default=200_000)
     parser.add_argument("--only", choices=["outage", "overload"])
+    parser.add_argument("--output", help="raw results (default: bench/results/faults-<what ran>.json)")
     args = parser.parse_args()
+    recorder = Recorder("bench/collector/faults.py " + " ".join(sys.argv[1:]))
+    results: dict = {"counter_control": counter_control()}
     with tempfile.TemporaryDirectory(prefix="meshwatch-bench-faults-") as tmp:
         state = Path(tmp) / "stack"
         state.mkdir()
@@ -233,11 +309,12 @@ def main() -> None:
         stack = Stack(state)
         try:
             if args.only in (None, "outage"):
-                outage(stack, Path(tmp), args)
+                results["outage"] = outage(stack, Path(tmp), args)
             if args.only in (None, "overload"):
-                overload(stack, Path(tmp), args)
+                results["overload"] = overload(stack, Path(tmp), args)
         finally:
             stack.down()
+    recorder.write(Path(args.output or RESULTS / f"faults-{args.only or 'all'}.json"), results)
 
 
 if __name__ == "__main__":

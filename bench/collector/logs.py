@@ -9,7 +9,11 @@ per core, ≤ 20 µs), peak RSS, and the delay until a probe record is searchabl
 (contrib's elasticsearchexporter is not in the reference build), so there is no
 side-by-side; the exporter's own CPU per record is in bench/collector/components_elasticsearch.py.
 
-    .venv/bin/python bench/collector/logs.py [--rate 20000] [--seconds 20]
+Every rate runs ``--rounds`` times, interleaved with alternating order, each round on a
+fresh collector; every round, medians and spread go to ``--output`` (default
+``bench/results/logs-elasticsearch.json``) with the commit.
+
+    .venv/bin/python bench/collector/logs.py [--rate 3000 --rate 6000] [--seconds 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _load import ProcStats
+from _results import RESULTS, Recorder, spread
 
 from meshwatch.collector.testing import start_collector
 from meshwatch.stack.runner import Stack
@@ -150,49 +155,35 @@ def _probe(endpoint: str, es_url: str, stop: threading.Event, delays: list[float
             time.sleep(0.1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=20_000, help="log records/s in total")
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--warmup", type=float, default=5)
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="meshwatch-bench-logs-"))
-    state = tmp / "stack"
-    state.mkdir()
-    state.chmod(0o755)
-    tmp.chmod(0o755)
-    stack = Stack(state)
+def one_round(es_url: str, workdir: Path, rate: float, seconds: float, warmup: float) -> dict:
+    """A fresh collector, ``rate`` records/s for ``warmup`` + ``seconds``, then until its queue drains."""
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {}}}},
+        "exporters": {"elasticsearch": {"endpoints": [es_url], "sending_queue": {"fsync": "interval"}}},
+        "service": {
+            "telemetry": {"logs": {"level": "warning"}},
+            "pipelines": {"logs": {"receivers": ["otlp"], "exporters": ["elasticsearch"]}},
+        },
+    }
+    collector = start_collector(config, workdir)
     try:
-        print("starting Elasticsearch (≈30 s)…", flush=True)
-        es = stack.start("elasticsearch", heap="512m")
-        config = {
-            "receivers": {"otlp": {"protocols": {"grpc": {}}}},
-            "exporters": {"elasticsearch": {"endpoints": [es.url], "sending_queue": {"fsync": "interval"}}},
-            "service": {
-                "telemetry": {"logs": {"level": "warning"}},
-                "pipelines": {"logs": {"receivers": ["otlp"], "exporters": ["elasticsearch"]}},
-            },
-        }
-        collector = start_collector(config, tmp / "collector")
         stats = ProcStats(collector.process.pid)
         ctx = mp.get_context("spawn")
         stop, acked, refused = ctx.Event(), ctx.Value("q", 0), ctx.Value("q", 0)
         senders = [
-            ctx.Process(
-                target=_sender, args=(collector.grpc_endpoint, 4, args.rate / RECORDS / 2, stop, acked, refused)
-            )
+            ctx.Process(target=_sender, args=(collector.grpc_endpoint, 4, rate / RECORDS / 2, stop, acked, refused))
             for _ in range(2)
         ]
         cpu_start = stats.cpu_seconds()
         for p in senders:
             p.start()
-        time.sleep(args.warmup)
+        time.sleep(warmup)
         delays: list[float] = []
         probe_stop = threading.Event()
-        probe = threading.Thread(target=_probe, args=(collector.grpc_endpoint, es.url, probe_stop, delays))
+        probe = threading.Thread(target=_probe, args=(collector.grpc_endpoint, es_url, probe_stop, delays))
         probe.start()
         cpu0, n0, t0 = stats.cpu_seconds(), acked.value, time.monotonic()
-        time.sleep(args.seconds)
+        time.sleep(seconds)
         cpu1, n1, t1 = stats.cpu_seconds(), acked.value, time.monotonic()
         stop.set()
         probe_stop.set()
@@ -204,24 +195,84 @@ def main() -> None:
         deadline = time.monotonic() + 300
         while collector.metric("meshwatch_queue_size_items") > 0 and time.monotonic() < deadline:
             time.sleep(0.5)
+        drained = collector.metric("meshwatch_queue_size_items") == 0
         # All-in: the collector's CPU from the first request until the queue is empty, per record
         # acknowledged (so sending to Elasticsearch is counted even when it lags the intake).
         cpu_all, records_all = stats.cpu_seconds() - cpu_start, acked.value
         ordered = sorted(delays) or [float("nan")]
         p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-        print(
-            f"rate offered {args.rate:,.0f} records/s; accepted {records / wall:,.0f} records/s; "
-            f"collector {cpu / wall:.2f} cores during the load; all-in (until the queue drained) "
-            f"{records_all / cpu_all:,.0f} records/s per core, {cpu_all / records_all * 1e6:.1f} µs/record "
-            f"(target ≥ 50,000 and ≤ 20); peak RSS {stats.peak_rss_mb():.0f} MB; "
-            f"searchable after p50 {statistics.median(ordered):.2f} s / p99 {p99:.2f} s; refused {refused.value}; "
-            f"queued at the end of the load {queue_left:,.0f}; sent "
-            f"{collector.metric('meshwatch_exporter_sent_items_total'):,.0f}, dropped "
-            f"{collector.metric('meshwatch_exporter_dropped_items_total'):,.0f}"
-        )
+        sent = collector.metric("meshwatch_exporter_sent_items_total")
+        return {
+            "offered_per_s": rate,
+            "accepted_per_s": records / wall,
+            "collector_cores_during_load": cpu / wall,
+            "us_per_record_during_load": cpu / max(1, records) * 1e6,
+            "drained": drained,
+            "records_per_core_all_in": records_all / cpu_all if drained else None,
+            "us_per_record_all_in": cpu_all / records_all * 1e6 if drained else None,
+            "peak_rss_mb": stats.peak_rss_mb(),
+            "searchable_after_p50_s": statistics.median(ordered),
+            "searchable_after_p99_s": p99,
+            "refused": refused.value,
+            "queued_at_end_of_load": queue_left,
+            "acknowledged": records_all,
+            # probes (one record each) are sent through the same collector
+            "sent": sent,
+            "dropped": collector.metric("meshwatch_exporter_dropped_items_total"),
+            "delivered_all_acknowledged": drained and sent >= records_all,
+        }
+    finally:
         collector.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, action="append", help="log records/s in total (repeatable)")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every rate")
+    parser.add_argument("--output", default=str(RESULTS / "logs-elasticsearch.json"))
+    args = parser.parse_args()
+    rates = args.rate or [3000.0, 6000.0]
+    recorder = Recorder("bench/collector/logs.py " + " ".join(sys.argv[1:]))
+    tmp = Path(tempfile.mkdtemp(prefix="meshwatch-bench-logs-"))
+    state = tmp / "stack"
+    state.mkdir()
+    state.chmod(0o755)
+    tmp.chmod(0o755)
+    stack = Stack(state)
+    rounds: list[dict] = []
+    try:
+        print("starting Elasticsearch (≈30 s)…", flush=True)
+        es = stack.start("elasticsearch", heap="512m")
+        for index in range(args.rounds):
+            for rate in rates if index % 2 == 0 else list(reversed(rates)):
+                print(f"round {index + 1}/{args.rounds}: {rate:,.0f} records/s …", flush=True)
+                result = one_round(es.url, tmp / f"collector-{index}-{rate:.0f}", rate, args.seconds, args.warmup)
+                result["round"] = index + 1
+                rounds.append(result)
+                print(
+                    "  " + ", ".join(f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+                )
     finally:
         stack.down()
+    summary = {}
+    for rate in rates:
+        mine = [r for r in rounds if r["offered_per_s"] == rate]
+        summary[f"{rate:.0f}"] = {
+            key: spread([r[key] for r in mine])
+            for key in (
+                "accepted_per_s",
+                "us_per_record_during_load",
+                "us_per_record_all_in",
+                "searchable_after_p99_s",
+                "peak_rss_mb",
+            )
+            if all(r[key] is not None for r in mine)
+        }
+        summary[f"{rate:.0f}"]["delivered_all_acknowledged"] = all(r["delivered_all_acknowledged"] for r in mine)
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    recorder.write(Path(args.output), {"rounds": rounds, "summary": summary})
 
 
 if __name__ == "__main__":
