@@ -18,6 +18,9 @@ from meshwatch.stack.installer import BackendMissing
 
 from .conftest import ALERTS
 
+# a tool meshwatch-stack installs (a backend binary): not for `make unit`
+pytestmark = pytest.mark.integration
+
 CONFIG = ALERTS / "pint.hcl"
 PLANTED = """\
 groups:

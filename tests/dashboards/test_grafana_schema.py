@@ -17,6 +17,9 @@ import pytest
 from meshwatch.stack import binary
 from meshwatch.stack.installer import BackendMissing
 
+# a tool meshwatch-stack installs (a backend binary): not for `make unit`
+pytestmark = pytest.mark.integration
+
 BOARDS = sorted((Path(__file__).parents[2] / "dashboards" / "json").glob("*.json"))
 
 

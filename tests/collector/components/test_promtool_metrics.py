@@ -22,6 +22,9 @@ import pytest
 
 from meshwatch.stack import binary, free_port
 
+# promtool is a backend binary (meshwatch-stack install prometheus): not for `make unit`
+pytestmark = pytest.mark.integration
+
 
 def base_env(**extra: str) -> dict[str, str]:
     """This environment without OTEL_/MESHWATCH_ settings, plus ``extra``."""
