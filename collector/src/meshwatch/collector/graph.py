@@ -126,9 +126,8 @@ class Graph:
                 key = (cid, pipeline.signal)
                 if key not in self.exporters:
                     self.exporters[key] = self._create(Kind.EXPORTER, cid, pipeline.signal, None)
-        building: set[str] = set()
         for pipeline in self.config.pipelines:
-            self._head(pipeline, building)
+            self._head(pipeline)
         for pipeline in self.config.pipelines:
             for cid in pipeline.receivers:
                 if self._is_connector(cid) or cid in self.receivers:
@@ -146,15 +145,14 @@ class Graph:
     def _pipelines_with_receiver(self, cid: ComponentId) -> list[Pipeline]:
         return [p for p in self.config.pipelines if cid in p.receivers]
 
-    def _head(self, pipeline: Pipeline, building: set[str]) -> Consumer:
+    def _head(self, pipeline: Pipeline) -> Consumer:
         """The first consumer of a pipeline (its first processor, or the exporters' fan-out)."""
         if pipeline.name in self.heads:
             return self.heads[pipeline.name]
-        building.add(pipeline.name)
         targets: list[Consumer] = []
         for cid in pipeline.exporters:
             if self._is_connector(cid):
-                targets.append(self._connector(cid, pipeline.signal, building))
+                targets.append(self._connector(cid, pipeline.signal))
             else:
                 targets.append(self.exporters[(cid, pipeline.signal)])
         consumer: Consumer = targets[0] if len(targets) == 1 else FanOut(targets)
@@ -165,15 +163,14 @@ class Graph:
                 self.mutating.add(pipeline.name)
             consumer = processor  # type: ignore[assignment]
         self.heads[pipeline.name] = consumer
-        building.discard(pipeline.name)
         return consumer
 
-    def _connector(self, cid: ComponentId, signal: Signal, building: set[str]) -> Consumer:
+    def _connector(self, cid: ComponentId, signal: Signal) -> Consumer:
         key = (cid, signal)
         if key not in self.connectors:
             pipes = self._pipelines_with_receiver(cid)
             for pipe in pipes:
-                self._head(pipe, building)
+                self._head(pipe)
             self.connectors[key] = self._create(Kind.CONNECTOR, cid, signal, self._fan_out(pipes))
         return self.connectors[key]  # type: ignore[return-value]
 

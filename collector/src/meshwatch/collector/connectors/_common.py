@@ -19,7 +19,6 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-from pydantic import field_validator
 
 from ..batch import Batch
 from ..component import Refused
@@ -70,9 +69,6 @@ def duration_list(values: Any) -> Any:
     if isinstance(values, list):
         return [parse_duration(v) for v in values]
     return values
-
-
-duration_field = field_validator  # re-exported for readability in the config models
 
 
 def string_attributes(pairs: Any) -> list[KeyValue]:

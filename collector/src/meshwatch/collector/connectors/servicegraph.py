@@ -369,7 +369,6 @@ class _Factory:
     type = "servicegraph"
     kind = Kind.CONNECTOR
     signals = frozenset({Signal.TRACES})
-    input_signals = frozenset({Signal.TRACES})
     output_signals = frozenset({Signal.METRICS})
     config_model = ServiceGraphConfig
 

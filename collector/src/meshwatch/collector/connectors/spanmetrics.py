@@ -320,7 +320,6 @@ class _Factory:
     kind = Kind.CONNECTOR
     #: Consumes traces; emits to a metrics pipeline.
     signals = frozenset({Signal.TRACES})
-    input_signals = frozenset({Signal.TRACES})
     output_signals = frozenset({Signal.METRICS})
     config_model = SpanMetricsConfig
 

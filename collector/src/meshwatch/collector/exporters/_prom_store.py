@@ -524,10 +524,6 @@ class SeriesStore:
                 del self._targets[target]
         return removed
 
-    def series_count(self) -> int:
-        with self._lock:
-            return sum(len(f.series) + (f.overflow is not None) for f in self._families.values())
-
     def footprint(self) -> tuple[int, int]:
         """(series held, label sets remembered by their hash in overflow series)."""
         with self._lock:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import urllib3
@@ -223,12 +222,6 @@ class _Writer:
 def _resource(resource: Any, config: RemoteWriteConfig) -> tuple[dict[str, str], dict[str, str] | None]:
     identity = resource_identity(resource, promote_all=config.resource_to_telemetry_conversion.enabled)
     return identity.labels, identity.target_info if config.target_info.enabled else None
-
-
-def _points(metric: Any) -> Iterator[Any]:
-    data = metric.WhichOneof("data")
-    if data is not None:
-        yield from getattr(metric, data).data_points
 
 
 def translate(
