@@ -15,11 +15,14 @@ from ..component import ComponentId, Consumer, CreateSettings, Host
 from ..signals import Signal
 from ._telemetry import Telemetry
 
-__all__ = ["BatchProcessor"]
+__all__ = ["InPlaceProcessor"]
 
 
-class BatchProcessor:
-    """Base class: subclasses implement ``process(batch) -> bool`` (True = keep forwarding)."""
+class InPlaceProcessor:
+    """Base of the processors that edit a batch in place (not the ``batch`` processor, which regroups batches).
+
+    Subclasses implement ``process(batch) -> bool`` (True = keep forwarding).
+    """
 
     def __init__(self, settings: CreateSettings, next_consumer: Consumer) -> None:
         self.id: ComponentId = settings.id

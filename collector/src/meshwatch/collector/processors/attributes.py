@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..component import Component, Consumer, CreateSettings, Kind
 from ..signals import Signal
 from ._actions import ActionConfig, compile_actions
-from ._base import BatchProcessor
+from ._base import InPlaceProcessor
 from ._otlp import attribute_lists
 
 __all__ = ["AttributesConfig", "AttributesProcessor", "factory"]
@@ -35,7 +35,7 @@ class AttributesConfig(BaseModel):
     actions: list[ActionConfig] = Field(min_length=1)
 
 
-class AttributesProcessor(BatchProcessor):
+class AttributesProcessor(InPlaceProcessor):
     def __init__(self, settings: CreateSettings, config: AttributesConfig, next_consumer: Consumer) -> None:
         super().__init__(settings, next_consumer)
         self._apply = compile_actions(config.actions)

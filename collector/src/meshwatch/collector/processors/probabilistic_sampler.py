@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..component import Component, Consumer, CreateSettings, Kind
 from ..signals import Signal
-from ._base import BatchProcessor
+from ._base import InPlaceProcessor
 
 __all__ = ["SamplerConfig", "ProbabilisticSampler", "factory", "keeps"]
 
@@ -68,7 +68,7 @@ def keeps(trace_id: bytes, percentage: float, seed: int = 0) -> bool:
     return (trace_hash(trace_id, seed) & _MASK) < int(percentage * _NUM_BUCKETS / 100)
 
 
-class ProbabilisticSampler(BatchProcessor):
+class ProbabilisticSampler(InPlaceProcessor):
     def __init__(self, settings: CreateSettings, config: SamplerConfig, next_consumer: Consumer) -> None:
         super().__init__(settings, next_consumer)
         self.config = config

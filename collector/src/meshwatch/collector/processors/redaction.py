@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..component import Component, Consumer, CreateSettings, Kind
 from ..signals import Signal
-from ._base import BatchProcessor
+from ._base import InPlaceProcessor
 from ._otlp import attribute_lists, resources
 
 __all__ = ["RedactionConfig", "RedactionProcessor", "factory", "DEFAULT_KEY_PATTERNS", "CARD_PATTERN"]
@@ -99,7 +99,7 @@ class RedactionConfig(BaseModel):
         return patterns
 
 
-class RedactionProcessor(BatchProcessor):
+class RedactionProcessor(InPlaceProcessor):
     def __init__(self, settings: CreateSettings, config: RedactionConfig, next_consumer: Consumer) -> None:
         super().__init__(settings, next_consumer)
         self.config = config

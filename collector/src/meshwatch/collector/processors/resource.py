@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..component import Component, Consumer, CreateSettings, Kind
 from ..signals import Signal
 from ._actions import ActionConfig, compile_actions
-from ._base import BatchProcessor
+from ._base import InPlaceProcessor
 from ._otlp import resources
 
 __all__ = ["ResourceConfig", "ResourceProcessor", "factory"]
@@ -31,7 +31,7 @@ class ResourceConfig(BaseModel):
     attributes: list[ActionConfig] = Field(min_length=1)
 
 
-class ResourceProcessor(BatchProcessor):
+class ResourceProcessor(InPlaceProcessor):
     def __init__(self, settings: CreateSettings, config: ResourceConfig, next_consumer: Consumer) -> None:
         super().__init__(settings, next_consumer)
         self._apply = compile_actions(config.attributes)
