@@ -93,7 +93,7 @@ def bad_neighbour_in_queue(workdir: Path, exporter_config: dict, jaeger_url: str
     from meshwatch.collector.signals import Signal
 
     settings = CreateSettings(ComponentId("otlp", "jaeger"), Signal.TRACES)
-    exporter = factory.create(settings, factory.config_model.model_validate(exporter_config), None)
+    exporter = factory.create(settings, factory.config_model.model_validate(exporter_config))
     exporter.start(CollectorHost(workdir))
     try:
         good = [os.urandom(16) for _ in range(100)]

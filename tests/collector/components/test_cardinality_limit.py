@@ -148,7 +148,7 @@ def _overflow_labels(series: dict) -> tuple:
 
 def test_exporter_counts_overflowed_points_and_warns_once_naming_the_metric(host, caplog) -> None:
     config = prom.PrometheusConfig(endpoint="127.0.0.1:0", cardinality_limit=10)
-    exporter = prom.factory.create(settings("prometheus/limited", Signal.METRICS), config, None)
+    exporter = prom.factory.create(settings("prometheus/limited", Signal.METRICS), config)
     exporter.start(host)
     caplog.set_level(logging.WARNING, logger="meshwatch.collector.exporter.prometheus")
     try:
@@ -244,7 +244,7 @@ def _check_prometheus(prometheus, name: str, selector: str, values: list[float])
 @pytest.mark.integration
 def test_prometheus_sees_at_most_limit_series_and_the_overflowed_sum(prometheus, host) -> None:
     config = prom.PrometheusConfig(endpoint="127.0.0.1:0", cardinality_limit=LIMIT)
-    exporter = prom.factory.create(settings("prometheus/burst", Signal.METRICS), config, None)
+    exporter = prom.factory.create(settings("prometheus/burst", Signal.METRICS), config)
     exporter.start(host)
     name = f"card_{uuid.uuid4().hex[:6]}"
     req, values = _burst_request(name, f"svc-{name}", time.time_ns())

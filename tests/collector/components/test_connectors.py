@@ -42,7 +42,7 @@ def points(request, name: str) -> list:
 
 def make_spanmetrics(**options) -> spanmetrics.SpanMetricsConnector:
     config = spanmetrics.SpanMetricsConfig.model_validate(options)
-    return spanmetrics.factory.create(settings("spanmetrics", Signal.TRACES), config, Sink())
+    return spanmetrics.factory.create(settings("spanmetrics", Signal.TRACES), config, {Signal.METRICS: Sink()})
 
 
 def test_spanmetrics_counts_calls_and_durations_per_series() -> None:
@@ -102,7 +102,7 @@ def test_spanmetrics_cardinality_limit_goes_to_one_overflow_series() -> None:
 def test_spanmetrics_flushes_to_the_metrics_pipeline(host) -> None:
     sink = Sink()
     config = spanmetrics.SpanMetricsConfig(metrics_flush_interval=0.2)
-    conn = spanmetrics.factory.create(settings("spanmetrics"), config, sink)
+    conn = spanmetrics.factory.create(settings("spanmetrics"), config, {Signal.METRICS: sink})
     conn.start(host)
     try:
         conn.consume(batch_of(Signal.TRACES, traces(RESOURCE, [span()])))
@@ -115,7 +115,7 @@ def test_spanmetrics_flushes_to_the_metrics_pipeline(host) -> None:
 
 def make_graph(**options) -> servicegraph.ServiceGraphConnector:
     config = servicegraph.ServiceGraphConfig.model_validate(options)
-    return servicegraph.factory.create(settings("servicegraph", Signal.TRACES), config, Sink())
+    return servicegraph.factory.create(settings("servicegraph", Signal.TRACES), config, {Signal.METRICS: Sink()})
 
 
 def edges(conn) -> dict:
@@ -186,16 +186,16 @@ def test_servicegraph_messaging_database_and_virtual_nodes(host) -> None:
 
 @pytest.mark.integration
 def test_spanmetrics_and_service_graph_series_are_queryable_in_prometheus(prometheus, host) -> None:
-    exporter = prom.factory.create(settings("prometheus"), prom.PrometheusConfig(endpoint="127.0.0.1:0"), None)
+    exporter = prom.factory.create(settings("prometheus"), prom.PrometheusConfig(endpoint="127.0.0.1:0"))
     exporter.start(host)
     fast = {"metrics_flush_interval": 0.5}
     span_conn = spanmetrics.factory.create(
         settings("spanmetrics"),
         spanmetrics.SpanMetricsConfig.model_validate({**fast, "dimensions": [{"name": "http.route"}]}),
-        exporter,
+        {Signal.METRICS: exporter},
     )
     graph = servicegraph.factory.create(
-        settings("servicegraph"), servicegraph.ServiceGraphConfig.model_validate(fast), exporter
+        settings("servicegraph"), servicegraph.ServiceGraphConfig.model_validate(fast), {Signal.METRICS: exporter}
     )
     for component in (span_conn, graph):
         component.start(host)

@@ -282,7 +282,7 @@ def test_through_the_queued_exporter_conflicts_reach_the_dead_letter_file_and_ar
     config = es_exporter.ElasticsearchConfig.model_validate(
         {"endpoints": [elasticsearch.url], "index_prefix": prefix, "sending_queue": {"fsync": "never"}}
     )
-    exporter = es_exporter.factory.create(settings("elasticsearch", Signal.LOGS), config, None)
+    exporter = es_exporter.factory.create(settings("elasticsearch", Signal.LOGS), config)
     exporter.start(host)
     marker = uuid.uuid4().hex
     try:

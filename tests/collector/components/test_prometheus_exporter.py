@@ -110,7 +110,7 @@ def histogram(name: str, counts: list[int], *, t: int, start: int, temporality: 
 @pytest.fixture
 def exporter(host) -> Iterator[prom.PrometheusExporter]:
     config = prom.PrometheusConfig(endpoint="127.0.0.1:0")
-    exp = prom.factory.create(settings("prometheus", Signal.METRICS), config, None)
+    exp = prom.factory.create(settings("prometheus", Signal.METRICS), config)
     exp.start(host)
     yield exp
     exp.shutdown(5)

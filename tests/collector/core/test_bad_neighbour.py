@@ -116,7 +116,7 @@ def test_exporter_dead_letters_only_the_request_jaeger_refuses(tmp_path: Path, j
     http = {"endpoint": jaeger.urls["otlp_http"], **common}
     config = factory.config_model.model_validate(jaeger_exporter(jaeger, **common) if kind == "otlp" else http)
     host = CollectorHost(tmp_path)
-    exporter = factory.create(settings, config, None)
+    exporter = factory.create(settings, config)
     exporter.start(host)
     trace_ids = random_trace_ids(GOOD)
     bad = _bad_request()

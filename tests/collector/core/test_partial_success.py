@@ -41,7 +41,7 @@ class Refuser:
 def test_partial_success_over_grpc_and_http() -> None:
     taker = Taker()
     telemetry = Telemetry()
-    ingest = Ingest("otlp", {Signal.TRACES: FanOut([taker, Refuser()])}, telemetry)
+    ingest = Ingest("otlp", {Signal.TRACES: FanOut([taker, Refuser()], [False, False])}, telemetry)
     grpc_transport = GrpcTransport(ingest, "127.0.0.1:0", max_request_bytes=1 << 20, bearer_token=None)
     http_transport = HttpTransport(
         ingest, "127.0.0.1:0", max_request_bytes=1 << 20, bearer_token=None, paths={Signal.TRACES: "/v1/traces"}

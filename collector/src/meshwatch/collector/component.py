@@ -1,4 +1,4 @@
-"""The four small seams of the collector: consumer, component, factory, host.
+"""The small seams of the collector: consumer, component, factory (one Protocol per kind), host.
 
 The core (config, graph, queue, self-telemetry) knows only these Protocols and
 never imports a concrete receiver, processor, exporter or connector. Components
@@ -9,10 +9,11 @@ from their own config section, as in the OpenTelemetry Collector.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from .batch import Batch
 from .signals import Signal
@@ -25,6 +26,12 @@ __all__ = [
     "Consumer",
     "Component",
     "Factory",
+    "ReceiverFactory",
+    "ProcessorFactory",
+    "ExporterFactory",
+    "ConnectorFactory",
+    "Capabilities",
+    "make_factory",
     "Host",
     "CreateSettings",
 ]
@@ -131,30 +138,155 @@ class CreateSettings:
     host_name: str = "meshwatch-collector"
 
 
-class Factory(Protocol):
-    """Builds components of one type from their validated config section.
+@dataclass(frozen=True)
+class Capabilities:
+    """What the graph must know about a component before wiring it (the Collector's ``consumer.Capabilities``).
 
-    ``config_model`` is a pydantic model; the config loader validates the YAML
-    section against it (so errors name the bad key) before anything starts.
-
-    Optional attributes the graph reads with ``getattr`` (additive, so older
-    factories keep working):
-
-    * on a factory of kind ``CONNECTOR``: ``signals`` are the signals it accepts as an
-      exporter; ``output_signals`` (frozenset) the signals it emits as a receiver
-      (default: same as ``signals``). It is created once per input signal, with
-      ``settings.signal`` = that input signal and ``next_consumer`` = a ``Consumer``
-      feeding every pipeline that names it as a receiver.
-    * on a component: ``mutates_data = True`` when its ``consume`` changes the batch in
-      place; a fan-out then gives it its own copy.
+    Required of every factory, with no default: a component that changes the batch it
+    is handed and did not say so would share that batch with its neighbours.
     """
 
+    #: ``consume`` changes the batch in place; a fan-out then gives it its own copy.
+    mutates_data: bool
+
+
+class ReceiverCreate(Protocol):
+    def __call__(self, settings: CreateSettings, config: Any, next: Mapping[Signal, Consumer]) -> Component: ...
+
+
+class ProcessorCreate(Protocol):
+    def __call__(self, settings: CreateSettings, config: Any, next: Consumer) -> Component: ...
+
+
+class ExporterCreate(Protocol):
+    def __call__(self, settings: CreateSettings, config: Any) -> Component: ...
+
+
+class ConnectorCreate(Protocol):
+    def __call__(self, settings: CreateSettings, config: Any, next: Mapping[Signal, Consumer]) -> Component: ...
+
+
+class _FactoryFields(Protocol):
+    #: The component type, as written in the config (``otlp`` in ``otlp/jaeger``).
+    type: str
+    kind: Kind
+    #: The signals it takes (receivers: serves; connectors: accepts as an exporter).
+    signals: frozenset[Signal]
+    #: The signals it emits: a connector's as a receiver; for the other kinds, ``signals``.
+    output_signals: frozenset[Signal]
+    #: A pydantic model; the config loader validates the section against it (errors name the key).
+    config_model: type[Any]
+    capabilities: Capabilities
+
+
+class ReceiverFactory(_FactoryFields, Protocol):
+    """``next``: one consumer per signal the receiver's pipelines carry."""
+
+    def create(self, settings: CreateSettings, config: Any, next: Mapping[Signal, Consumer]) -> Component: ...
+
+
+class ProcessorFactory(_FactoryFields, Protocol):
+    """Created once per pipeline it is in (``settings.signal`` = that pipeline's), ``next`` its successor."""
+
+    def create(self, settings: CreateSettings, config: Any, next: Consumer) -> Component: ...
+
+
+class ExporterFactory(_FactoryFields, Protocol):
+    """Created once per exporter id and signal; the end of a pipeline, so no ``next``."""
+
+    def create(self, settings: CreateSettings, config: Any) -> Component: ...
+
+
+class ConnectorFactory(_FactoryFields, Protocol):
+    """Created once per input signal; ``next`` has one consumer per output signal, feeding every
+    pipeline of that signal that names the connector as a receiver (and only those)."""
+
+    def create(self, settings: CreateSettings, config: Any, next: Mapping[Signal, Consumer]) -> Component: ...
+
+
+#: Any factory; the graph calls ``create`` with the ``next`` its kind's Protocol names.
+Factory = ReceiverFactory | ProcessorFactory | ExporterFactory | ConnectorFactory
+
+
+@dataclass(frozen=True)
+class _BuiltFactory:
     type: str
     kind: Kind
     signals: frozenset[Signal]
+    output_signals: frozenset[Signal]
     config_model: type[Any]
+    capabilities: Capabilities
+    _create: Callable[..., Component]
 
-    def create(self, settings: CreateSettings, config: Any, next_consumer: Any) -> Component:
-        """``next_consumer``: a ``Consumer`` for processors and connectors, a
-        ``dict[Signal, Consumer]`` for receivers, ``None`` for exporters."""
-        ...
+    def create(self, settings: CreateSettings, config: Any, *next: Any) -> Component:
+        return self._create(settings, config, *next)
+
+
+@overload
+def make_factory(
+    kind: Literal[Kind.RECEIVER],
+    type: str,
+    *,
+    signals: Iterable[Signal],
+    config_model: type[Any],
+    create: ReceiverCreate,
+    capabilities: Capabilities,
+) -> ReceiverFactory: ...
+@overload
+def make_factory(
+    kind: Literal[Kind.PROCESSOR],
+    type: str,
+    *,
+    signals: Iterable[Signal],
+    config_model: type[Any],
+    create: ProcessorCreate,
+    capabilities: Capabilities,
+) -> ProcessorFactory: ...
+@overload
+def make_factory(
+    kind: Literal[Kind.EXPORTER],
+    type: str,
+    *,
+    signals: Iterable[Signal],
+    config_model: type[Any],
+    create: ExporterCreate,
+    capabilities: Capabilities,
+) -> ExporterFactory: ...
+@overload
+def make_factory(
+    kind: Literal[Kind.CONNECTOR],
+    type: str,
+    *,
+    signals: Iterable[Signal],
+    output_signals: Iterable[Signal],
+    config_model: type[Any],
+    create: ConnectorCreate,
+    capabilities: Capabilities,
+) -> ConnectorFactory: ...
+def make_factory(
+    kind: Kind,
+    type: str,
+    *,
+    signals: Iterable[Signal],
+    config_model: type[Any],
+    create: Callable[..., Component],
+    capabilities: Capabilities,
+    output_signals: Iterable[Signal] | None = None,
+) -> Factory:
+    """The one way to build a factory (like the Collector's ``receiver.NewFactory``).
+
+    ``create``'s ``next`` depends on ``kind`` (see the per-kind Protocols); ``capabilities``
+    is required; ``output_signals`` only for connectors, which must say what they emit.
+    """
+    if not isinstance(capabilities, Capabilities):
+        raise TypeError(f"{kind.value} factory '{type}': capabilities must be a Capabilities value")
+    if kind is Kind.CONNECTOR and not output_signals:
+        raise TypeError(f"connector factory '{type}': say which signals it emits (output_signals)")
+    if kind is not Kind.CONNECTOR and output_signals is not None:
+        raise TypeError(f"{kind.value} factory '{type}': only connectors have output_signals")
+    inputs = frozenset(signals)
+    if not inputs:
+        raise TypeError(f"{kind.value} factory '{type}': no signals")
+    return _BuiltFactory(
+        type, kind, inputs, frozenset(output_signals) if output_signals else inputs, config_model, capabilities, create
+    )

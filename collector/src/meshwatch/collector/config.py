@@ -418,7 +418,7 @@ def _check_pipelines(  # noqa: PLR0915, PLR0917 - every pipeline rule in one pas
                 factory = components[(kind, cid)].factory
                 if kind is Kind.CONNECTOR:
                     (connector_out if role == "receivers" else connector_in).setdefault(cid, []).append(signal)
-                    accepted = factory.signals if role == "exporters" else _output_signals(factory)
+                    accepted = factory.signals if role == "exporters" else factory.output_signals
                     if signal not in accepted:
                         side = "exporter" if role == "exporters" else "receiver"
                         problems.append(
@@ -440,10 +440,6 @@ def _check_pipelines(  # noqa: PLR0915, PLR0917 - every pipeline rule in one pas
         warnings.append(f"{source.where((key[0].value + 's', str(key[1])))}: {key[0].value} {key[1]} is not used")
     _check_cycles(pipelines, problems, source)
     return pipelines
-
-
-def _output_signals(factory: Factory) -> frozenset[Signal]:
-    return frozenset(getattr(factory, "output_signals", None) or factory.signals)
 
 
 def _names(signals: frozenset[Signal]) -> str:

@@ -33,10 +33,6 @@ class GraphError(Exception):
     """A component could not be built or started."""
 
 
-def _mutates(consumer: Any) -> bool:
-    return bool(getattr(consumer, "mutates_data", False))
-
-
 class FanOut:
     """Hands one batch to several consumers.
 
@@ -48,11 +44,13 @@ class FanOut:
     consumer took the batch, ``PartiallyAccepted`` tells the sender what was refused.
     """
 
-    def __init__(self, consumers: list[Consumer], mutating: list[bool] | None = None) -> None:
+    def __init__(self, consumers: list[Consumer], mutating: list[bool]) -> None:
+        """``mutating[i]``: consumer ``i`` changes batches (its ``Capabilities``, or its pipeline's processors')."""
+        if len(mutating) != len(consumers):
+            raise ValueError("one mutating flag per consumer")
         self.consumers = consumers
-        flags = mutating if mutating is not None else [_mutates(c) for c in consumers]
-        self.mutates_data = any(flags)
-        self._copy = [flag and len(consumers) > 1 for flag in flags]
+        self.mutates_data = any(mutating)
+        self._copy = [flag and len(consumers) > 1 for flag in mutating]
 
     def consume(self, batch: Batch) -> None:
         if len(self.consumers) == 1:
@@ -95,8 +93,8 @@ class Graph:
     processors: list[Component] = field(default_factory=list)
     receivers: dict[ComponentId, Component] = field(default_factory=dict)
     heads: dict[str, Consumer] = field(default_factory=dict)
-    #: Pipelines whose processors may change a batch (a processor that does not say
-    #: ``mutates_data = False`` is assumed to), so a fan-out into them copies.
+    #: Pipelines with a processor whose ``Capabilities`` say it changes batches, so a
+    #: fan-out into them copies.
     mutating: set[str] = field(default_factory=set)
     started: list[Component] = field(default_factory=list)
 
@@ -108,10 +106,12 @@ class Graph:
 
     # --- building ----------------------------------------------------------------------
 
-    def _create(self, kind: Kind, cid: ComponentId, signal: Signal | None, next_consumer: Any) -> Component:
+    def _create(self, kind: Kind, cid: ComponentId, signal: Signal | None, *next: Any) -> Component:
+        """``next`` as the kind's factory Protocol names it: none for an exporter, a ``Consumer`` for a
+        processor, a ``Mapping[Signal, Consumer]`` for a receiver or a connector."""
         spec = self.config.component(kind, cid)
         try:
-            component = spec.factory.create(CreateSettings(cid, signal), spec.config, next_consumer)
+            component = spec.factory.create(CreateSettings(cid, signal), spec.config, *next)
         except Exception as exc:
             raise GraphError(f"cannot create {kind.value} {cid}: {exc}") from exc
         if getattr(component, "id", None) is None:
@@ -125,7 +125,7 @@ class Graph:
                     continue
                 key = (cid, pipeline.signal)
                 if key not in self.exporters:
-                    self.exporters[key] = self._create(Kind.EXPORTER, cid, pipeline.signal, None)
+                    self.exporters[key] = self._create(Kind.EXPORTER, cid, pipeline.signal)
         for pipeline in self.config.pipelines:
             self._head(pipeline)
         for pipeline in self.config.pipelines:
@@ -150,28 +150,38 @@ class Graph:
         if pipeline.name in self.heads:
             return self.heads[pipeline.name]
         targets: list[Consumer] = []
+        mutating: list[bool] = []
         for cid in pipeline.exporters:
             if self._is_connector(cid):
                 targets.append(self._connector(cid, pipeline.signal))
+                mutating.append(self.config.component(Kind.CONNECTOR, cid).factory.capabilities.mutates_data)
             else:
                 targets.append(self.exporters[(cid, pipeline.signal)])
-        consumer: Consumer = targets[0] if len(targets) == 1 else FanOut(targets)
+                mutating.append(self.config.component(Kind.EXPORTER, cid).factory.capabilities.mutates_data)
+        consumer: Consumer = targets[0] if len(targets) == 1 else FanOut(targets, mutating)
         for cid in reversed(pipeline.processors):
             processor = self._create(Kind.PROCESSOR, cid, pipeline.signal, consumer)
             self.processors.insert(0, processor)
-            if getattr(processor, "mutates_data", True):
+            if self.config.component(Kind.PROCESSOR, cid).factory.capabilities.mutates_data:
                 self.mutating.add(pipeline.name)
             consumer = processor  # type: ignore[assignment]
         self.heads[pipeline.name] = consumer
         return consumer
 
     def _connector(self, cid: ComponentId, signal: Signal) -> Consumer:
+        """One connector per input signal, handed one consumer per output signal: the pipelines of
+        that signal which name it as a receiver (a metrics pipeline never gets its logs)."""
         key = (cid, signal)
         if key not in self.connectors:
-            pipes = self._pipelines_with_receiver(cid)
-            for pipe in pipes:
-                self._head(pipe)
-            self.connectors[key] = self._create(Kind.CONNECTOR, cid, signal, self._fan_out(pipes))
+            outputs = self.config.component(Kind.CONNECTOR, cid).factory.output_signals
+            by_signal: dict[Signal, Consumer] = {}
+            for out in outputs:
+                pipes = [p for p in self._pipelines_with_receiver(cid) if p.signal is out]
+                for pipe in pipes:
+                    self._head(pipe)
+                if pipes:
+                    by_signal[out] = self._fan_out(pipes)
+            self.connectors[key] = self._create(Kind.CONNECTOR, cid, signal, by_signal)
         return self.connectors[key]  # type: ignore[return-value]
 
     def _fan_out(self, pipes: list[Pipeline]) -> Consumer:

@@ -16,7 +16,7 @@ import threading
 from importlib.metadata import entry_points
 from typing import Any
 
-from .component import Factory, Kind
+from .component import Capabilities, Factory, Kind
 
 __all__ = ["Registry", "FactoryNotFound", "ENTRY_POINT_GROUP"]
 
@@ -67,7 +67,14 @@ class Registry:
             if ep.name != type_:
                 continue
             factory = ep.load()
-            if getattr(factory, "kind", None) == kind:
+            if not isinstance(getattr(factory, "capabilities", None), Capabilities) or not isinstance(
+                getattr(factory, "kind", None), Kind
+            ):
+                raise FactoryNotFound(
+                    f"entry point '{ep.name}' ({ep.value}) is not a meshwatch component factory: "
+                    "build it with meshwatch.collector.component.make_factory(...)"
+                )
+            if factory.kind == kind:
                 return factory
         return None
 

@@ -38,13 +38,14 @@ import threading
 import time
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..component import Component, Consumer, CreateSettings, Host, Kind
+from ..component import Capabilities, Component, Consumer, CreateSettings, Host, Kind, make_factory
 from ..duration import parse_duration
 from ..processors._otlp import any_to_string
 from ..processors._telemetry import Telemetry
@@ -365,15 +366,17 @@ class ServiceGraphConnector:
         emit(str(self.id), self.next, self.build(), self._failed)
 
 
-class _Factory:
-    type = "servicegraph"
-    kind = Kind.CONNECTOR
-    signals = frozenset({Signal.TRACES})
-    output_signals = frozenset({Signal.METRICS})
-    config_model = ServiceGraphConfig
-
-    def create(self, settings: CreateSettings, config: ServiceGraphConfig, next_consumer: Any) -> Component:
-        return ServiceGraphConnector(settings, config, next_consumer)
+def _create(settings: CreateSettings, config: ServiceGraphConfig, next: Mapping[Signal, Consumer]) -> Component:
+    """Consumes traces; emits to the metrics pipelines that name it as a receiver."""
+    return ServiceGraphConnector(settings, config, next[Signal.METRICS])
 
 
-factory = _Factory()
+factory = make_factory(
+    Kind.CONNECTOR,
+    "servicegraph",
+    signals=frozenset({Signal.TRACES}),
+    output_signals=frozenset({Signal.METRICS}),
+    config_model=ServiceGraphConfig,
+    create=_create,
+    capabilities=Capabilities(mutates_data=False),
+)

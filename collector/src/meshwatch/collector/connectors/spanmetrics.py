@@ -37,12 +37,13 @@ import logging
 import threading
 import time
 from bisect import bisect_left
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..component import Component, Consumer, CreateSettings, Host, Kind
+from ..component import Capabilities, Component, Consumer, CreateSettings, Host, Kind, make_factory
 from ..duration import parse_duration
 from ..processors._otlp import any_to_string
 from ..processors._telemetry import Telemetry
@@ -315,16 +316,17 @@ class SpanMetricsConnector:
         emit(str(self.id), self.next, self.build(), self._failed)
 
 
-class _Factory:
-    type = "spanmetrics"
-    kind = Kind.CONNECTOR
-    #: Consumes traces; emits to a metrics pipeline.
-    signals = frozenset({Signal.TRACES})
-    output_signals = frozenset({Signal.METRICS})
-    config_model = SpanMetricsConfig
-
-    def create(self, settings: CreateSettings, config: SpanMetricsConfig, next_consumer: Any) -> Component:
-        return SpanMetricsConnector(settings, config, next_consumer)
+def _create(settings: CreateSettings, config: SpanMetricsConfig, next: Mapping[Signal, Consumer]) -> Component:
+    """Consumes traces; emits to the metrics pipelines that name it as a receiver."""
+    return SpanMetricsConnector(settings, config, next[Signal.METRICS])
 
 
-factory = _Factory()
+factory = make_factory(
+    Kind.CONNECTOR,
+    "spanmetrics",
+    signals=frozenset({Signal.TRACES}),
+    output_signals=frozenset({Signal.METRICS}),
+    config_model=SpanMetricsConfig,
+    create=_create,
+    capabilities=Capabilities(mutates_data=False),
+)

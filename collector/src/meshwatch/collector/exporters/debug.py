@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from pydantic import BaseModel, ConfigDict
 
 from ..batch import Batch
-from ..component import ComponentId, CreateSettings, Host, Kind
+from ..component import Capabilities, ComponentId, CreateSettings, Host, Kind, make_factory
 from ..signals import ITEM_NAMES, Signal
 
 __all__ = ["factory", "DebugExporterConfig"]
@@ -88,14 +88,11 @@ class DebugExporter:
         return out
 
 
-class _Factory:
-    type = "debug"
-    kind = Kind.EXPORTER
-    signals = frozenset(Signal)
-    config_model = DebugExporterConfig
-
-    def create(self, settings: CreateSettings, config: DebugExporterConfig, next_consumer: Any) -> DebugExporter:
-        return DebugExporter(settings, config)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.EXPORTER,
+    "debug",
+    signals=frozenset(Signal),
+    config_model=DebugExporterConfig,
+    create=DebugExporter,
+    capabilities=Capabilities(mutates_data=False),
+)

@@ -43,7 +43,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from pydantic import Field, SecretStr, field_validator
 
 from ..batch import Batch
-from ..component import Component, CreateSettings, Host, Kind
+from ..component import Capabilities, Component, CreateSettings, Host, Kind, make_factory
 from ..duration import parse_duration
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
@@ -302,16 +302,17 @@ class ElasticsearchSender:
         return TransientError("error", f"elasticsearch request failed: {type(exc).__name__}: {exc}")
 
 
-class _Factory:
-    type = "elasticsearch"
-    kind = Kind.EXPORTER
-    signals = frozenset({Signal.LOGS})
-    config_model = ElasticsearchConfig
+def _create(settings: CreateSettings, config: ElasticsearchConfig) -> Component:
+    from ..queued_exporter import queued_exporter
 
-    def create(self, settings: CreateSettings, config: ElasticsearchConfig, next_consumer: Any) -> Component:
-        from ..queued_exporter import queued_exporter
-
-        return queued_exporter(settings, config, ElasticsearchSender(config))
+    return queued_exporter(settings, config, ElasticsearchSender(config))
 
 
-factory = _Factory()
+factory = make_factory(
+    Kind.EXPORTER,
+    "elasticsearch",
+    signals=frozenset({Signal.LOGS}),
+    config_model=ElasticsearchConfig,
+    create=_create,
+    capabilities=Capabilities(mutates_data=False),
+)

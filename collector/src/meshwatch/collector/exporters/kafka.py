@@ -54,7 +54,7 @@ from pydantic import Field
 from .._kafka import DEFAULT_TOPICS, ClientSettings, Encoding, client_config, fit, marshal, sarama_partition
 from .._kafka.encoding import pack_serialized, split_by_trace
 from ..batch import Batch
-from ..component import CreateSettings, Host, Kind
+from ..component import Capabilities, CreateSettings, Host, Kind, make_factory
 from ..duration import Duration
 from ..model import StrictModel
 from ..queued_exporter import QueuedExporter, queued_exporter
@@ -373,15 +373,16 @@ def _decoded(signal: Signal, raw: bytes) -> Any:
     return Batch.from_bytes(signal, raw).message
 
 
-class _Factory:
-    type = "kafka"
-    kind = Kind.EXPORTER
-    signals = frozenset(Signal)
-    config_model = KafkaExporterConfig
-
-    def create(self, settings: CreateSettings, config: KafkaExporterConfig, next_consumer: Any) -> QueuedExporter:
-        assert settings.signal is not None
-        return queued_exporter(settings, config, KafkaSender(config, settings.signal))
+def _create(settings: CreateSettings, config: KafkaExporterConfig) -> QueuedExporter:
+    assert settings.signal is not None
+    return queued_exporter(settings, config, KafkaSender(config, settings.signal))
 
 
-factory = _Factory()
+factory = make_factory(
+    Kind.EXPORTER,
+    "kafka",
+    signals=frozenset(Signal),
+    config_model=KafkaExporterConfig,
+    create=_create,
+    capabilities=Capabilities(mutates_data=False),
+)

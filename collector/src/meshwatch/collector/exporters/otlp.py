@@ -43,7 +43,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import Field, field_validator, model_validator
 
 from ..batch import Batch
-from ..component import CreateSettings, Host, Kind
+from ..component import Capabilities, CreateSettings, Host, Kind, make_factory
 from ..queued_exporter import QueuedExporter, queued_exporter
 from ..receivers._grpc import SERVICES
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError, tcp_reachable
@@ -196,15 +196,16 @@ class GrpcSender:
             self._channel.close()
 
 
-class _Factory:
-    type = "otlp"
-    kind = Kind.EXPORTER
-    signals = frozenset(Signal)
-    config_model = OtlpExporterConfig
-
-    def create(self, settings: CreateSettings, config: OtlpExporterConfig, next_consumer: Any) -> QueuedExporter:
-        assert settings.signal is not None
-        return queued_exporter(settings, config, GrpcSender(config, settings.signal))
+def _create(settings: CreateSettings, config: OtlpExporterConfig) -> QueuedExporter:
+    assert settings.signal is not None
+    return queued_exporter(settings, config, GrpcSender(config, settings.signal))
 
 
-factory = _Factory()
+factory = make_factory(
+    Kind.EXPORTER,
+    "otlp",
+    signals=frozenset(Signal),
+    config_model=OtlpExporterConfig,
+    create=_create,
+    capabilities=Capabilities(mutates_data=False),
+)

@@ -36,7 +36,7 @@ import urllib3
 from pydantic import Field
 
 from ..batch import Batch
-from ..component import CreateSettings, Host, Kind
+from ..component import Capabilities, CreateSettings, Host, Kind, make_factory
 from ..queued_exporter import QueuedExporter, queued_exporter
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError, tcp_reachable
 from ..signals import Signal
@@ -165,15 +165,16 @@ def redact_url(url: str) -> str:
     return parts._replace(auth=None, query=None, fragment=None).url
 
 
-class _Factory:
-    type = "otlphttp"
-    kind = Kind.EXPORTER
-    signals = frozenset(Signal)
-    config_model = OtlpHttpExporterConfig
-
-    def create(self, settings: CreateSettings, config: OtlpHttpExporterConfig, next_consumer: Any) -> QueuedExporter:
-        assert settings.signal is not None
-        return queued_exporter(settings, config, HttpSender(config, settings.signal))
+def _create(settings: CreateSettings, config: OtlpHttpExporterConfig) -> QueuedExporter:
+    assert settings.signal is not None
+    return queued_exporter(settings, config, HttpSender(config, settings.signal))
 
 
-factory = _Factory()
+factory = make_factory(
+    Kind.EXPORTER,
+    "otlphttp",
+    signals=frozenset(Signal),
+    config_model=OtlpHttpExporterConfig,
+    create=_create,
+    capabilities=Capabilities(mutates_data=False),
+)

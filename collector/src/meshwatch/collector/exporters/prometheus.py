@@ -43,7 +43,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..component import Component, CreateSettings, Host, Kind, Refused
+from ..component import Capabilities, CreateSettings, Host, Kind, Refused, make_factory
 from ..duration import parse_duration
 from ..signals import Signal
 from ._cardinality import DEFAULT_LIMIT, OverflowReport
@@ -223,14 +223,11 @@ class PrometheusExporter:
                 log.exception("%s: folding metrics failed", self.id)
 
 
-class _Factory:
-    type = "prometheus"
-    kind = Kind.EXPORTER
-    signals = frozenset({Signal.METRICS})
-    config_model = PrometheusConfig
-
-    def create(self, settings: CreateSettings, config: PrometheusConfig, next_consumer: Any) -> Component:
-        return PrometheusExporter(settings, config)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.EXPORTER,
+    "prometheus",
+    signals=frozenset({Signal.METRICS}),
+    config_model=PrometheusConfig,
+    create=PrometheusExporter,
+    capabilities=Capabilities(mutates_data=False),
+)

@@ -49,7 +49,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from ..batch import Batch
-from ..component import Component, CreateSettings, Host, Kind
+from ..component import Capabilities, Component, CreateSettings, Host, Kind, make_factory
 from ..duration import parse_duration
 from ..processors._otlp import any_to_string, format_float
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
@@ -480,16 +480,17 @@ class RemoteWriteSender:
         raise PermanentError(f"http_{status}", message)
 
 
-class _Factory:
-    type = "prometheusremotewrite"
-    kind = Kind.EXPORTER
-    signals = frozenset({Signal.METRICS})
-    config_model = RemoteWriteConfig
+def _create(settings: CreateSettings, config: RemoteWriteConfig) -> Component:
+    from ..queued_exporter import queued_exporter
 
-    def create(self, settings: CreateSettings, config: RemoteWriteConfig, next_consumer: Any) -> Component:
-        from ..queued_exporter import queued_exporter
-
-        return queued_exporter(settings, config, RemoteWriteSender(config, str(settings.id)))
+    return queued_exporter(settings, config, RemoteWriteSender(config, str(settings.id)))
 
 
-factory = _Factory()
+factory = make_factory(
+    Kind.EXPORTER,
+    "prometheusremotewrite",
+    signals=frozenset({Signal.METRICS}),
+    config_model=RemoteWriteConfig,
+    create=_create,
+    capabilities=Capabilities(mutates_data=False),
+)

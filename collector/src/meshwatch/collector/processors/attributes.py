@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..component import Component, Consumer, CreateSettings, Kind
+from ..component import Capabilities, Consumer, CreateSettings, Kind, make_factory
 from ..signals import Signal
 from ._actions import ActionConfig, compile_actions
 from ._base import InPlaceProcessor
@@ -51,14 +51,11 @@ class AttributesProcessor(InPlaceProcessor):
         return True
 
 
-class _Factory:
-    type = "attributes"
-    kind = Kind.PROCESSOR
-    signals = frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS})
-    config_model = AttributesConfig
-
-    def create(self, settings: CreateSettings, config: AttributesConfig, next_consumer: Any) -> Component:
-        return AttributesProcessor(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.PROCESSOR,
+    "attributes",
+    signals=frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS}),
+    config_model=AttributesConfig,
+    create=AttributesProcessor,
+    capabilities=Capabilities(mutates_data=True),
+)

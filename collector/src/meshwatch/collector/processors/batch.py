@@ -12,12 +12,10 @@ start-up message says where to set them.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..batch import Batch
-from ..component import ComponentId, Consumer, CreateSettings, Host, Kind
+from ..component import Capabilities, ComponentId, Consumer, CreateSettings, Host, Kind, make_factory
 from ..config import Duration
 from ..signals import Signal
 
@@ -55,14 +53,11 @@ class BatchPassThrough:
         self.next.consume(batch)
 
 
-class _Factory:
-    type = "batch"
-    kind = Kind.PROCESSOR
-    signals = frozenset(Signal)
-    config_model = BatchProcessorConfig
-
-    def create(self, settings: CreateSettings, config: BatchProcessorConfig, next_consumer: Any) -> BatchPassThrough:
-        return BatchPassThrough(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.PROCESSOR,
+    "batch",
+    signals=frozenset(Signal),
+    config_model=BatchProcessorConfig,
+    create=BatchPassThrough,
+    capabilities=Capabilities(mutates_data=False),
+)

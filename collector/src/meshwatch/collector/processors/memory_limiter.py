@@ -53,7 +53,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..batch import Batch
-from ..component import ComponentId, Consumer, CreateSettings, Host, Kind, Refused
+from ..component import Capabilities, ComponentId, Consumer, CreateSettings, Host, Kind, Refused, make_factory
 from ..config import Duration
 from ..signals import Signal
 
@@ -280,14 +280,11 @@ class MemoryLimiter:
             self._inflight.add(-size)
 
 
-class _Factory:
-    type = "memory_limiter"
-    kind = Kind.PROCESSOR
-    signals = frozenset(Signal)
-    config_model = MemoryLimiterConfig
-
-    def create(self, settings: CreateSettings, config: MemoryLimiterConfig, next_consumer: Any) -> MemoryLimiter:
-        return MemoryLimiter(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.PROCESSOR,
+    "memory_limiter",
+    signals=frozenset(Signal),
+    config_model=MemoryLimiterConfig,
+    create=MemoryLimiter,
+    capabilities=Capabilities(mutates_data=False),
+)

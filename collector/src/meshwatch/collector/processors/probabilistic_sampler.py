@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..component import Component, Consumer, CreateSettings, Kind
+from ..component import Capabilities, Consumer, CreateSettings, Kind, make_factory
 from ..signals import Signal
 from ._base import InPlaceProcessor
 
@@ -153,14 +153,11 @@ def _prune(outer: Any, scope_field: str, item_field: str) -> None:
             del outer[r_index]
 
 
-class _Factory:
-    type = "probabilistic_sampler"
-    kind = Kind.PROCESSOR
-    signals = frozenset({Signal.TRACES, Signal.LOGS})
-    config_model = SamplerConfig
-
-    def create(self, settings: CreateSettings, config: SamplerConfig, next_consumer: Any) -> Component:
-        return ProbabilisticSampler(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.PROCESSOR,
+    "probabilistic_sampler",
+    signals=frozenset({Signal.TRACES, Signal.LOGS}),
+    config_model=SamplerConfig,
+    create=ProbabilisticSampler,
+    capabilities=Capabilities(mutates_data=True),  # drops items from the batch it is handed
+)

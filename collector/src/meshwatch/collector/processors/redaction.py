@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from ..component import Component, Consumer, CreateSettings, Kind
+from ..component import Capabilities, Consumer, CreateSettings, Kind, make_factory
 from ..signals import Signal
 from ._base import InPlaceProcessor
 from ._otlp import attribute_lists, resources
@@ -207,14 +207,11 @@ class RedactionProcessor(InPlaceProcessor):
         return True
 
 
-class _Factory:
-    type = "redaction"
-    kind = Kind.PROCESSOR
-    signals = frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS})
-    config_model = RedactionConfig
-
-    def create(self, settings: CreateSettings, config: RedactionConfig, next_consumer: Any) -> Component:
-        return RedactionProcessor(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.PROCESSOR,
+    "redaction",
+    signals=frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS}),
+    config_model=RedactionConfig,
+    create=RedactionProcessor,
+    capabilities=Capabilities(mutates_data=True),
+)

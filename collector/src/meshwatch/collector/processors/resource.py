@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..component import Component, Consumer, CreateSettings, Kind
+from ..component import Capabilities, Consumer, CreateSettings, Kind, make_factory
 from ..signals import Signal
 from ._actions import ActionConfig, compile_actions
 from ._base import InPlaceProcessor
@@ -46,14 +46,11 @@ class ResourceProcessor(InPlaceProcessor):
         return True
 
 
-class _Factory:
-    type = "resource"
-    kind = Kind.PROCESSOR
-    signals = frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS})
-    config_model = ResourceConfig
-
-    def create(self, settings: CreateSettings, config: ResourceConfig, next_consumer: Any) -> Component:
-        return ResourceProcessor(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.PROCESSOR,
+    "resource",
+    signals=frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS}),
+    config_model=ResourceConfig,
+    create=ResourceProcessor,
+    capabilities=Capabilities(mutates_data=True),
+)

@@ -42,7 +42,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ..batch import Batch
-from ..component import Component, Consumer, CreateSettings, Host, Kind, PartiallyAccepted, Refused
+from ..component import (
+    Capabilities,
+    Consumer,
+    CreateSettings,
+    Host,
+    Kind,
+    PartiallyAccepted,
+    Refused,
+    make_factory,
+)
 from ..signals import Signal
 from ._tail_config import TailSamplingConfig
 from ._tail_policies import DROPPED, SAMPLED, Decision, TraceView, build_policies
@@ -483,14 +492,11 @@ class TailSamplingProcessor:
                 self.logger.exception("%s: decision round failed", self.id)
 
 
-class _Factory:
-    type = "tail_sampling"
-    kind = Kind.PROCESSOR
-    signals = frozenset({Signal.TRACES})
-    config_model = TailSamplingConfig
-
-    def create(self, settings: CreateSettings, config: TailSamplingConfig, next_consumer: Any) -> Component:
-        return TailSamplingProcessor(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.PROCESSOR,
+    "tail_sampling",
+    signals=frozenset({Signal.TRACES}),
+    config_model=TailSamplingConfig,
+    create=TailSamplingProcessor,
+    capabilities=Capabilities(mutates_data=False),
+)

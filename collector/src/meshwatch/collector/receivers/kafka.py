@@ -54,7 +54,7 @@ from pydantic import Field, model_validator
 
 from .._kafka import DEFAULT_TOPICS, ClientSettings, Encoding, client_config, unmarshal
 from ..batch import Batch
-from ..component import ComponentId, CreateSettings, Host, Kind
+from ..component import Capabilities, ComponentId, CreateSettings, Host, Kind, make_factory
 from ..component import Consumer as PipelineConsumer
 from ..duration import Duration
 from ..model import StrictModel
@@ -510,14 +510,11 @@ def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions)
 
 
-class _Factory:
-    type = "kafka"
-    kind = Kind.RECEIVER
-    signals = frozenset(Signal)
-    config_model = KafkaReceiverConfig
-
-    def create(self, settings: CreateSettings, config: KafkaReceiverConfig, next_consumer: Any) -> KafkaReceiver:
-        return KafkaReceiver(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.RECEIVER,
+    "kafka",
+    signals=frozenset(Signal),
+    config_model=KafkaReceiverConfig,
+    create=KafkaReceiver,
+    capabilities=Capabilities(mutates_data=False),
+)

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 
-from ..component import ComponentId, Consumer, CreateSettings, Host, Kind
+from ..component import Capabilities, ComponentId, Consumer, CreateSettings, Host, Kind, make_factory
 from ..duration import Duration
 from ..model import StrictModel
 from ..signals import Signal
@@ -244,14 +244,11 @@ def _tls_note(tls: ServerTls | None) -> str:
     return f" (TLS >= {tls.min_version}{', client certificates required' if tls.client_ca_file else ''})"
 
 
-class _Factory:
-    type = "otlp"
-    kind = Kind.RECEIVER
-    signals = frozenset(Signal)
-    config_model = OtlpReceiverConfig
-
-    def create(self, settings: CreateSettings, config: OtlpReceiverConfig, next_consumer: Any) -> OtlpReceiver:
-        return OtlpReceiver(settings, config, next_consumer)
-
-
-factory = _Factory()
+factory = make_factory(
+    Kind.RECEIVER,
+    "otlp",
+    signals=frozenset(Signal),
+    config_model=OtlpReceiverConfig,
+    create=OtlpReceiver,
+    capabilities=Capabilities(mutates_data=False),
+)
