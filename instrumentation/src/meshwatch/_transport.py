@@ -2,8 +2,10 @@
 
 The exporters take spans or log records, encode them with ``_otlp`` and hand
 the bytes to a sender. Retries follow the OTLP specification: gRPC
-``UNAVAILABLE``, ``RESOURCE_EXHAUSTED`` (with RetryInfo), ``DEADLINE_EXCEEDED``,
-``ABORTED``, ``OUT_OF_RANGE``, ``CANCELLED``; HTTP 429, 502, 503, 504 (honouring
+``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``ABORTED``, ``OUT_OF_RANGE``, ``CANCELLED``,
+``DATA_LOSS``, and ``RESOURCE_EXHAUSTED`` only with a RetryInfo (without one it is,
+e.g., gRPC's "message larger than max", which no retry fixes), each waiting for the
+RetryInfo's delay when the server sent one; HTTP 429, 502, 503, 504 (honouring
 ``Retry-After``) and connection errors. Back-off is exponential with jitter and
 never passes the export deadline. A partial success (the collector kept some
 items and rejected others) counts the rejected ones as dropped.
@@ -89,6 +91,41 @@ def _warn(signal: str, reason: str, message: str, *args: Any) -> None:
         _logger.warning(message, *args)
 
 
+def retry_info_seconds(trailing_metadata: Any) -> float | None:
+    """The delay of a ``google.rpc.RetryInfo`` in gRPC trailing metadata, wherever the server put it.
+
+    The OpenTelemetry Collector and meshwatch's receiver put it in the status details
+    (``grpc-status-details-bin``, a ``google.rpc.Status``); some servers send it on its own
+    (``google.rpc.retryinfo-bin``). None when there is none or it does not parse. The
+    collector's OTLP exporter reads hints the same way (a test holds the two together).
+    """
+    try:
+        from google.protobuf.message import DecodeError
+        from google.rpc import error_details_pb2, status_pb2
+    except ImportError:  # pragma: no cover - googleapis-common-protos comes with the OTLP exporters
+        return None
+    for key, value in trailing_metadata or ():
+        try:
+            if key == "grpc-status-details-bin":
+                for detail in status_pb2.Status.FromString(value).details:
+                    info = error_details_pb2.RetryInfo()
+                    if detail.Unpack(info):
+                        return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            elif key == "google.rpc.retryinfo-bin":
+                info = error_details_pb2.RetryInfo.FromString(value)
+                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+        except (DecodeError, TypeError):
+            continue
+    return None
+
+
+def _retry_hint(error: Any) -> float | None:
+    try:
+        return retry_info_seconds(error.trailing_metadata())
+    except Exception:  # an error without metadata (a channel that never connected): no hint
+        return None
+
+
 def _backoff(attempt: int) -> float:
     return min(_MAX_BACKOFF, 0.5 * 2**attempt) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
 
@@ -164,13 +201,14 @@ class GrpcSender:
         method, _ = _SERVICES[signal]
         self._call = self._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         self._closed = threading.Event()
+        # The OTLP/gRPC spec's retryable codes; RESOURCE_EXHAUSTED only with a RetryInfo (below).
         self._retryable = {
             grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
             grpc.StatusCode.DEADLINE_EXCEEDED,
             grpc.StatusCode.ABORTED,
             grpc.StatusCode.OUT_OF_RANGE,
             grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.DATA_LOSS,
         }
 
     def send(self, payload: bytes, count: int) -> bool:
@@ -186,8 +224,12 @@ class GrpcSender:
                 )
             except self._grpc.RpcError as error:
                 code = error.code() if hasattr(error, "code") else None
-                delay = self._retry_delay(error, attempt)
-                if code not in self._retryable or delay is None or delay >= deadline - time.monotonic():
+                hint = _retry_hint(error)
+                retryable = code in self._retryable or (
+                    code is self._grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None
+                )
+                delay = hint if hint is not None else _backoff(attempt)
+                if not retryable or delay >= deadline - time.monotonic():
                     _warn(
                         self.signal,
                         str(code),
@@ -208,22 +250,6 @@ class GrpcSender:
                 _logger.warning("the collector rejected %d %s: %s", rejected, self.signal, message)
             return True
         return False
-
-    def _retry_delay(self, error: Any, attempt: int) -> float | None:
-        try:
-            trailing = dict(error.trailing_metadata() or ())
-        except Exception:
-            trailing = {}
-        info = trailing.get("google.rpc.retryinfo-bin")
-        if info:
-            try:
-                from google.rpc.error_details_pb2 import RetryInfo
-
-                parsed = RetryInfo.FromString(info)
-                return parsed.retry_delay.seconds + parsed.retry_delay.nanos / 1e9
-            except Exception:  # noqa: S110 - malformed hint: fall back to our own back-off
-                pass
-        return _backoff(attempt)
 
     def close(self) -> None:
         self._closed.set()
