@@ -240,57 +240,61 @@ PARAMS: dict[str, ConfigParam] = {
 
 @dataclass(frozen=True)
 class Settings:
-    """The resolved settings; one attribute per entry of ``PARAMS``."""
+    """The resolved settings; one attribute per entry of ``PARAMS``, in its order.
 
-    service_name: str | None = None
-    service_version: str | None = None
-    service_namespace: str | None = None
-    environment: str | None = None
-    resource_attributes: Mapping[str, str] = field(default_factory=dict)
-    endpoint: str | None = None
-    traces_endpoint: str | None = None
-    metrics_endpoint: str | None = None
-    logs_endpoint: str | None = None
-    protocol: str = "grpc"
-    traces_protocol: str | None = None
-    metrics_protocol: str | None = None
-    logs_protocol: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    certificate: str | None = None
-    client_certificate: str | None = None
-    client_key: str | None = None
-    insecure: bool | None = None
-    compression: str = "none"
-    export_timeout: float = 10.0
-    traces_exporter: tuple[str, ...] = ("otlp",)
-    metrics_exporter: tuple[str, ...] = ("otlp",)
-    logs_exporter: tuple[str, ...] = ("otlp",)
-    sample_rate: float = 1.0
-    sampler: str = "parentbased_traceidratio"
-    propagators: tuple[str, ...] = ("tracecontext", "baggage")
-    instrumentations: tuple[str, ...] = ("all",)
-    disabled_instrumentations: tuple[str, ...] = ()
-    excluded_urls: tuple[str, ...] = ()
-    fastapi_middleware: bool = True
-    fastapi_native: bool = True
-    asgi_internal_spans: bool = False
-    broker_polling_spans: bool = False
-    sdk_fast_path: bool = True
-    log_stdout: bool = True
-    log_level: str | None = None
-    log_capture: bool = True
-    runtime_metrics: bool = True
-    metric_export_interval: float = 15.0
-    prometheus_host: str = "127.0.0.1"
-    prometheus_port: int = 9464
-    schedule_delay: float = 1.0
-    max_queue_size: int = 4096
-    max_export_batch_size: int = 512
-    redact: bool = True
-    redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
-    drop_report_interval: float = 60.0
-    shutdown_timeout: float = 5.0
-    disabled: bool = False
+    No defaults here: ``resolve`` fills every field from ``PARAMS``, where each default is
+    written once (a test holds the field names and order to ``PARAMS``).
+    """
+
+    service_name: str | None
+    service_version: str | None
+    service_namespace: str | None
+    environment: str | None
+    resource_attributes: Mapping[str, str]
+    endpoint: str | None
+    traces_endpoint: str | None
+    metrics_endpoint: str | None
+    logs_endpoint: str | None
+    protocol: str
+    traces_protocol: str | None
+    metrics_protocol: str | None
+    logs_protocol: str | None
+    headers: Mapping[str, str] = field(repr=False)
+    certificate: str | None
+    client_certificate: str | None
+    client_key: str | None
+    insecure: bool | None
+    compression: str
+    export_timeout: float
+    traces_exporter: tuple[str, ...]
+    metrics_exporter: tuple[str, ...]
+    logs_exporter: tuple[str, ...]
+    sample_rate: float
+    sampler: str
+    propagators: tuple[str, ...]
+    instrumentations: tuple[str, ...]
+    disabled_instrumentations: tuple[str, ...]
+    excluded_urls: tuple[str, ...]
+    fastapi_middleware: bool
+    fastapi_native: bool
+    asgi_internal_spans: bool
+    broker_polling_spans: bool
+    sdk_fast_path: bool
+    log_stdout: bool
+    log_level: str | None
+    log_capture: bool
+    runtime_metrics: bool
+    metric_export_interval: float
+    prometheus_host: str
+    prometheus_port: int
+    schedule_delay: float
+    max_queue_size: int
+    max_export_batch_size: int
+    redact: bool
+    redact_patterns: tuple[str, ...]
+    drop_report_interval: float
+    shutdown_timeout: float
+    disabled: bool
 
     # --- derived ------------------------------------------------------------------
 
@@ -387,7 +391,7 @@ def _validate(settings: Settings) -> None:
 
 def settings_table() -> str:
     """The Markdown table of every setting, for docs/instrumentation.md ("Settings")."""
-    defaults = {f.name: f.default for f in fields(Settings)}
+    names = {f.name for f in fields(Settings)}
     lines = ["| argument | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for name, param in PARAMS.items():
         default = param.default
@@ -409,7 +413,7 @@ def settings_table() -> str:
             shown = "secrets (see below)"
         env = ", ".join(f"`{e}`" for e in param.env_vars)
         lines.append(f"| `{name}` | {env} | {shown} | {param.doc} |")
-        assert name in defaults
+        assert name in names
     return "\n".join(lines)
 
 
