@@ -75,6 +75,8 @@ _DOWN = frozenset({"unavailable", "deadline_exceeded"})
 #: How long ``consume`` keeps re-routing parts refused by a backend that is being taken out.
 _SWITCH_WAIT = 5.0
 _TICK = 0.25
+#: In each backend's queue folder: its endpoint, so a folder left by a removed backend can be named.
+_ENDPOINT_FILE = "endpoint"
 
 
 class OtlpProtocol(OtlpExporterConfig):
@@ -289,6 +291,8 @@ class LoadBalancingExporter:
             self._count_change("added")
             return
         backend = _Backend(endpoint, self._base / safe_name(endpoint))
+        backend.folder.mkdir(parents=True, exist_ok=True)
+        (backend.folder / _ENDPOINT_FILE).write_text(endpoint + "\n")  # names an orphaned folder's backend
         if backend.folder in self._orphans:  # its old queue is its own again
             self._orphans.remove(backend.folder)
         self._start_exporter(backend)
@@ -413,7 +417,11 @@ class LoadBalancingExporter:
                     assert self._telemetry is not None
                     self._telemetry.lb_backend_up.remove(*self._labels, endpoint)
         for folder in list(self._orphans):
-            if self._drain(folder, folder.name, "removed"):
+            try:
+                name = (folder / _ENDPOINT_FILE).read_text().strip() or folder.name
+            except OSError:
+                name = folder.name
+            if self._drain(folder, name, "removed"):
                 self._orphans.remove(folder)
 
     def _drain(self, folder: Path, backend: str, reason: str) -> bool:
