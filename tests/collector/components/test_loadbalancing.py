@@ -246,3 +246,55 @@ def test_the_reference_collector_as_one_backend(collector_factory: Any, tmp_path
             counts = wait_all([mw_sink], after, 3)
             assert counts["missing_spans"] == 0, counts
             assert lb.metric("meshwatch_loadbalancer_rerouted_items_total", backend=go_endpoint) > 0
+
+
+def test_logs_by_trace_id_and_metrics_by_service_each_reach_one_backend(collector_factory: Any) -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    from ._otlp import kvs, logs
+
+    with otlp_sink() as s0, otlp_sink() as s1:
+        backends = []
+        for i, sink in enumerate((s0, s1)):
+            config = downstream(sink)
+            pipelines = config["service"]["pipelines"]
+            for signal in ("logs", "metrics"):
+                pipelines[signal] = {"receivers": ["otlp"], "exporters": ["otlphttp/sink"]}
+            backends.append(collector_factory(config, name=f"backend-{i}"))
+        config = balancer([b.grpc_endpoint for b in backends])
+        exporters = config["exporters"]
+        exporters["loadbalancing/metrics"] = {**exporters["loadbalancing"], "routing_key": "service"}
+        config["service"]["pipelines"]["logs"] = {"receivers": ["otlp"], "exporters": ["loadbalancing"]}
+        config["service"]["pipelines"]["metrics"] = {"receivers": ["otlp"], "exporters": ["loadbalancing/metrics"]}
+        lb = collector_factory(config, name="lb")
+        trace_ids = [os.urandom(16) for _ in range(50)]
+        log_requests = [
+            logs({"service.name": "shop"}, [{"trace_id": t, "body": f"{t.hex()}-{part}"} for t in trace_ids])
+            for part in range(3)
+        ]
+        metrics = ExportMetricsServiceRequest()
+        for n in range(30):
+            rm = metrics.resource_metrics.add()
+            rm.resource.attributes.extend(kvs({"service.name": f"svc-{n}"}))
+            metric = rm.scope_metrics.add().metrics.add()
+            metric.name = "queue.depth"
+            for k in range(4):
+                point = metric.gauge.data_points.add()
+                point.as_int = k
+                point.attributes.extend(kvs({"k": k}))
+        with grpc.insecure_channel(lb.grpc_endpoint) as channel:
+            export_logs = channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+            for request in log_requests:
+                export_logs(request.SerializeToString(), timeout=10)
+            channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")(
+                metrics.SerializeToString(), timeout=10
+            )
+        eventually(lambda: len(s0.logs) + len(s1.logs) >= 150, timeout=30, what="every log record")
+        eventually(lambda: len(s0.points) + len(s1.points) >= 120, timeout=30, what="every metric point")
+        time.sleep(1)
+        assert len(s0.logs) + len(s1.logs) == 150 and len(s0.points) + len(s1.points) == 120
+        log_traces = [{r.trace_id for r in sink.logs} for sink in (s0, s1)]
+        services = [{p.resource["service.name"] for p in sink.points} for sink in (s0, s1)]
+        assert not log_traces[0] & log_traces[1], "a trace's log records reached both backends"
+        assert not services[0] & services[1], "a service's metrics reached both backends"
+        assert all(log_traces) and all(services), "one backend got nothing"
