@@ -53,7 +53,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from ..batch import Batch
-from ..component import ComponentId, CreateSettings, Host, Kind, Refused
+from ..component import Capabilities, ComponentId, CreateSettings, Host, Kind, Refused, make_factory
 from ..duration import Duration
 from ..model import StrictModel
 from ..queue import DiskQueue
@@ -160,8 +160,6 @@ class _Backend:
 
 class LoadBalancingExporter:
     """Routes each batch's parts to per-backend durable queues through a hash ring (module docstring)."""
-
-    mutates_data = False
 
     def __init__(self, settings: CreateSettings, config: LoadBalancingConfig, lookup: Lookup = resolve_dns) -> None:
         if settings.signal is None:
@@ -486,14 +484,16 @@ class LoadBalancingExporter:
         }
 
 
-class _Factory:
-    type = "loadbalancing"
-    kind = Kind.EXPORTER
-    signals = frozenset(Signal)
-    config_model = LoadBalancingConfig
-
-    def create(self, settings: CreateSettings, config: LoadBalancingConfig, next_consumer: Any) -> Any:
-        return LoadBalancingExporter(settings, config)
+def _create(settings: CreateSettings, config: LoadBalancingConfig) -> LoadBalancingExporter:
+    return LoadBalancingExporter(settings, config)
 
 
-factory = _Factory()
+factory = make_factory(
+    Kind.EXPORTER,
+    "loadbalancing",
+    signals=frozenset(Signal),
+    config_model=LoadBalancingConfig,
+    create=_create,
+    # Cuts a batch into new requests and leaves the one it is handed as it was.
+    capabilities=Capabilities(mutates_data=False),
+)
