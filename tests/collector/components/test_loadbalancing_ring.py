@@ -7,6 +7,7 @@ check the integration tests use (``traces_on_several``) gets its positive contro
 from __future__ import annotations
 
 import os
+import socket
 from collections import Counter
 
 import pytest
@@ -167,3 +168,13 @@ def test_static_hostnames_get_the_otlp_port_when_they_have_none() -> None:
     static = StaticResolver(hostnames=["gw-1", "gw-2:4999", "[::1]", "[::1]:5000", "gw-1:4317"])
     assert static.endpoints() == ["[::1]:4317", "[::1]:5000", "gw-1:4317", "gw-2:4999"]
     assert ResolverSettings(static=static).dns is None
+
+
+def test_dns_gives_every_address_of_the_name_as_an_endpoint() -> None:
+    from meshwatch.collector.exporters._loadbalancing.resolver import resolve_dns
+
+    endpoints = resolve_dns("localhost", 4999)
+    assert "127.0.0.1:4999" in endpoints
+    assert all(e in ("127.0.0.1:4999", "[::1]:4999") for e in endpoints), endpoints
+    with pytest.raises(socket.gaierror):  # the exporter keeps its last backends then
+        resolve_dns("no-such-host.invalid", 4317)
