@@ -4,7 +4,9 @@ Every trace is sent in two halves, one through each agent, so only the balancer'
 by trace id can bring a trace together on one gateway (where ``spanmetrics`` runs). Under
 load one gateway is SIGKILLed, left down past ``failover.unhealthy_after`` and restarted.
 Counted at sinks that keep every copy: spans acknowledged to the senders, arrived, lost,
-duplicated, and traces that reached both gateways (only those straddling the failover may).
+duplicated, and traces that reached both gateways (only those straddling the failover may);
+on the gateway that stayed up, ``spanmetrics`` counts each span it got once and ``servicegraph``
+has one edge per trace whose two halves (frontend CLIENT → backend SERVER) met there.
 """
 
 from __future__ import annotations
@@ -31,14 +33,32 @@ HALF = 10  # spans per half trace
 _PLACEHOLDER = b"\xa5" * 16
 
 
+def _span_id(half: int, index: int) -> bytes:
+    return (half * 100 + index + 1).to_bytes(8, "big")
+
+
+def latest(sink: OtlpSink, metric: str) -> dict[tuple, float]:
+    """The last cumulative value of each series of ``metric`` the sink received."""
+    out: dict[tuple, float] = {}
+    with sink.lock:
+        for point in sink.points:
+            if point.metric == metric:
+                key = tuple(sorted((k, str(v)) for k, v in {**point.resource, **point.attributes}.items()))
+                out[key] = point.value if point.value is not None else float(point.count or 0)
+    return out
+
+
 def gateway(sink: OtlpSink) -> dict[str, Any]:
     return {
         "exporters": {"otlphttp/sink": sink_exporter(sink)},
-        "connectors": {"spanmetrics": {"metrics_flush_interval": "1s"}},
+        "connectors": {
+            "spanmetrics": {"metrics_flush_interval": "1s"},
+            "servicegraph": {"metrics_flush_interval": "1s", "store": {"ttl": "60s", "max_items": 100000}},
+        },
         "service": {
             "pipelines": {
-                "traces": {"receivers": ["otlp"], "exporters": ["otlphttp/sink", "spanmetrics"]},
-                "metrics": {"receivers": ["spanmetrics"], "exporters": ["otlphttp/sink"]},
+                "traces": {"receivers": ["otlp"], "exporters": ["otlphttp/sink", "spanmetrics", "servicegraph"]},
+                "metrics": {"receivers": ["spanmetrics", "servicegraph"], "exporters": ["otlphttp/sink"]},
             }
         },
     }
@@ -49,12 +69,14 @@ class HalfTraceLoad:
 
     def __init__(self, agents: list[str], threads: int = 2) -> None:
         self.templates = []
-        for half in range(2):
-            spans = [
-                span(f"op-{i}", trace_id=_PLACEHOLDER, span_id=(half * 100 + i + 1).to_bytes(8, "big"))
-                for i in range(HALF)
-            ]
-            self.templates.append(traces({"service.name": "load"}, spans).SerializeToString())
+        for half, service in enumerate(("frontend", "backend")):
+            spans = [span(f"op-{i}", trace_id=_PLACEHOLDER, span_id=_span_id(half, i), kind=1) for i in range(HALF)]
+            # One request per trace crosses the halves: frontend's CLIENT span -> backend's SERVER
+            # span, an edge servicegraph can only pair when both halves reach the same gateway.
+            spans[0].kind = 3 if half == 0 else 2
+            if half == 1:
+                spans[0].parent_span_id = _span_id(0, 0)
+            self.templates.append(traces({"service.name": service}, spans).SerializeToString())
         self.agents = agents
         self.acked: list[tuple[bytes, int]] = []  # (trace id, half)
         self.refused = 0
@@ -148,7 +170,24 @@ def test_two_agents_loadbalancing_two_gateways_a_gateway_sigkilled_under_load(co
             f"on both gateways {len(split)}; spanmetrics points per gateway sink {points}; "
             f"refused answers {load.refused}; {time.monotonic() - killed_at:.0f}s from the kill to the end"
         )
+        # The gateway that was never killed: its derived series count what it received, each span once,
+        # and an edge for every trace whose two halves it got (read after two more flushes).
+        time.sleep(3)
+        with s0.lock:
+            spans_at_0 = len(s0.spans)
+            halves = {(sp.trace_id, sp.span_id) for sp in s0.spans if sp.kind in (2, 3)}
+        calls = sum(latest(s0, "traces.span.metrics.calls").values())
+        whole = {t for t, sid in halves if sid == _span_id(0, 0).hex()} & {
+            t for t, sid in halves if sid == _span_id(1, 0).hex()
+        }
+        edges = sum(latest(s0, "traces_service_graph_request_total").values())
+        print(
+            f"gateway 0: spanmetrics calls {calls:.0f} for {spans_at_0} spans; "
+            f"servicegraph edges {edges:.0f} for {len(whole)} traces with both halves there"
+        )
         assert counts["lost"] == 0, counts
+        assert calls == spans_at_0, "spanmetrics on the gateway that stayed up miscounted"
+        assert edges == len(whole), "servicegraph edges do not match the traces whose halves met on the gateway"
         assert counts["acknowledged"] > 2000, "too little load to mean anything"
         assert rerouted > 0
         assert all(points), "spanmetrics from each gateway"
