@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..batch import Batch
 from ..component import Capabilities, ComponentId, CreateSettings, Host, Kind, Refused, make_factory
@@ -113,6 +113,19 @@ class LoadBalancingConfig(StrictModel):
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings)
     resolver: ResolverSettings
     failover: FailoverSettings = Field(default_factory=FailoverSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_backend_settings(cls, data: Any) -> Any:
+        misplaced = sorted(
+            k for k in ("sending_queue", "retry_on_failure", "timeout") if isinstance(data, dict) and k in data
+        )
+        if misplaced:
+            raise ValueError(
+                f"{', '.join(misplaced)}: put them under protocol.otlp; here every backend has its own durable "
+                "queue and retry (contrib's top-level queue, in front of the routing, has no counterpart)"
+            )
+        return data
 
 
 class _WatchedSender:
