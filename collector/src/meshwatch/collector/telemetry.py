@@ -226,6 +226,24 @@ class Telemetry:
         )
         self._kafka_lag = _KafkaLagCollector()
         r.register(self._kafka_lag)
+        self.lb_backend_up = Gauge(
+            "meshwatch_loadbalancer_backend_up",
+            "1 while a loadbalancing exporter's backend is in its hash ring, 0 while it is out (unhealthy)",
+            ["exporter", "signal", "backend"],
+            registry=r,
+        )
+        self.lb_rerouted = Counter(
+            "meshwatch_loadbalancer_rerouted_items",
+            "Items moved from a backend's queue to the other backends (it became unhealthy or was removed)",
+            ["exporter", "signal", "backend", "reason"],  # unhealthy, removed
+            registry=r,
+        )
+        self.lb_backend_changes = Counter(
+            "meshwatch_loadbalancer_backend_changes",
+            "Changes of a loadbalancing exporter's backend set",
+            ["exporter", "signal", "event"],  # added, removed, unhealthy, healthy
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.started_at = time.time()
 

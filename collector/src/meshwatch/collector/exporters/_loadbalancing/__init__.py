@@ -1,0 +1,1 @@
+"""The parts of the ``loadbalancing`` exporter: the hash ring, routing of one batch, resolvers."""
