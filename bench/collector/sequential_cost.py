@@ -10,7 +10,7 @@ request latency p50/p99 as the client sees it, and with ``--strace`` the syscall
     .venv/bin/python bench/collector/sequential_cost.py [--requests 2000] [--rounds 3] [--fsync interval] [--strace]
         [--compare-src /path/to/other/checkout/collector/src]
 
-``--compare-src`` runs a second collector from another checkout's sources (e.g. a worktree
+``--compare-src`` (repeatable) runs a collector from another checkout's sources (e.g. a worktree
 of the commit before a change) in the same run, interleaved round by round with the order
 reversed every other round, so before and after see the same machine load. Raw figures go
 to ``--output`` (default ``bench/results/sequential-cost.json``) with the commit(s).
@@ -153,12 +153,16 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=100)
     parser.add_argument("--fsync", choices=["never", "always", "interval"], default="interval")
     parser.add_argument("--strace", action="store_true", help="count syscalls (slows the collector down)")
-    parser.add_argument("--compare-src", help="another checkout's collector/src, run as variant 'compare'")
+    parser.add_argument(
+        "--compare-src",
+        action="append",
+        default=[],
+        help="another checkout's collector/src (repeatable); its variant is named by its commit",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     variants: list[tuple[str, str | None]] = [("this", None)]
-    if args.compare_src:
-        variants.append(("compare", str(Path(args.compare_src).resolve())))
+    variants += [(_commit_of(src)[:7], str(Path(src).resolve())) for src in args.compare_src]
     started_on = _commit()
     base = Path(tempfile.mkdtemp(prefix="sequential-cost-"))
     sink_port = free_port()
@@ -202,7 +206,7 @@ def main() -> None:
         "rounds": rows,
         "commit": started_on,
         "commit_at_end": _commit(),
-        "compare_commit": _commit_of(args.compare_src) if args.compare_src else None,
+        "compared": {_commit_of(src)[:7]: _commit_of(src) for src in args.compare_src},
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
