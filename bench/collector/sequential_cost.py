@@ -5,7 +5,10 @@ to the collector (otlp → disk queue with ``--fsync`` → otlp) which forwards 
 sink (a bare Python gRPC server answering every Export, in its own process, so its CPU is
 not the collector's). Per round: the collector's CPU per request (user+system from /proc),
 request latency p50/p99 as the client sees it, and with ``--strace`` the syscalls per request
-(``strace -c -f`` attached to every collector thread during the timed requests).
+(``strace -c -f`` attached to every collector thread during the timed requests). Per thread
+(``/proc/<pid>/task``): CPU and voluntary / involuntary context switches per request; the
+threads are listed by creation order (gRPC names its own ``event_engine``; Python threads
+show as ``python``).
 
     .venv/bin/python bench/collector/sequential_cost.py [--requests 2000] [--rounds 3] [--fsync interval] [--strace]
         [--compare-src /path/to/other/checkout/collector/src]
@@ -80,6 +83,49 @@ def _syscalls(path: Path, requests: int) -> dict[str, float]:
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _threads(pid: int) -> dict[str, tuple[str, int, int, int]]:
+    """Per thread id: (name, CPU ticks, voluntary, involuntary context switches)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat, open(f"/proc/{pid}/task/{tid}/status") as status:
+                fields = stat.read().rsplit(")", 1)[1].split()
+                values = dict(line.split(":\t", 1) for line in status.read().splitlines() if ":\t" in line)
+        except FileNotFoundError:
+            continue
+        out[tid] = (
+            values["Name"].strip(),
+            int(fields[11]) + int(fields[12]),
+            int(values["voluntary_ctxt_switches"]),
+            int(values["nonvoluntary_ctxt_switches"]),
+        )
+    return out
+
+
+def _per_thread(before: dict, after: dict, requests: int) -> list[dict[str, Any]]:
+    rows = []
+    for tid in sorted(after, key=int):
+        if tid not in before:
+            continue
+        name, cpu, voluntary, involuntary = (
+            a - b if isinstance(a, int) else a for a, b in zip(after[tid], before[tid], strict=True)
+        )
+        if cpu or voluntary + involuntary > requests // 20:
+            rows.append(
+                {
+                    "tid": int(tid),
+                    "name": name,
+                    "cpu_us_per_request": round(cpu / _TICK / requests * 1e6),
+                    "voluntary_switches_per_request": round(voluntary / requests, 2),
+                    "involuntary_switches_per_request": round(involuntary / requests, 2),
+                }
+            )
+    return rows
+
+
 def one_round(
     args: argparse.Namespace, round_: int, base: Path, sink_port: int, *, variant: str, src: str | None
 ) -> dict[str, Any]:
@@ -108,6 +154,7 @@ def one_round(
         trace_file = base / f"strace-{round_}-{variant}.txt"
         tracer = _strace(pid, trace_file) if args.strace else None
         stats = ProcStats(pid)
+        threads_before = _threads(pid)
         cpu_before = stats.cpu_seconds()
         latencies = []
         for _ in range(args.requests):
@@ -116,6 +163,7 @@ def one_round(
             latencies.append((time.perf_counter() - started) * 1000)
         time.sleep(0.3)  # the exporter's last sends
         cpu = stats.cpu_seconds() - cpu_before
+        threads = _per_thread(threads_before, _threads(pid), args.requests)
         if tracer is not None:
             tracer.terminate()
             tracer.wait(timeout=30)
@@ -132,6 +180,9 @@ def one_round(
         "cpu_ms_per_request": round(cpu / args.requests * 1000, 3),
         "p50_ms": round(statistics.median(latencies), 3),
         "p99_ms": round(latencies[int(0.99 * len(latencies))], 3),
+        "voluntary_switches_per_request": round(sum(t["voluntary_switches_per_request"] for t in threads), 2),
+        "involuntary_switches_per_request": round(sum(t["involuntary_switches_per_request"] for t in threads), 2),
+        "threads": threads,
         "loadavg": os.getloadavg(),
     }
     if tracer is not None:
@@ -195,7 +246,13 @@ def main() -> None:
                 "min": min(row[key] for row in mine),
                 "max": max(row[key] for row in mine),
             }
-            for key in ("cpu_ms_per_request", "p50_ms", "p99_ms")
+            for key in (
+                "cpu_ms_per_request",
+                "p50_ms",
+                "p99_ms",
+                "voluntary_switches_per_request",
+                "involuntary_switches_per_request",
+            )
         }
         print(
             f"{variant}: "
