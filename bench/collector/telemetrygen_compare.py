@@ -26,7 +26,10 @@ commit and the machine's load average.
         [--only go-file-fsync,mw-interval] [--shapes 100x1,100x4,512x1,512x4] [--spanmetrics]
 
 ``--spanmetrics`` adds the spanmetrics connector (defaults) → a Prometheus exporter to every
-CUT, the same on both sides.
+CUT, the same on both sides. ``--before-src PATH`` (another checkout's ``collector/src``, e.g.
+a worktree of the commit before a change) makes ``mw-<policy>-before`` CUTs available: the
+same meshwatch CUT run from that code, interleaved with the rest, so a change is measured
+against its predecessor under the same load.
 
 Needs ``.venv/bin/meshwatch-stack install otelcol telemetrygen`` once.
 """
@@ -122,8 +125,10 @@ def add_spanmetrics(config: dict[str, Any]) -> None:
     pipelines["metrics"] = {"receivers": ["spanmetrics"], "exporters": ["prometheus"]}
 
 
-def start_cut(name: str, workdir: Path, sink: str, *, spanmetrics: bool = False) -> tuple[Any, int, str]:
-    """The collector under test: (handle, pid, grpc endpoint)."""
+def start_cut(
+    name: str, workdir: Path, sink: str, *, spanmetrics: bool = False, before_src: str | None = None
+) -> tuple[Any, int, str]:
+    """The collector under test: (handle, pid, grpc endpoint); ``mw-*-before`` runs ``before_src``."""
     if name.startswith("go-"):
         queue: dict[str, Any] = {"enabled": True}
         extensions: dict[str, Any] = {}
@@ -135,6 +140,12 @@ def start_cut(name: str, workdir: Path, sink: str, *, spanmetrics: bool = False)
         exporter = {"endpoint": sink, "tls": {"insecure": True}, "compression": "none", "sending_queue": queue}
         go = start_go(workdir, exporters={"otlp": exporter}, extensions=extensions, spanmetrics=spanmetrics)
         return go, go.process.pid, go.grpc_endpoint
+    env = None
+    if name.endswith("-before"):
+        if not before_src:
+            raise SystemExit(f"{name} needs --before-src")
+        env = {"PYTHONPATH": before_src}  # that checkout's meshwatch.collector comes first
+        name = name.removesuffix("-before")
     policy = name.removeprefix("mw-")
     config = {
         "exporters": {
@@ -149,7 +160,7 @@ def start_cut(name: str, workdir: Path, sink: str, *, spanmetrics: bool = False)
     }
     if spanmetrics:
         add_spanmetrics(config)
-    mw = start_collector(config, workdir)
+    mw = start_collector(config, workdir, env=env)
     assert mw.process is not None
     return mw, mw.process.pid, mw.grpc_endpoint
 
@@ -228,7 +239,9 @@ def drain(sink: GoCollector, before: float, expected: float, timeout: float = 12
 
 def one_cut(name: str, round_: int, args: argparse.Namespace, base: Path, sink: GoCollector) -> list[dict[str, Any]]:
     workdir = base / f"r{round_}-{name}"
-    cut, pid, endpoint = start_cut(name, workdir, sink.grpc_endpoint, spanmetrics=args.spanmetrics)
+    cut, pid, endpoint = start_cut(
+        name, workdir, sink.grpc_endpoint, spanmetrics=args.spanmetrics, before_src=args.before_src
+    )
     stats = ProcStats(pid)
     runs = []
     try:
@@ -276,6 +289,13 @@ def one_cut(name: str, round_: int, args: argparse.Namespace, base: Path, sink: 
     finally:
         stop_cut(cut)
     return runs
+
+
+def _commit_of(path: str) -> str:
+    """The commit checked out where ``path`` is (the ``--before-src`` checkout)."""
+    return subprocess.run(
+        ["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -334,10 +354,11 @@ def main() -> int:
     parser.add_argument("--shapes", default="100x1,100x4,512x1,512x4", help="BATCHxWORKERS, comma-separated")
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--spanmetrics", action="store_true", help="add spanmetrics → prometheus on every CUT")
+    parser.add_argument("--before-src", help="another checkout's collector/src, for the mw-<policy>-before CUTs")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.only = [c for c in args.only.split(",") if c]
-    unknown = set(args.only) - set(CUTS)
+    unknown = set(args.only) - set(CUTS) - {f"{cut}-before" for cut in CUTS if cut.startswith("mw-")}
     if unknown:
         parser.error(f"unknown CUT {', '.join(sorted(unknown))}; choose from {', '.join(CUTS)}")
     args.shapes = parse_shapes(args.shapes)
@@ -361,6 +382,7 @@ def main() -> int:
         "runs": runs,
         "commit": started_on,
         "commit_at_end": commit(),
+        "before_commit": _commit_of(args.before_src) if args.before_src else None,
         "cpus": os.cpu_count(),
         "args": {k: str(v) for k, v in vars(args).items()},
     }

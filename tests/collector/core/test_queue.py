@@ -220,3 +220,41 @@ def test_a_refused_write_is_a_retryable_refusal_and_the_queue_carries_on(
     assert queue.stats()[0] == 2
     queue.close()
     assert _drain(_open(tmp_path)) == [b"before", b"after"], "the refused record is gone, the rest intact"
+
+
+def test_new_records_are_handed_out_from_memory_and_a_backlog_from_disk(tmp_path: Path, monkeypatch) -> None:
+    """The newest records' payloads (up to ``hot_limit`` bytes) reach the exporter without a read;
+    the rest of a backlog is read back from the file, byte for byte the same."""
+    queue = _open(tmp_path, max_bytes=1 << 20)
+    queue.hot_limit = 3000  # room for three 1000-byte payloads
+    reads: list[int] = []
+    read_payload = queue._read_payload
+    monkeypatch.setattr(queue, "_read_payload", lambda record: reads.append(record.offset) or read_payload(record))
+    payloads = [bytes([i]) * 1000 for i in range(5)]
+    for payload in payloads:
+        queue.put(payload, items=1)
+    assert queue.hot_bytes == 3000
+    assert _drain(queue) == payloads
+    assert len(reads) == 2, "the two records beyond hot_limit are read from disk, the first three are not"
+    assert queue.hot_bytes == 0
+    queue.put(b"after the backlog", items=1)
+    assert _drain(queue) == [b"after the backlog"]
+    assert len(reads) == 2
+    queue.close()
+
+
+def test_a_record_refused_by_a_failed_fsync_gives_its_memory_back(tmp_path: Path, monkeypatch) -> None:
+    queue = _open(tmp_path)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(Refused) as refused:
+        queue.put(b"x" * 500, items=1)
+    assert refused.value.reason == "queue_io_error"
+    assert queue.hot_bytes == 0
+    monkeypatch.undo()
+    queue.put(b"kept", items=1)
+    assert _drain(queue) == [b"kept"]
+    queue.close()

@@ -55,6 +55,11 @@ class Batch:
         return self._raw
 
     @property
+    def unmodified_raw(self) -> bytes | None:
+        """The bytes ``message`` was decoded from, while both exist and no one changed it; else None."""
+        return self._raw if self._raw is not None and self._message is not None else None
+
+    @property
     def nbytes(self) -> int:
         """Size of the serialized request (without encoding it when only the message is at hand)."""
         return len(self._raw) if self._raw is not None else self.message.ByteSize()

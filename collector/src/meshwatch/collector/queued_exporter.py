@@ -101,11 +101,19 @@ class QueuedExporter:
         #: Bytes of the batches being sent right now (read from the queue, merged, decoded by the sender).
         self._sending = 0
         self._sending_lock = threading.Lock()
+        #: Labelled series of the hot path, set at start.
+        self._queued_items: Any = None
+        self._sent_items: Any = None
+        self._send_seconds: Any = None
+        self._backend_up: Any = None
 
     def held_bytes(self) -> int:
         """What this exporter holds in memory: an in-memory queue, and the batches being sent
         (their bytes and the message a sender decodes, ~3 times the bytes), for the memory limiter."""
-        queued = self._queue.stats()[2] if isinstance(self._queue, MemoryQueue) else 0
+        if isinstance(self._queue, MemoryQueue):
+            queued = self._queue.stats()[2]
+        else:  # a disk queue keeps the payloads of its newest records in memory too (``hot_bytes``)
+            queued = self._queue.hot_bytes if self._queue is not None else 0
         return queued + 3 * self._sending
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -114,6 +122,11 @@ class QueuedExporter:
         self._host = host
         self._telemetry = host.telemetry()
         self._telemetry.known_exporter(*self._labels)
+        # The per-send series, looked up once (``labels()`` costs a lock and a hash per call).
+        self._queued_items = self._telemetry.exporter_queued.labels(*self._labels)
+        self._sent_items = self._telemetry.exporter_sent.labels(*self._labels)
+        self._send_seconds = self._telemetry.exporter_send_duration.labels(*self._labels)
+        self._backend_up = self._telemetry.exporter_backend_up.labels(*self._labels)
         queue_cfg = self.config.sending_queue
         name = f"{self.id}/{self.signal}"
         self._dead = _DeadLetters(host.storage_dir / "deadletter" / f"{safe_name(self.id)}.jsonl")
@@ -144,7 +157,7 @@ class QueuedExporter:
                 worker = threading.Thread(target=self._work, name=f"export {name} #{index}", daemon=True)
                 worker.start()
                 self._workers.append(worker)
-        self._telemetry.exporter_backend_up.labels(*self._labels).set(1)
+        self._set_up(1)
         self._accepting = True
 
     def shutdown(self, timeout: float) -> None:
@@ -180,8 +193,7 @@ class QueuedExporter:
             self._send_now(batch)
             return
         self._queue.put(batch.raw, items)
-        assert self._telemetry is not None
-        self._telemetry.exporter_queued.labels(*self._labels).inc(items)
+        self._queued_items.inc(items)
 
     def _send_now(self, batch: Batch) -> None:
         """``sending_queue.enabled: false``: one synchronous attempt; failures go back to the sender."""
@@ -359,14 +371,14 @@ class QueuedExporter:
             with self._send_lock:
                 return self.sender.send(batch)
         finally:
-            self._telemetry.exporter_send_duration.labels(*self._labels).observe(time.perf_counter() - start)
+            self._send_seconds.observe(time.perf_counter() - start)
 
     def _settle(self, batch: Batch, result: SendResult) -> None:
         assert self._telemetry is not None
         retried = result.retry.items if result.retry is not None else 0
         sent = batch.items - retried - result.rejected
         if sent > 0:
-            self._telemetry.exporter_sent.labels(*self._labels).inc(sent)
+            self._sent_items.inc(sent)
         if result.rejected:
             reason = result.rejected_reason or "rejected"
             log.error("%s: backend refused %d %s for good (%s)", self.id, result.rejected, self.signal, reason)
@@ -411,8 +423,7 @@ class QueuedExporter:
         self._telemetry.dropped(*self._labels, reason, items)
 
     def _set_up(self, value: int) -> None:
-        assert self._telemetry is not None
-        self._telemetry.exporter_backend_up.labels(*self._labels).set(value)
+        self._backend_up.set(value)
 
     # --- for tests and the CLI ---------------------------------------------------------------
 

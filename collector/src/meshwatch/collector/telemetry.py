@@ -143,6 +143,8 @@ class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
+        #: ``receiver_accepted`` children by label values (see ``accepted``).
+        self._accepted_children: dict[tuple[str, str, str], Any] = {}
         r = self.registry
         self.receiver_accepted = Counter(
             "meshwatch_receiver_accepted_items",
@@ -270,7 +272,13 @@ class Telemetry:
             self.exporter_dropped.labels(exporter, signal, reason)
 
     def accepted(self, receiver: str, transport: str, signal: str, items: int) -> None:
-        self.receiver_accepted.labels(receiver, transport, signal).inc(items)
+        # Once per request: the labelled child is looked up once per label set, not per call
+        # (``labels()`` validates and hashes its arguments under a lock each time).
+        key = (receiver, transport, signal)
+        child = self._accepted_children.get(key)
+        if child is None:
+            child = self._accepted_children[key] = self.receiver_accepted.labels(*key)
+        child.inc(items)
 
     def refused(self, receiver: str, transport: str, signal: str, reason: str, items: int) -> None:
         self.receiver_refused.labels(receiver, transport, signal, reason).inc(items)

@@ -108,7 +108,7 @@ class Ingest:
             )
         if items == 0:
             return Outcome(True, 0)
-        invalid, problem = remove_invalid(signal, batch.message)
+        invalid, problem = remove_invalid(signal, batch.message, batch.unmodified_raw)
         if invalid:
             # Refused one by one, so a bad span cannot take its neighbours with it later,
             # when the exporter merges queued requests into one send the backend refuses.

@@ -13,18 +13,88 @@ The rules (OTLP spec, ``trace.proto`` / ``logs.proto``):
 
 Only the lengths are checked per item (a few ``len`` calls); requests without a bad
 item pass through unchanged, so their bytes are forwarded as they came.
+
+Fast path for traces (``spans_all_valid``): walking every span from Python costs about
+0.4 µs per span (a wrapper object per span and per id). Instead the request's bytes are
+parsed once more with a private schema that knows only the id fields (upb skips the rest),
+the unknown fields are dropped, and each ``ScopeSpans`` re-serialized: what is left is, per
+span, exactly ``trace_id``, ``span_id`` and ``parent_span_id`` in canonical order, which one
+regular expression checks in C. A request it does not vouch for (links, or any bad id) is
+checked span by span as before, so the answer is the same either way, at half the cost
+for the common request. The ids-only parse holds a copy of the request's other fields until
+they are dropped, so requests over ``FAST_PATH_MAX_BYTES`` (1 MiB, some 2,500 spans) take
+the span-by-span check: the memory a large request costs while decoded stays what the
+memory limiter's admission expects.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message_factory import GetMessageClass
 
 from ..signals import Signal
 
-__all__ = ["remove_invalid"]
+__all__ = ["remove_invalid", "spans_all_valid"]
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+
+
+def _span_ids_request() -> type:
+    """``ExportTraceServiceRequest`` reduced to the span and link ids (same field numbers)."""
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="meshwatch_span_ids.proto", package="meshwatch.ids")
+    proto.syntax = "proto3"
+    layout = {
+        "Link": [("trace_id", 1, None), ("span_id", 2, None)],
+        "Span": [("trace_id", 1, None), ("span_id", 2, None), ("parent_span_id", 4, None), ("links", 13, "Link")],
+        "ScopeSpans": [("spans", 2, "Span")],
+        "ResourceSpans": [("scope_spans", 2, "ScopeSpans")],
+        "Request": [("resource_spans", 1, "ResourceSpans")],
+    }
+    for name, fields in layout.items():
+        message = proto.message_type.add(name=name)
+        for field_name, number, nested in fields:
+            if nested is None:
+                message.field.add(name=field_name, number=number, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+            else:
+                message.field.add(
+                    name=field_name,
+                    number=number,
+                    type=field.TYPE_MESSAGE,
+                    label=field.LABEL_REPEATED,
+                    type_name=f".meshwatch.ids.{nested}",
+                )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return GetMessageClass(pool.FindMessageTypeByName("meshwatch.ids.Request"))
+
+
+_SpanIdsRequest = _span_ids_request()
+#: Larger requests are checked span by span (see the module docstring).
+FAST_PATH_MAX_BYTES = 1 << 20
+_IDS = rb"\x0a\x10(?!\x00{16}).{16}\x12\x08(?!\x00{8}).{8}"  # trace_id: 16 bytes, span_id: 8, neither all zero
+#: A serialized ids-only ``ScopeSpans`` whose every span is valid and has no links:
+#: ``spans`` entries of 28 bytes (the two ids) or 38 (and an 8-byte ``parent_span_id``).
+_ALL_VALID = re.compile(rb"(?:\x12\x1c" + _IDS + rb"|\x12\x26" + _IDS + rb"\x22\x08.{8})*", re.DOTALL)
+
+
+def spans_all_valid(raw: bytes) -> bool:
+    """True if every span of this (already decoded once) trace request has valid ids and no links.
+
+    False means "not known": the span-by-span check decides (see the module docstring).
+    """
+    ids = _SpanIdsRequest()
+    ids.ParseFromString(raw)
+    ids.DiscardUnknownFields()
+    return all(
+        _ALL_VALID.fullmatch(scope.SerializeToString()) is not None
+        for resource in ids.resource_spans
+        for scope in resource.scope_spans
+    )
 
 
 def _span_problem(span: Any) -> str:
@@ -59,13 +129,16 @@ def _describe(value: bytes) -> str:
     return f"{len(value)} bytes"
 
 
-def remove_invalid(signal: Signal, message: Any) -> tuple[int, str]:
+def remove_invalid(signal: Signal, message: Any, raw: bytes | None = None) -> tuple[int, str]:
     """Remove the spans / log records the backends would refuse, in place.
 
     Returns how many were removed and a message naming the first problem ("" if none).
-    Metric points are not checked (no backend here refuses them for their ids).
+    Metric points are not checked (no backend here refuses them for their ids). ``raw``,
+    the request's bytes if ``message`` is still exactly them, allows the fast path.
     """
     if signal is Signal.TRACES:
+        if raw is not None and len(raw) <= FAST_PATH_MAX_BYTES and spans_all_valid(raw):
+            return 0, ""
         return _remove(message.resource_spans, "scope_spans", "spans", _bad_spans, _span_problem, "span")
     if signal is Signal.LOGS:
         return _remove(message.resource_logs, "scope_logs", "log_records", _bad_logs, _log_problem, "log record")

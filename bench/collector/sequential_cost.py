@@ -1,0 +1,275 @@
+"""A sequential sender's cost in the collector: CPU per request, latency, syscalls per request.
+
+One client sends 100-span OTLP/gRPC requests with one in flight (an SDK's batch processor)
+to the collector (otlp → disk queue with ``--fsync`` → otlp) which forwards them to a
+sink (a bare Python gRPC server answering every Export, in its own process, so its CPU is
+not the collector's). Per round: the collector's CPU per request (user+system from /proc),
+request latency p50/p99 as the client sees it, and with ``--strace`` the syscalls per request
+(``strace -c -f`` attached to every collector thread during the timed requests). Per thread
+(``/proc/<pid>/task``): CPU and voluntary / involuntary context switches per request; the
+threads are listed by creation order (gRPC names its own ``event_engine``; Python threads
+show as ``python``).
+
+    .venv/bin/python bench/collector/sequential_cost.py [--requests 2000] [--rounds 3] [--fsync interval] [--strace]
+        [--compare-src /path/to/other/checkout/collector/src]
+
+``--compare-src`` (repeatable) runs a collector from another checkout's sources (e.g. a worktree
+of the commit before a change) in the same run, interleaved round by round with the order
+reversed every other round, so before and after see the same machine load. Raw figures go
+to ``--output`` (default ``bench/results/sequential-cost.json``) with the commit(s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _load import EXPORT, ProcStats, realistic_request
+from queue_fsync_latency import ROOT, _commit
+
+from meshwatch.collector.testing import free_port, start_collector
+
+RESULTS = ROOT / "bench" / "results" / "sequential-cost.json"
+
+
+def _sink(port: int, ready: Any) -> None:
+    """A gRPC server that answers every trace Export with an empty response."""
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(lambda request, context: b"")},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(4), handlers=[handler])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    ready.set()
+    server.wait_for_termination()
+
+
+def _body(spans: int) -> bytes:
+    message = ExportTraceServiceRequest.FromString(realistic_request("bench-sequential"))
+    del message.resource_spans[0].scope_spans[0].spans[spans:]
+    return message.SerializeToString()
+
+
+def _strace(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    threads = [f"-p{tid}" for tid in os.listdir(f"/proc/{pid}/task")]
+    process = subprocess.Popen(["strace", "-c", "-f", "-o", str(output), *threads], stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    return process
+
+
+def _syscalls(path: Path, requests: int) -> dict[str, float]:
+    """strace -c's table as calls per request, by syscall name."""
+    counts: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            calls = int(parts[3])
+            counts[parts[-1]] = round(calls / requests, 2)
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _threads(pid: int) -> dict[str, tuple[str, int, int, int]]:
+    """Per thread id: (name, CPU ticks, voluntary, involuntary context switches)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat, open(f"/proc/{pid}/task/{tid}/status") as status:
+                fields = stat.read().rsplit(")", 1)[1].split()
+                values = dict(line.split(":\t", 1) for line in status.read().splitlines() if ":\t" in line)
+        except FileNotFoundError:
+            continue
+        out[tid] = (
+            values["Name"].strip(),
+            int(fields[11]) + int(fields[12]),
+            int(values["voluntary_ctxt_switches"]),
+            int(values["nonvoluntary_ctxt_switches"]),
+        )
+    return out
+
+
+def _per_thread(before: dict, after: dict, requests: int) -> list[dict[str, Any]]:
+    rows = []
+    for tid in sorted(after, key=int):
+        if tid not in before:
+            continue
+        name, cpu, voluntary, involuntary = (
+            a - b if isinstance(a, int) else a for a, b in zip(after[tid], before[tid], strict=True)
+        )
+        if cpu or voluntary + involuntary > requests // 20:
+            rows.append(
+                {
+                    "tid": int(tid),
+                    "name": name,
+                    "cpu_us_per_request": round(cpu / _TICK / requests * 1e6),
+                    "voluntary_switches_per_request": round(voluntary / requests, 2),
+                    "involuntary_switches_per_request": round(involuntary / requests, 2),
+                }
+            )
+    return rows
+
+
+def one_round(
+    args: argparse.Namespace, round_: int, base: Path, sink_port: int, *, variant: str, src: str | None
+) -> dict[str, Any]:
+    config = {
+        "exporters": {
+            "otlp/sink": {
+                "endpoint": f"127.0.0.1:{sink_port}",
+                "tls": {"insecure": True},
+                "compression": "none",
+                "sending_queue": {"fsync": args.fsync},
+            }
+        },
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/sink"]}}},
+    }
+    env = {"PYTHONPATH": src} if src else None  # the other checkout's meshwatch.collector comes first
+    collector = start_collector(config, base / f"r{round_}-{variant}", env=env)
+    assert collector.process is not None
+    pid = collector.process.pid
+    body = _body(args.spans)
+    channel = grpc.insecure_channel(collector.grpc_endpoint)
+    export = channel.unary_unary(EXPORT)
+    try:
+        for _ in range(200):
+            export(body, timeout=10)
+        time.sleep(0.5)
+        trace_file = base / f"strace-{round_}-{variant}.txt"
+        tracer = _strace(pid, trace_file) if args.strace else None
+        stats = ProcStats(pid)
+        threads_before = _threads(pid)
+        cpu_before = stats.cpu_seconds()
+        latencies = []
+        for _ in range(args.requests):
+            started = time.perf_counter()
+            export(body, timeout=10)
+            latencies.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.3)  # the exporter's last sends
+        cpu = stats.cpu_seconds() - cpu_before
+        threads = _per_thread(threads_before, _threads(pid), args.requests)
+        if tracer is not None:
+            tracer.terminate()
+            tracer.wait(timeout=30)
+        accepted = collector.metric("meshwatch_receiver_accepted_items_total", signal="traces")
+    finally:
+        channel.close()
+        collector.stop(timeout=30)
+    latencies.sort()
+    row: dict[str, Any] = {
+        "variant": variant,
+        "round": round_,
+        "requests": args.requests,
+        "accepted_spans": accepted,
+        "cpu_ms_per_request": round(cpu / args.requests * 1000, 3),
+        "p50_ms": round(statistics.median(latencies), 3),
+        "p99_ms": round(latencies[int(0.99 * len(latencies))], 3),
+        "voluntary_switches_per_request": round(sum(t["voluntary_switches_per_request"] for t in threads), 2),
+        "involuntary_switches_per_request": round(sum(t["involuntary_switches_per_request"] for t in threads), 2),
+        "threads": threads,
+        "loadavg": os.getloadavg(),
+    }
+    if tracer is not None:
+        row["syscalls_per_request"] = _syscalls(trace_file, args.requests)
+    return row
+
+
+def _commit_of(path: str) -> str:
+    """The commit checked out where ``path`` is (the ``--compare-src`` checkout)."""
+    return subprocess.run(
+        ["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--spans", type=int, default=100)
+    parser.add_argument("--fsync", choices=["never", "always", "interval"], default="interval")
+    parser.add_argument("--strace", action="store_true", help="count syscalls (slows the collector down)")
+    parser.add_argument(
+        "--compare-src",
+        action="append",
+        default=[],
+        help="another checkout's collector/src (repeatable); its variant is named by its commit",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    variants: list[tuple[str, str | None]] = [("this", None)]
+    variants += [(_commit_of(src)[:7], str(Path(src).resolve())) for src in args.compare_src]
+    started_on = _commit()
+    base = Path(tempfile.mkdtemp(prefix="sequential-cost-"))
+    sink_port = free_port()
+    ready = mp.Event()
+    sink = mp.Process(target=_sink, args=(sink_port, ready), daemon=True)
+    sink.start()
+    ready.wait(30)
+    rows = []
+    try:
+        for round_ in range(args.rounds):
+            for variant, src in variants if round_ % 2 == 0 else variants[::-1]:
+                row = one_round(args, round_, base, sink_port, variant=variant, src=src)
+                rows.append(row)
+                print(
+                    f"round {round_} {variant:<8}: {row['cpu_ms_per_request']:.3f} ms CPU/request, "
+                    f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, load {row['loadavg'][0]:.1f}",
+                    flush=True,
+                )
+                if "syscalls_per_request" in row:
+                    top = list(row["syscalls_per_request"].items())[:12]
+                    print("  syscalls/request: " + ", ".join(f"{name} {n}" for name, n in top), flush=True)
+    finally:
+        sink.terminate()
+    summary = {}
+    for variant, _ in variants:
+        mine = [row for row in rows if row["variant"] == variant]
+        summary[variant] = {
+            key: {
+                "median": statistics.median(row[key] for row in mine),
+                "min": min(row[key] for row in mine),
+                "max": max(row[key] for row in mine),
+            }
+            for key in (
+                "cpu_ms_per_request",
+                "p50_ms",
+                "p99_ms",
+                "voluntary_switches_per_request",
+                "involuntary_switches_per_request",
+            )
+        }
+        print(
+            f"{variant}: "
+            + ", ".join(f"{key} {v['median']} ({v['min']}-{v['max']})" for key, v in summary[variant].items())
+        )
+    record = {
+        "summary": summary,
+        "rounds": rows,
+        "commit": started_on,
+        "commit_at_end": _commit(),
+        "compared": {_commit_of(src)[:7]: _commit_of(src) for src in args.compare_src},
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"raw results: {args.output}")
+
+
+if __name__ == "__main__":
+    main()
