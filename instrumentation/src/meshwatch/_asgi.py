@@ -42,6 +42,8 @@ from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from ._logs import tag_exception
+
 __all__ = ["ServerSpans"]
 
 _HTTP_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"})
@@ -267,6 +269,7 @@ class ServerSpans:
         try:
             await call(app, scope, receive, wrapped_send)
         except BaseException as exc:
+            tag_exception(exc, span.get_span_context())  # the server's crash log then carries the trace id
             if not ended:
                 if websocket and _normal_close(exc):
                     finish(None)

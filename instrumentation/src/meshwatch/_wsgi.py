@@ -47,6 +47,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.wsgi import wsgi_getter as _ENVIRON_GETTER
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
+from ._logs import tag_exception
+
 __all__ = ["DjangoServerSpans", "WsgiServerSpans", "blocker", "use_for_django", "use_for_flask"]
 
 #: The methods ``opentelemetry.util.http.sanitize_method`` keeps (others are ``_OTHER``).
@@ -309,6 +311,7 @@ def use_for_flask(tracer_provider: Any = None) -> str:
         try:
             result = original(self, environ, traced_start_response)
         except BaseException as exc:
+            tag_exception(exc, span.get_span_context())  # gunicorn's "Error handling request" then has the trace id
             name, route = _flask_names(environ, method)
             finish(span, attributes, name=name, route=route, status_line=status[-1] if status else None, error=exc)
             raise
@@ -400,6 +403,7 @@ class DjangoServerSpans:
         try:
             response = self.get_response(request)
         except BaseException as exc:
+            tag_exception(exc, span.get_span_context())
             name, route = _django_names(request, method)
             spans.finish(span, attributes, name=name, route=route, status_line=None, error=exc)
             raise
