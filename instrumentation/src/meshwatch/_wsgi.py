@@ -416,10 +416,17 @@ class DjangoServerSpans:
         finally:
             _detach(token)
 
+    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        """The contrib middleware sets ``http.route`` here on the requests handed to it (ASGI)."""
+        if self._contrib is not None and _SPAN_KEY not in request.META:
+            self._contrib.process_view(request, view_func, view_args, view_kwargs)
+
     def process_exception(self, request: Any, exception: BaseException) -> None:
         """A view's exception (Django turns it into a 500 afterwards): recorded on the span."""
         if _SPAN_KEY in request.META:
             request.META[_EXCEPTION_KEY] = exception
+        elif self._contrib is not None:
+            self._contrib.process_exception(request, exception)
 
 
 def use_for_django() -> bool:
