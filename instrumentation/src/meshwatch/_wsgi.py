@@ -43,10 +43,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry import context as context_api
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.instrumentation.wsgi import wsgi_getter as _ENVIRON_GETTER
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
+from ._extract import Extractor
 from ._logs import tag_exception
 
 __all__ = ["DjangoServerSpans", "WsgiServerSpans", "blocker", "use_for_django", "use_for_flask"]
@@ -133,6 +134,7 @@ class WsgiServerSpans:
         self._provider: Any = None
         self._tracer: Any = None
         self._agents: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._extractor = Extractor(("HTTP_TRACEPARENT", "HTTP_TRACESTATE", "HTTP_BAGGAGE"), _ENVIRON_GETTER)
 
     def _get_tracer(self) -> Any:
         provider = self.tracer_provider or trace.get_tracer_provider()
@@ -203,7 +205,7 @@ class WsgiServerSpans:
         """Start the span (SERVER with the propagated parent, or INTERNAL under a current span) and attach it."""
         current = _get_current_span()
         if current is INVALID_SPAN:
-            parent = propagate.extract(environ, getter=_ENVIRON_GETTER)
+            parent = self._extractor.extract(environ)
             span = self._get_tracer().start_span(name, context=parent, kind=_SERVER, attributes=attributes)
             return span, _attach(_set_span_in_context(span, parent))
         span = self._get_tracer().start_span(name, kind=_INTERNAL, attributes=attributes)
