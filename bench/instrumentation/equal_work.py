@@ -24,8 +24,8 @@ instead of meshwatch's WSGI span, ``_wsgi.py``: what ``meshwatch-run`` did befor
 instrumented variant exports traces, metrics and logs over OTLP/gRPC to the reference
 OpenTelemetry Collector (otlp receiver, nop exporters), with the same batch delay
 (``OTEL_BSP_SCHEDULE_DELAY=500``); its ``otelcol_receiver_accepted_spans`` counter, which
-counts every span it is sent (no de-duplication), gives the spans delivered per request (warm-
-up included: the service is stopped after a short drain and the counter read). Rounds
+counts every span it is sent (no de-duplication), gives the spans delivered per request
+(warm-up included: the service is stopped after a short drain and the counter read). Rounds
 interleave the variants; the table shows medians and the spread (min–max) of req/s. The raw
 runs, the machine's load average before and after each, and the commit go to
 ``bench/results/instrumentation-equal-work.json``.
