@@ -185,11 +185,16 @@ def boom(request):
 def unavailable(request):
     return HttpResponse("down", status=503)
 
+def current(request):
+    from opentelemetry import trace
+    return JsonResponse({"trace_id": format(trace.get_current_span().get_span_context().trace_id, "032x")})
+
 urlpatterns = [
     path("hello", hello, name="hello"),
     path("items/<int:item_id>", item),
     path("boom", boom),
     path("unavailable", unavailable),
+    path("id", current),
 ]
 settings.configure(
     ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], DEBUG=False, SECRET_KEY="x",
@@ -225,6 +230,8 @@ for method, path_, headers in requests:
     for client in (contrib, ours):
         client.generic(method, path_, headers=headers)
 
+seen = ours.get("/id", headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}).json()
+
 def summary(span):
     return {
         "name": span.name, "kind": span.kind.name, "attributes": dict(span.attributes),
@@ -238,7 +245,8 @@ def summary(span):
 print(json.dumps({
     "middleware": list(settings.MIDDLEWARE),
     "contrib": [summary(s) for s in contrib_exporter.get_finished_spans()],
-    "meshwatch": [summary(s) for s in meshwatch_exporter.get_finished_spans()],
+    "meshwatch": [summary(s) for s in meshwatch_exporter.get_finished_spans()][:len(requests)],
+    "in_view": seen["trace_id"],
 }))
 """
 
@@ -269,6 +277,7 @@ def test_django_spans_are_the_contrib_middlewares(tmp_path: Path) -> None:
     assert ours[4]["status"] == ["ERROR", "ValueError: kaboom"]
     assert ours[4]["events"] == [["exception", {"exception.type": "ValueError", "exception.message": "kaboom"}]]
     assert ours[3]["name"] == "GET" and "http.route" not in ours[3]["attributes"]
+    assert result["in_view"] == "0af7651916cd43dd8448eb211c80319c", "logs and child spans in a view join the trace"
 
 
 INIT_SCRIPT = """
