@@ -93,12 +93,22 @@ def _get_with_trace(url: str, trace_id: str) -> int:
         return exc.code
 
 
-def test_uvicorn_crash_record_carries_the_trace_id_of_its_request(tmp_path: Path) -> None:
-    """uvicorn logs the crash after the request's span has ended: the record still has its trace id."""
+@pytest.mark.parametrize("fast_path", ["true", "false"])
+def test_uvicorn_crash_record_carries_the_trace_id_of_its_request(tmp_path: Path, fast_path: str) -> None:
+    """uvicorn logs the crash after the request's span has ended: the record still has its trace id.
+
+    Also through the SDK's own log handler (the fence's fallback, ``MESHWATCH_SDK_FAST_PATH=false``).
+    """
     port = free_port()
     trace_id = uuid.uuid4().hex
     with otlp_sink() as sink:
-        env = base_env(**sink_env(sink, OTEL_SERVICE_NAME="server-logs-crash-trace", OTEL_BSP_SCHEDULE_DELAY="200"))
+        settings = sink_env(
+            sink,
+            OTEL_SERVICE_NAME="server-logs-crash-trace",
+            OTEL_BSP_SCHEDULE_DELAY="200",
+            MESHWATCH_SDK_FAST_PATH=fast_path,
+        )
+        env = base_env(**settings)
         argv = ["meshwatch-run", "uvicorn", "pricing:app", "--port", str(port)]
         service = start("uvicorn", argv, env, tmp_path, port=port, ready_path="/price/1")
         with running(service):
