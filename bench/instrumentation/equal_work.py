@@ -14,18 +14,21 @@ Rows, each served by one worker process and loaded by ``wrk`` on loopback, ``GET
 Variants: ``bare``; ``opentelemetry-instrument`` at its defaults (for FastAPI that is three
 spans per request: the server span and two ASGI ``send`` spans); ``opentelemetry-instrument``
 with the ``send``/``receive`` spans excluded (one span per request, as meshwatch; FastAPI only,
-the others make one span anyway): ``OTEL_PYTHON_FASTAPI_EXCLUDE_SPANS=send,receive`` is set, but
-contrib 0.66 reads no such variable, so ``service_one_span.py`` passes ``exclude_spans`` to the
-same instrumentor (auto FastAPI instrumentation disabled); ``meshwatch-run``; and, on FastAPI,
-``meshwatch-run`` with ``MESHWATCH_SDK_FAST_PATH=false`` (the fence's fallback to the stock
-SDK parts). Every instrumented variant exports traces, metrics and logs over OTLP/gRPC to
-the reference OpenTelemetry Collector (otlp receiver, nop exporters), with the same batch
-delay (``OTEL_BSP_SCHEDULE_DELAY=500``); its ``otelcol_receiver_accepted_spans`` counter,
-which counts every span it is sent (no de-duplication), gives the spans delivered per
-request (warm-up included: the service is stopped after a short drain and the counter read).
-Rounds interleave the variants; the table shows medians and the spread (min–max) of
-req/s. The raw runs, the machine's load average before and after each, and the commit go
-to ``bench/results/instrumentation-equal-work.json``.
+the others make one span anyway): ``OTEL_PYTHON_FASTAPI_EXCLUDE_SPANS=send,receive`` is set,
+but contrib 0.66 reads no such variable, so ``service_one_span.py`` passes ``exclude_spans`` to
+the same instrumentor (auto FastAPI instrumentation disabled); ``meshwatch-run``; and, on
+FastAPI, ``meshwatch-run`` with ``MESHWATCH_SDK_FAST_PATH=false`` (the fence's fallback to the
+stock SDK parts); on Flask and Django, ``meshwatch-run`` with
+``MESHWATCH_WSGI_MIDDLEWARE=false`` (the contrib Flask and Django instrumentors' server spans
+instead of meshwatch's WSGI span, ``_wsgi.py``: what ``meshwatch-run`` did before it). Every
+instrumented variant exports traces, metrics and logs over OTLP/gRPC to the reference
+OpenTelemetry Collector (otlp receiver, nop exporters), with the same batch delay
+(``OTEL_BSP_SCHEDULE_DELAY=500``); its ``otelcol_receiver_accepted_spans`` counter, which
+counts every span it is sent (no de-duplication), gives the spans delivered per request
+(warm-up included: the service is stopped after a short drain and the counter read). Rounds
+interleave the variants; the table shows medians and the spread (min–max) of req/s. The raw
+runs, the machine's load average before and after each, and the commit go to
+``bench/results/instrumentation-equal-work.json``.
 
     .venv/bin/python bench/instrumentation/equal_work.py                 # ≈ 10 min: 5 rounds of 4 s runs
     .venv/bin/python bench/instrumentation/equal_work.py --rounds 1 --duration 2   # a smoke run
@@ -60,6 +63,7 @@ VARIANTS = {
     "opentelemetry-instrument (exclude send,receive)": ("fastapi",),
     "meshwatch-run": FRAMEWORKS,
     "meshwatch-run (SDK fast path off)": ("fastapi",),
+    "meshwatch-run (contrib WSGI instrumentor)": ("flask", "django"),
 }
 DRAIN_S = 2.0  # after the load: > OTEL_BSP_SCHEDULE_DELAY, so both SDKs' batches have gone out
 
@@ -161,6 +165,8 @@ def environment(framework: str, variant: str, endpoint: str) -> dict[str, str]:
         env["OTEL_SERVICE_NAME"] = "bench-meshwatch"
         if "fast path off" in variant:
             env["MESHWATCH_SDK_FAST_PATH"] = "false"
+        if "contrib WSGI" in variant:
+            env["MESHWATCH_WSGI_MIDDLEWARE"] = "false"
     return env
 
 
@@ -284,6 +290,17 @@ def verdicts(rows: list[dict]) -> list[str]:
             f"{same_spans['spans_per_request_median']:.2f} vs {mesh['spans_per_request_median']:.2f} spans/request "
             "(target ≥ 2)"
         )
+    for framework in ("flask", "django"):
+        contrib, mesh = (
+            get.get((framework, "meshwatch-run (contrib WSGI instrumentor)")),
+            get.get((framework, "meshwatch-run")),
+        )
+        if contrib and mesh:
+            out.append(
+                f"{framework}: meshwatch's WSGI span {mesh['rps_median'] / contrib['rps_median']:.2f}× the req/s "
+                f"of the contrib instrumentor's under meshwatch-run ({mesh['cpu_us_per_req_median']:.0f} vs "
+                f"{contrib['cpu_us_per_req_median']:.0f} µs CPU per request)"
+            )
     fallback = get.get(("fastapi", "meshwatch-run (SDK fast path off)"))
     mesh = get.get(("fastapi", "meshwatch-run"))
     if fallback and mesh:

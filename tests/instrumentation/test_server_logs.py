@@ -84,6 +84,53 @@ def test_uvicorn_lines_access_log_and_crash_are_json_and_exported(tmp_path: Path
     assert access["trace_id"] in spans
 
 
+def _get_with_trace(url: str, trace_id: str) -> int:
+    request = urllib.request.Request(url, headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("fast_path", ["true", "false"])
+def test_uvicorn_crash_record_carries_the_trace_id_of_its_request(tmp_path: Path, fast_path: str) -> None:
+    """uvicorn logs the crash after the request's span has ended: the record still has its trace id.
+
+    Also through the SDK's own log handler (the fence's fallback, ``MESHWATCH_SDK_FAST_PATH=false``).
+    """
+    port = free_port()
+    trace_id = uuid.uuid4().hex
+    with otlp_sink() as sink:
+        settings = sink_env(
+            sink,
+            OTEL_SERVICE_NAME="server-logs-crash-trace",
+            OTEL_BSP_SCHEDULE_DELAY="200",
+            MESHWATCH_SDK_FAST_PATH=fast_path,
+        )
+        env = base_env(**settings)
+        argv = ["meshwatch-run", "uvicorn", "pricing:app", "--port", str(port)]
+        service = start("uvicorn", argv, env, tmp_path, port=port, ready_path="/price/1")
+        with running(service):
+            assert _get_with_trace(f"{service.url}/boom", trace_id) == 500
+
+            def crash_and_span() -> bool:
+                with sink.lock:
+                    crashed = any(str(r.body).startswith("Exception in ASGI application") for r in sink.logs)
+                    return crashed and any(s.attributes.get("url.path") == "/boom" for s in sink.spans)
+
+            eventually(crash_and_span, timeout=20, what="uvicorn's crash record and the /boom span at the sink")
+        objects, _ = _printed(service.log)
+    with sink.lock:
+        [shipped] = [r for r in sink.logs if str(r.body).startswith("Exception in ASGI application")]
+        [span] = [s for s in sink.spans if s.attributes.get("url.path") == "/boom"]
+    assert span.trace_id == trace_id, "the server span continues the caller's trace"
+    assert shipped.trace_id == trace_id, f"the exported crash record has trace id {shipped.trace_id!r}"
+    assert shipped.attributes.get("exception.type") == "RuntimeError"
+    [printed] = [o for o in objects if o["message"].startswith("Exception in ASGI application")]
+    assert printed["trace_id"] == trace_id and printed["span_id"] == span.span_id, "the JSON line names the span"
+
+
 def test_gunicorn_lines_are_json_and_exported(tmp_path: Path) -> None:
     port = free_port()
     with otlp_sink() as sink:

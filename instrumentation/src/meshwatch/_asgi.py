@@ -39,8 +39,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from opentelemetry import context as context_api
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
+
+from ._extract import Extractor
+from ._logs import tag_exception
 
 __all__ = ["ServerSpans"]
 
@@ -130,6 +133,7 @@ class ServerSpans:
         self._provider: Any = None
         self._tracer: Any = None
         self._hosts: dict[str, tuple[tuple[str, Any], ...]] = {}
+        self._extractor = Extractor(("traceparent", "tracestate", "baggage"))
 
     def _get_tracer(self) -> Any:
         provider = self._tracer_provider or trace.get_tracer_provider()
@@ -214,7 +218,7 @@ class ServerSpans:
         if agent is not None:
             attributes["user_agent.original"] = agent
 
-        parent = propagate.extract(headers)
+        parent = self._extractor.extract(headers)
         span = self._get_tracer().start_span(method, context=parent, kind=_SERVER, attributes=attributes)
         token = _attach(_set_span_in_context(span, parent))
         scope["meshwatch.span"] = span
@@ -267,6 +271,7 @@ class ServerSpans:
         try:
             await call(app, scope, receive, wrapped_send)
         except BaseException as exc:
+            tag_exception(exc, span.get_span_context())  # the server's crash log then carries the trace id
             if not ended:
                 if websocket and _normal_close(exc):
                     finish(None)

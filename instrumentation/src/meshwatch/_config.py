@@ -182,6 +182,12 @@ PARAMS: dict[str, ConfigParam] = {
         _bool,
         doc="use FastAPI's own OpenTelemetry support where FastAPI has it (cheaper), else the contrib instrumentor",
     ),
+    "wsgi_middleware": ConfigParam(
+        ("MESHWATCH_WSGI_MIDDLEWARE",),
+        True,
+        _bool,
+        doc="Flask and Django server spans from meshwatch's own WSGI span (cheaper); false: the contrib instrumentors",
+    ),
     "asgi_internal_spans": ConfigParam(
         ("MESHWATCH_ASGI_INTERNAL_SPANS",), False, _bool, doc="one span per ASGI send/receive message (costly)"
     ),
@@ -277,6 +283,7 @@ class Settings:
     excluded_urls: tuple[str, ...]
     fastapi_middleware: bool
     fastapi_native: bool
+    wsgi_middleware: bool
     asgi_internal_spans: bool
     broker_polling_spans: bool
     sdk_fast_path: bool

@@ -277,8 +277,40 @@ def _django_ready() -> bool:
 
 
 def _apply(entry: Instrumentor, settings: Settings) -> Outcome:
-    """Apply one of meshwatch's own table entries; never raises."""
-    return _instrument(lambda: getattr(importlib.import_module(entry.module), entry.cls), entry.kwargs(settings))
+    """Apply one of meshwatch's own table entries; never raises.
+
+    Django: the contrib instrumentor configures its middleware and puts it in
+    ``settings.MIDDLEWARE``; then, where meshwatch's WSGI span applies (``_wsgi.blocker``),
+    meshwatch's middleware takes that place and hands the contrib one its ASGI requests.
+    """
+    outcome = _instrument(lambda: getattr(importlib.import_module(entry.module), entry.cls), entry.kwargs(settings))
+    if entry.name == "django" and outcome[0] == "instrumented":
+        _use_wsgi_for_django(settings)
+    return outcome
+
+
+def _use_wsgi_for_django(settings: Settings) -> None:
+    try:
+        from ._wsgi import blocker, use_for_django
+
+        reason = blocker("django", settings)
+        if reason is not None:
+            _logger.debug("meshwatch left django's server spans to the contrib middleware: %s", reason)
+        elif not use_for_django():
+            _logger.debug("meshwatch left django's server spans alone: the contrib middleware is not in MIDDLEWARE")
+    except Exception as exc:  # the contrib middleware stays, and does the work
+        _logger.warning("meshwatch kept the contrib django middleware: %s: %s", type(exc).__name__, exc)
+
+
+def _flask_own(entry: Instrumentor, settings: Settings) -> None:
+    """meshwatch's WSGI span for Flask, at Flask's first import; the contrib instrumentor if that fails."""
+    try:
+        from ._wsgi import use_for_flask
+
+        use_for_flask()
+    except Exception as exc:
+        _logger.warning("meshwatch used the contrib flask instrumentor: %s: %s", type(exc).__name__, exc)
+        _log_deferred(entry, _apply(entry, settings))
 
 
 def _instrument(load: Callable[[], Any], kwargs: dict[str, Any]) -> Outcome:
@@ -433,6 +465,15 @@ def _log_deferred(entry: Instrumentor, outcome: Outcome) -> None:
         _logger.warning("meshwatch did not instrument %s: %s", entry.name, reason)
 
 
+def _wsgi_blocker(framework: str, settings: Settings) -> str | None:
+    try:
+        from ._wsgi import blocker
+
+        return blocker(framework, settings)
+    except Exception as exc:  # e.g. opentelemetry-instrumentation-wsgi missing: the contrib path
+        return f"{type(exc).__name__}: {exc}"
+
+
 def instrument_all(settings: Settings, report: InstrumentationReport | None = None) -> InstrumentationReport:
     """Instrument every selected, installed library; never raises."""
     report = report or InstrumentationReport()
@@ -453,6 +494,10 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
             continue
         if not _installed(entry.module):
             report.skipped[entry.name] = f"instrumentor not installed (pip install 'meshwatch[{entry.extra}]')"
+            continue
+        if entry.name == "flask" and _wsgi_blocker("flask", settings) is None:
+            at_import("flask", lambda entry=entry: _flask_own(entry, settings))
+            report.instrumented.append("flask (meshwatch)")
             continue
         if entry.name == "django" and ("django" not in sys.modules or not _django_ready()):
             at_import("django", lambda entry=entry: _django_when_imported(entry, settings))
@@ -483,6 +528,8 @@ def instrument_app(app: Any, settings: Settings) -> str:
         StarletteInstrumentor.instrument_app(app, **_asgi_kwargs(settings))
         return "starlette"
     if module == "flask":
+        if getattr(type(app).wsgi_app, "_meshwatch", False):
+            return "flask (meshwatch)"  # every Flask app is already traced, whenever it was created
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
         FlaskInstrumentor.instrument_app(app, **_server_kwargs(settings))

@@ -9,6 +9,7 @@ several times more per record and adds nothing a log line needs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -17,6 +18,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord as APILogRecord
 from opentelemetry._logs import SeverityNumber
@@ -28,7 +30,7 @@ from opentelemetry.trace import TraceFlags
 from ._celery import console_stream
 from ._redact import Redactor
 
-__all__ = ["MeshwatchHandler", "MeshwatchLoggerProvider", "install_handler", "remove_handlers"]
+__all__ = ["MeshwatchHandler", "MeshwatchLoggerProvider", "install_handler", "remove_handlers", "tag_exception"]
 
 try:  # orjson is several times faster than json for the one dumps() per record
     import orjson
@@ -122,6 +124,33 @@ class _OTLPRecord(APILogRecord):
         self.exception = None
 
 
+#: Where a server span leaves its span context on the exception that escaped its request.
+_SPAN_CONTEXT_ATTRIBUTE = "_meshwatch_span_context"
+
+
+def tag_exception(exc: BaseException, span_context: trace.SpanContext) -> None:
+    """Remember on ``exc`` the span of the request it escaped from (the innermost one wins).
+
+    Why: the server logs such an exception ("Exception in ASGI application", gunicorn's
+    "Error handling request") after the request's span has ended and its context is
+    detached, so the record had no trace id. The handler reads it back from ``exc_info``.
+    """
+    if getattr(exc, _SPAN_CONTEXT_ATTRIBUTE, None) is None:
+        # an exception class with __slots__ refuses it: no trace id then, as before
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, _SPAN_CONTEXT_ATTRIBUTE, span_context)
+
+
+def _record_span_context(record: logging.LogRecord) -> trace.SpanContext:
+    """The current span's context; outside any span, that of the request the logged exception escaped."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid and record.exc_info:
+        tagged = getattr(record.exc_info[1], _SPAN_CONTEXT_ATTRIBUTE, None)
+        if tagged is not None:
+            return tagged
+    return span_context
+
+
 def _otlp_value(value: Any) -> Any:
     """An attribute value the OTLP encoder accepts (it rejects arbitrary objects, failing the batch)."""
     if value is None or isinstance(value, str | bool | int | float | bytes):
@@ -202,7 +231,7 @@ class MeshwatchHandler(logging.Handler):
             self.handleError(record)
 
     def _emit(self, record: logging.LogRecord) -> None:
-        span_context = trace.get_current_span().get_span_context()
+        span_context = _record_span_context(record)
         valid = span_context.is_valid
         message = record.getMessage()
         extras = {k: v for k, v in record.__dict__.items() if k not in _RESERVED and k[0] != "_"}
@@ -243,6 +272,14 @@ class MeshwatchHandler(logging.Handler):
             # (not makeLogRecord: it goes through the record factory, which adds them again)
             shipped = object.__new__(logging.LogRecord)
             shipped.__dict__.update({k: v for k, v in record.__dict__.items() if k in _STANDARD or k in extras})
+            if valid and not trace.get_current_span().get_span_context().is_valid:
+                # the SDK handler reads the current context: make the escaped-from request's current
+                token = context_api.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+                try:
+                    self.sdk_handler.emit(shipped)
+                finally:
+                    context_api.detach(token)
+                return
             self.sdk_handler.emit(shipped)
             return
         attributes = {k: _otlp_value(v) for k, v in extras.items()}
