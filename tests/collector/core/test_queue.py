@@ -258,3 +258,25 @@ def test_a_record_refused_by_a_failed_fsync_gives_its_memory_back(tmp_path: Path
     queue.put(b"kept", items=1)
     assert _drain(queue) == [b"kept"]
     queue.close()
+
+
+def test_both_queues_are_the_queue_protocol_and_say_whether_they_survive_a_restart(tmp_path) -> None:
+    """The exporter branches on ``durable`` and ``held_bytes()``, never on the queue's class."""
+    import inspect
+
+    from meshwatch.collector import queued_exporter
+    from meshwatch.collector.queue import DiskQueue, MemoryQueue, Queue
+
+    disk = DiskQueue(tmp_path / "q", max_items=10, max_bytes=1 << 20)
+    memory = MemoryQueue(max_items=10, max_bytes=1 << 20)
+    try:
+        for queue, durable in ((disk, True), (memory, False)):
+            assert queue.durable is durable
+            queue.put(b"x" * 100, 1)
+            assert queue.held_bytes() >= 100  # the disk queue keeps its newest payloads in memory too
+            members = {name for name, _ in inspect.getmembers(Queue) if not name.startswith("_")} | {"__len__"}
+            assert all(hasattr(queue, name) for name in members)
+    finally:
+        disk.close()
+        memory.close()
+    assert "isinstance(self._queue" not in inspect.getsource(queued_exporter)

@@ -40,7 +40,7 @@ import orjson
 from ._secrets import Scrubber, secret_values
 from .batch import Batch
 from .component import ComponentId, CreateSettings, Host, Refused
-from .queue import DiskQueue, MemoryQueue, Record
+from .queue import DiskQueue, MemoryQueue, Queue, Record
 from .sender import ExporterSettings, PermanentError, ProbesBackend, Sender, SendResult, TransientError
 from .signals import Signal
 from .telemetry import QueueStats, Telemetry
@@ -89,7 +89,7 @@ class QueuedExporter:
         self._scrub = Scrubber(secret_values(config))
         self.sender = sender
         self._labels = (str(settings.id), str(settings.signal))
-        self._queue: DiskQueue | MemoryQueue | None = None
+        self._queue: Queue | None = None
         self._workers: list[threading.Thread] = []
         self._stop = threading.Event()
         self._draining = threading.Event()
@@ -110,10 +110,8 @@ class QueuedExporter:
     def held_bytes(self) -> int:
         """What this exporter holds in memory: an in-memory queue, and the batches being sent
         (their bytes and the message a sender decodes, ~3 times the bytes), for the memory limiter."""
-        if isinstance(self._queue, MemoryQueue):
-            queued = self._queue.stats()[2]
-        else:  # a disk queue keeps the payloads of its newest records in memory too (``hot_bytes``)
-            queued = self._queue.hot_bytes if self._queue is not None else 0
+        # an in-memory queue holds all its records; a disk queue the payloads of its newest ones
+        queued = self._queue.held_bytes() if self._queue is not None else 0
         return queued + 3 * self._sending
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -172,7 +170,7 @@ class QueuedExporter:
             worker.join(2.0)
         if self._queue is not None:
             left = len(self._queue)
-            if left and isinstance(self._queue, MemoryQueue):
+            if left and not self._queue.durable:
                 self._count_dropped("shutdown", left)
                 log.warning("%s: %d items in the in-memory queue were not sent before shutdown", self.id, left)
             elif left:
@@ -322,7 +320,7 @@ class QueuedExporter:
                 log.warning("%s: send failed (%s: %s); retrying in %.1fs", self.id, reason, message, delay)
             # A disk queue keeps the records for the next start, so a stop need not wait for
             # the backoff; an in-memory queue keeps retrying until the drain budget is spent.
-            interrupt = self._draining if isinstance(self._queue, DiskQueue) else self._stop
+            interrupt = self._draining if self._queue.durable else self._stop
             if self._wait_for_retry(interrupt, delay, probe=reason == "unavailable") or self._stop.is_set():
                 return False  # leave the records un-acknowledged
 
@@ -428,7 +426,7 @@ class QueuedExporter:
     # --- for tests and the CLI ---------------------------------------------------------------
 
     @property
-    def queue(self) -> DiskQueue | MemoryQueue | None:
+    def queue(self) -> Queue | None:
         return self._queue
 
 

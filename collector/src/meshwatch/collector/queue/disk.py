@@ -99,6 +99,8 @@ class _Commit:
 class DiskQueue:
     """Bounded in items and bytes; safe for many writers and many readers (threads)."""
 
+    durable = True
+
     def __init__(
         self,
         directory: Path | str,
@@ -616,6 +618,10 @@ class DiskQueue:
 
     def __len__(self) -> int:
         return self._items
+
+    def held_bytes(self) -> int:
+        """The payloads of the newest records kept in memory to hand out without a read (``hot_bytes``)."""
+        return self.hot_bytes
 
     def close(self) -> None:
         """Make everything durable, persist the cursor, wake the readers. Unsent records stay on disk."""

@@ -17,6 +17,10 @@ __all__ = ["MemoryQueue"]
 
 
 class MemoryQueue:
+    """Bounded in items and bytes, held in process memory: gone with the process."""
+
+    durable = False
+
     def __init__(self, *, max_items: int, max_bytes: int, name: str = "") -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -86,6 +90,10 @@ class MemoryQueue:
 
     def __len__(self) -> int:
         return self._items
+
+    def held_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
 
     def close(self) -> None:
         with self._lock:
