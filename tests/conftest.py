@@ -13,6 +13,7 @@ _BACKEND_FIXTURES = frozenset(
     {
         "stack",
         "jaeger",
+        "jaeger_es",
         "prometheus",
         "alertmanager",
         "elasticsearch",
