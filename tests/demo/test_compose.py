@@ -215,3 +215,26 @@ def test_jaeger_keeps_traces_in_the_compose_elasticsearch_as_the_stack_does(comp
     assert services["collector"]["environment"]["MESHWATCH_JAEGER_OTLP_ENDPOINT"] == f"jaeger:{grpc.rsplit(':')[-1]}"
     assert "127.0.0.1:16686:16686" in jaeger["ports"]
     assert deployed["extensions"]["jaeger_query"]["http"]["endpoint"] == "0.0.0.0:16686"
+
+
+@pytest.mark.integration
+def test_jaeger_itself_accepts_the_compose_and_the_stack_configs(tmp_path: Path) -> None:
+    """`jaeger validate` (the release the stack builds) on both configs; a misspelt key is its positive control."""
+    from meshwatch.stack.backends import SPECS, jaeger_config
+
+    jaeger = str(binary("jaeger"))
+
+    def validate(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([jaeger, "validate", "--config", f"file:{path}"], capture_output=True, text=True)
+
+    stack_config = tmp_path / "stack-jaeger.yaml"
+    ports = {name: 20000 + i for i, name in enumerate(SPECS["jaeger"].ports)}
+    options = {"storage": "elasticsearch", "elasticsearch_url": "http://127.0.0.1:9200"}
+    stack_config.write_text(json.dumps(jaeger_config(ports, options)))
+    for path in (REPO / "deploy" / "jaeger.yaml", stack_config):
+        result = validate(path)
+        assert result.returncode == 0, f"{path.name}: {result.stdout}{result.stderr}"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "deploy" / "jaeger.yaml").read_text().replace("index_prefix:", "index_prefx:"))
+    result = validate(bad)
+    assert result.returncode != 0 and "index_prefx" in result.stdout + result.stderr
