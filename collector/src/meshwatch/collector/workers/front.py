@@ -78,8 +78,8 @@ class Front:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop accepting; relayed connections are closed when their worker stops."""
+    def stop_accepting(self) -> None:
+        """Close the public ports; connections already relayed go on until their worker closes them."""
 
         def shut() -> None:
             for server in self._servers:
@@ -87,10 +87,15 @@ class Front:
 
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(shut)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
         else:
             shut()
+
+    def close(self) -> None:
+        """Stop accepting and stop relaying (after the workers stopped: nothing is left to relay)."""
+        self.stop_accepting()
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
         with contextlib.suppress(RuntimeError):
             self._loop.close()
 

@@ -287,8 +287,9 @@ class Supervisor:
 
     def stop(self) -> int:
         log.info("stopping (%s): no new connections, then SIGTERM to %d workers", self.stop_reason, self.count)
-        self.front.close()
+        self.front.stop_accepting()
         codes = self._stop_workers(self.config.service.shutdown_timeout + 15.0)
+        self.front.close()
         for server in self.servers:
             server.stop()
         log.info("stopped; workers exited with %s", codes)
