@@ -200,3 +200,13 @@ def test_merged_metrics_label_each_workers_samples() -> None:
     assert merged.count("# TYPE x_total counter") == 1
     assert 'x_total{a="1",worker="0"} 3.0' in merged and 'x_total{a="1",worker="1"} 4.0' in merged
     assert 'g{worker="1"} 1.0' in merged
+
+
+def test_a_bad_worker_count_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from meshwatch.collector.cli import EXIT_CONFIG, main
+
+    path = _config_file(
+        tmp_path, {"service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["debug"]}}}}
+    )
+    assert main(["run", "--config", str(path), "--workers", "many"]) == EXIT_CONFIG
+    assert "--workers 'many'" in capsys.readouterr().err
