@@ -86,6 +86,11 @@ def jaeger_storage_backend(options: dict[str, Any]) -> dict[str, Any]:
             },
             # Spans reach Elasticsearch in bulk requests flushed this often (Jaeger's default, stated).
             "bulk_processing": {"flush_interval": "200ms"},
+            # Jaeger's client pings `GET /` to check health and detect the version; the stack's
+            # Elasticsearch (the integ-test-zip distribution) has no `rest-root` module to answer
+            # it. The stack's readiness check waits for the cluster's health instead.
+            "version": 8,
+            "disable_health_check": True,
         }
     }
 
