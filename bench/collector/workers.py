@@ -40,6 +40,7 @@ from meshwatch.stack.runner import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "bench" / "results" / "collector-workers.json"
+LOADAVG_AT_START = os.getloadavg()
 
 
 def _config(jaeger_otlp: str) -> dict[str, Any]:
@@ -90,12 +91,15 @@ def run(workers: int, jaeger_otlp: str, args: argparse.Namespace, workdir: Path)
             if sent >= acked_total:
                 break
             time.sleep(0.5)
-        spread = {}
-        if workers > 1:
-            for (name, labels), value in collector.metrics().items():
-                if name == "meshwatch_receiver_accepted_items_total":
-                    worker = dict(labels)["worker"]
-                    spread[worker] = spread.get(worker, 0) + int(value)
+        spread: dict[str, int] = {}
+        refusals: dict[str, int] = {}  # why the collector pushed back, by reason
+        for (name, labels), value in collector.metrics().items():
+            if name == "meshwatch_receiver_accepted_items_total" and workers > 1:
+                worker = dict(labels)["worker"]
+                spread[worker] = spread.get(worker, 0) + int(value)
+            if name == "meshwatch_receiver_refused_items_total" and value:
+                reason = dict(labels)["reason"]
+                refusals[reason] = refusals.get(reason, 0) + int(value)
     finally:
         collector.stop(timeout=60)
     wall, spans, cpu = t1 - t0, spans1 - spans0, cpu1 - cpu0
@@ -108,10 +112,12 @@ def run(workers: int, jaeger_otlp: str, args: argparse.Namespace, workdir: Path)
         "delivered_total": int(sent),
         "refused_total": load.refused.value,
         "accepted_by_worker": spread,
+        "refused_by_reason": refusals,
+        "loadavg_after": os.getloadavg(),
     }
     print(
         f"workers={workers}  {result['spans_s']:>9,.0f} spans/s  {result['cpu_cores']:.2f} cores  "
-        f"acked {acked_total:,} delivered {int(sent):,} refused {load.refused.value:,}"
+        f"acked {acked_total:,} delivered {int(sent):,} refused {load.refused.value:,} {refusals}"
         + (f"  by worker {spread}" if spread else ""),
         flush=True,
     )
@@ -182,6 +188,7 @@ def main() -> None:
                     "python": platform.python_version(),
                     "system": platform.platform(),
                     "note": "shared by several sessions: other load ran at the same time",
+                    "loadavg_at_start": LOADAVG_AT_START,
                     "loadavg_at_end": os.getloadavg(),
                 },
                 "args": {k: str(v) for k, v in vars(args).items()},
