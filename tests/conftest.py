@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Every collector a test starts (directly, through the demo, a bench helper) is one process unless
+# the test asks for workers: `--workers auto` (one per core) would change what the whole suite
+# measures and kills (one PID, one queue folder). tests/collector/core/test_workers.py sets it.
+os.environ.setdefault("MESHWATCH_COLLECTOR_WORKERS", "1")
 
 pytest_plugins = ["meshwatch.stack.testing"]
 
@@ -13,6 +20,7 @@ _BACKEND_FIXTURES = frozenset(
     {
         "stack",
         "jaeger",
+        "jaeger_es",
         "prometheus",
         "alertmanager",
         "elasticsearch",

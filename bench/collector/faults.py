@@ -134,7 +134,7 @@ def exporter(jaeger: Server, **queue) -> dict:
 
 def outage(stack: Stack, tmp: Path, args) -> dict:
     """Jaeger and a span counter stopped together: Jaeger says what arrived, the counter what arrived twice."""
-    jaeger = stack.start("jaeger", max_traces=100_000)
+    jaeger = stack.start("jaeger", storage="memory", max_traces=100_000)
     counter = SpanCounter()
     config = {
         "exporters": {
@@ -227,7 +227,7 @@ def overload(stack: Stack, tmp: Path, args) -> dict:
     """Closed-loop senders offering more than Jaeger takes, into a bounded queue and a memory limit."""
     from _load import Load
 
-    jaeger = stack.start("jaeger", max_traces=100_000)
+    jaeger = stack.start("jaeger", storage="memory", max_traces=100_000)
     config = {
         "processors": {"memory_limiter": {"limit_mib": 300, "spike_limit_mib": 60, "check_interval": "200ms"}},
         "exporters": {"otlp/jaeger": exporter(jaeger, queue_size=args.queue_size)},

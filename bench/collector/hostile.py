@@ -115,7 +115,7 @@ def bad_neighbour(workdir: Path, into_queue: bool) -> None:
 
     stack = Stack(workdir / "stack")
     try:
-        jaeger = stack.start("jaeger")
+        jaeger = stack.start("jaeger", storage="memory")
         exporter = {
             "endpoint": jaeger.urls["otlp_grpc"],
             "tls": {"insecure": True},
@@ -216,7 +216,7 @@ def reference_backlog(workdir: Path, spans: int) -> None:
     stack = Stack(workdir / "stack")
     reference = None
     try:
-        jaeger = stack.start("jaeger")
+        jaeger = stack.start("jaeger", storage="memory")
         exporter = {"endpoint": jaeger.urls["otlp_grpc"], "tls": {"insecure": True}}
         config = {
             "receivers": {"otlp": {"protocols": {"grpc": {}}}},

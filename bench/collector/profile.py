@@ -39,7 +39,7 @@ def main() -> None:
     state.chmod(0o755)
     stack = Stack(state)
     try:
-        jaeger = stack.start("jaeger")
+        jaeger = stack.start("jaeger", storage="memory")
         config: dict = {
             "receivers": {"otlp": {"protocols": {"grpc": {}}}},
             "exporters": {"otlp/jaeger": {"endpoint": jaeger.urls["otlp_grpc"], "tls": {"insecure": True}}},

@@ -146,7 +146,7 @@ def main() -> None:
         state.chmod(0o755)
         stack = Stack(state)
         try:
-            jaeger = stack.start("jaeger", max_traces=20_000)
+            jaeger = stack.start("jaeger", storage="memory", max_traces=20_000)
             rate = f"{args.rate:,.0f} spans/s" if args.rate else "closed loop"
             print(
                 f"Jaeger {jaeger.url}; load: {args.processes}×{args.threads} senders of 512-span requests "

@@ -181,3 +181,60 @@ def test_grafana_finds_its_dashboards_and_datasources(compose: dict[str, Any]) -
         for datasource in yaml.safe_load(source_file.read_text())["datasources"]:
             url = urllib.parse.urlsplit(datasource["url"])
             assert url.hostname in services, f"datasource {datasource['name']} points at {url.hostname}"
+
+
+#: Jaeger tags each release twice: the Go module's v1 tag and the v2 binary's (the image tag).
+JAEGER_IMAGE_OF_MODULE = {"v1.75.0": "2.12.0"}
+
+
+def test_jaeger_keeps_traces_in_the_compose_elasticsearch_as_the_stack_does(compose: dict[str, Any]) -> None:
+    """The compose Jaeger is the release meshwatch-stack builds, on Elasticsearch with the stack's storage keys."""
+    from meshwatch.stack.backends import SPECS, jaeger_config
+    from meshwatch.stack.installer import COMPONENTS
+
+    services = _services(compose)
+    jaeger = services["jaeger"]
+    assert jaeger["image"] == f"jaegertracing/jaeger:{JAEGER_IMAGE_OF_MODULE[COMPONENTS['jaeger'].version]}"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in jaeger["volumes"]}
+    config_path = jaeger["command"][jaeger["command"].index("--config") + 1].removeprefix("file:")
+    deployed = yaml.safe_load((REPO / mounts[config_path]).read_text())
+    stack = jaeger_config(
+        dict.fromkeys(SPECS["jaeger"].ports, 0), {"storage": "elasticsearch", "elasticsearch_url": "http://x:9200"}
+    )
+    backend = deployed["extensions"]["jaeger_storage"]["backends"]["traces"]["elasticsearch"]
+    assert backend["server_urls"] == ["http://elasticsearch:9200"]
+    expected = stack["extensions"]["jaeger_storage"]["backends"]["traces"]["elasticsearch"]
+    assert {**backend, "server_urls": expected["server_urls"]} == expected
+    assert deployed["exporters"] == stack["exporters"]
+    assert deployed["extensions"]["jaeger_query"]["storage"] == stack["extensions"]["jaeger_query"]["storage"]
+    # Jaeger gives up when Elasticsearch does not answer at its start: compose waits for it to be healthy.
+    assert jaeger["depends_on"]["elasticsearch"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["elasticsearch"]
+    # What the collector sends to (jaeger:4317) is what Jaeger listens on inside the network.
+    grpc = deployed["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    assert services["collector"]["environment"]["MESHWATCH_JAEGER_OTLP_ENDPOINT"] == f"jaeger:{grpc.rsplit(':')[-1]}"
+    assert "127.0.0.1:16686:16686" in jaeger["ports"]
+    assert deployed["extensions"]["jaeger_query"]["http"]["endpoint"] == "0.0.0.0:16686"
+
+
+@pytest.mark.integration
+def test_jaeger_itself_accepts_the_compose_and_the_stack_configs(tmp_path: Path) -> None:
+    """`jaeger validate` (the release the stack builds) on both configs; a misspelt key is its positive control."""
+    from meshwatch.stack.backends import SPECS, jaeger_config
+
+    jaeger = str(binary("jaeger"))
+
+    def validate(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([jaeger, "validate", "--config", f"file:{path}"], capture_output=True, text=True)
+
+    stack_config = tmp_path / "stack-jaeger.yaml"
+    ports = {name: 20000 + i for i, name in enumerate(SPECS["jaeger"].ports)}
+    options = {"storage": "elasticsearch", "elasticsearch_url": "http://127.0.0.1:9200"}
+    stack_config.write_text(json.dumps(jaeger_config(ports, options)))
+    for path in (REPO / "deploy" / "jaeger.yaml", stack_config):
+        result = validate(path)
+        assert result.returncode == 0, f"{path.name}: {result.stdout}{result.stderr}"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "deploy" / "jaeger.yaml").read_text().replace("index_prefix:", "index_prefx:"))
+    result = validate(bad)
+    assert result.returncode != 0 and "index_prefx" in result.stdout + result.stderr

@@ -92,6 +92,33 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
         httpx.get(f"{url}/-/ready", timeout=2)
 
 
+@pytest.mark.integration
+def test_cli_up_jaeger_in_memory_starts_no_elasticsearch(tmp_path: Path) -> None:
+    """`--jaeger-storage memory` is the quick Jaeger; without it `up jaeger` would bring Elasticsearch."""
+    cli = [sys.executable, "-m", "meshwatch.stack"]
+    state = tmp_path / "state"
+    up = subprocess.run(
+        [*cli, "up", "jaeger", "--jaeger-storage", "memory", "--random-ports", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        assert up.returncode == 0, up.stderr
+        assert set(Stack(state).servers) == {"jaeger"}
+        assert "storage=" not in up.stdout and "starting it too" not in up.stderr + up.stdout
+    finally:
+        subprocess.run([*cli, "down", "--state-dir", str(state)], capture_output=True, timeout=60)
+    bad = subprocess.run(
+        [*cli, "up", "jaeger", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "MESHWATCH_JAEGER_STORAGE": "cassandra"},
+    )
+    assert bad.returncode == 2 and "choose from elasticsearch, memory" in bad.stderr
+
+
 def test_cli_rejects_an_unknown_server_with_usage_exit_code(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "meshwatch.stack", "up", "grafana", "--state-dir", str(tmp_path)],

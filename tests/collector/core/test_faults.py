@@ -111,7 +111,7 @@ class RestartableJaeger:
 
     def __init__(self, state_dir: Path) -> None:
         self.stack = Stack(state_dir)
-        self.server = start_or_fail(self.stack, "jaeger")
+        self.server = start_or_fail(self.stack, "jaeger", storage="memory")
 
     def stop(self) -> None:
         self.server.stop()

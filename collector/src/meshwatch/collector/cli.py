@@ -31,9 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meshwatch-collector {__version__}")
     config_help = "collector config file (default: $MESHWATCH_COLLECTOR_CONFIG or ./collector.yaml)"
     parser.add_argument("--config", "-c", type=Path, help=config_help)
+    workers_help = (
+        "worker processes behind the same ports, each with its own queues (<storage>/worker-<i>): a number or "
+        "'auto' (default: $MESHWATCH_COLLECTOR_WORKERS, else auto = one per core, or 1 when servicegraph or "
+        "tail_sampling need every span of a trace in one process)"
+    )
+    parser.add_argument("--workers", help=workers_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run the collector (the default command)")
     run.add_argument("--config", "-c", type=Path, dest="sub_config", help=config_help)
+    run.add_argument("--workers", dest="sub_workers", help=workers_help)
     validate = sub.add_parser("validate", help="check a config file and exit (0 valid, 2 invalid)")
     validate.add_argument("--config", "-c", type=Path, dest="sub_config", help=config_help)
     sub.add_parser("components", help="list the component types this collector can build")
@@ -83,7 +90,18 @@ def main(argv: list[str] | None = None) -> int:
 
     telemetry_cfg = config.service.telemetry.logs
     configure_logging(telemetry_cfg.level, telemetry_cfg.encoding)
-    return _run(config)
+    from .workers.supervisor import Supervisor, resolve_workers
+
+    try:
+        count, reason = resolve_workers(getattr(args, "sub_workers", None) or args.workers, config)
+    except ValueError as exc:
+        print(f"meshwatch-collector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if count == 1:
+        return _run(config)
+    supervisor = Supervisor(config, count, reason)
+    supervisor.install_signal_handlers()
+    return supervisor.run()
 
 
 def _run(config) -> int:

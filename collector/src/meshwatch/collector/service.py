@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -66,7 +67,10 @@ class Collector:
             self._stop.set()
 
         signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        # A worker of ``--workers N`` leaves Ctrl-C to its supervisor, which sends it one SIGTERM
+        # (the terminal's SIGINT to the whole group would otherwise count as the second signal).
+        worker = os.environ.get("MESHWATCH_COLLECTOR_WORKER")
+        signal.signal(signal.SIGINT, signal.SIG_IGN if worker else handler)
 
     def wait(self) -> int:
         """Block until a stop signal (0) or a fatal component error (1)."""

@@ -70,7 +70,9 @@ class RunningCollector:
     ) -> None:
         self.config = config
         self.workdir = workdir
-        self.env = env or {}
+        #: One process unless the test asks for workers (``env={"MESHWATCH_COLLECTOR_WORKERS": "2"}``):
+        #: the default, one per core, would make every test's collector a supervisor.
+        self.env = {"MESHWATCH_COLLECTOR_WORKERS": "1", **(env or {})}
         #: The process's open-file limit (RLIMIT_NOFILE, soft and hard), if not inherited.
         self.open_files = open_files
         self.config_path = workdir / "collector.yaml"

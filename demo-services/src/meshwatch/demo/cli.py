@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     p_up.add_argument("--duration", type=float, default=0.0, help="load: stop after N seconds (0: run until down)")
     p_up.add_argument("--random-ports", action="store_true", help="free random ports instead of the usual ones")
     p_up.add_argument("--scrape-interval", default="5s", help="Prometheus scrape interval (default 5s)")
+    p_up.add_argument(
+        "--jaeger-storage",
+        choices=("elasticsearch", "memory"),
+        default="elasticsearch",
+        help="where Jaeger keeps traces (default elasticsearch: they outlive a Jaeger restart)",
+    )
 
     sub.add_parser("down", help="stop everything the demo (and meshwatch-stack) started")
     sub.add_parser("status", help="show what runs, each service's faults and the load")
@@ -158,6 +164,7 @@ def _up(stack: Stack, args: argparse.Namespace) -> int:
         load_duration=args.duration,
         fixed_ports=not args.random_ports,
         scrape_interval=args.scrape_interval,
+        jaeger_storage=args.jaeger_storage,
     )
     urls = Platform(stack, options).up()
     print("\nmeshwatch demo is up:\n")

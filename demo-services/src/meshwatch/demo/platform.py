@@ -113,6 +113,8 @@ class PlatformOptions:
     #: Use the usual ports when free (a user's demo) or any free port (tests).
     fixed_ports: bool = True
     es_heap: str = "512m"
+    #: Where Jaeger keeps traces: the platform's Elasticsearch (they outlive a Jaeger restart) or memory.
+    jaeger_storage: str = "elasticsearch"
     python: str = sys.executable
     progress: Callable[[str], None] = field(default=lambda message: print(f"meshwatch-demo: {message}", flush=True))
 
@@ -186,7 +188,11 @@ class Platform:
         # Chosen before Prometheus starts: it writes this origin into every alert's generatorURL.
         console = f"http://127.0.0.1:{self._port(CONSOLE_PORT)}"
         self._step("elasticsearch (≈20-60 s)", lambda: self.stack.start("elasticsearch", heap=opts.es_heap))
-        self._step("jaeger", lambda: self.stack.start("jaeger"))
+        # Elasticsearch first: Jaeger keeps its traces there (index prefix meshwatch-traces).
+        self._step(
+            f"jaeger (traces in {opts.jaeger_storage})",
+            lambda: self.stack.start("jaeger", storage=opts.jaeger_storage),
+        )
         self._step("alertmanager", lambda: self.stack.start("alertmanager"))
         self._step(
             "prometheus",

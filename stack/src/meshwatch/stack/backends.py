@@ -19,7 +19,7 @@ from typing import Any
 from . import installer as install
 from ._paths import is_root
 
-__all__ = ["CONSOLE_URL", "Launch", "BackendSpec", "SPECS"]
+__all__ = ["CONSOLE_URL", "JAEGER_INDEX_PREFIX", "JAEGER_STORAGES", "Launch", "BackendSpec", "SPECS", "jaeger_config"]
 
 
 @dataclass
@@ -51,10 +51,54 @@ def _yaml_dump(data: Any) -> str:
 
 # --- Jaeger ------------------------------------------------------------------------------
 
+#: Jaeger's trace storages: ``elasticsearch`` (the default: traces outlive a Jaeger restart) or
+#: ``memory`` (fast to start, gone with the process; for tests that want a Jaeger of their own).
+JAEGER_STORAGES = ("elasticsearch", "memory")
+#: What Jaeger's indices start with on the shared Elasticsearch (``meshwatch-traces-jaeger-span-YYYY-MM-DD``),
+#: apart from the collector's ``meshwatch-logs-*``, which its own index template covers.
+JAEGER_INDEX_PREFIX = "meshwatch-traces"
 
-def _jaeger(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+
+def jaeger_storage(options: dict[str, Any]) -> str:
+    """The storage a Jaeger start asks for: its ``storage`` option, else ``MESHWATCH_JAEGER_STORAGE``,
+    else Elasticsearch."""
+    storage = str(options.get("storage") or os.environ.get("MESHWATCH_JAEGER_STORAGE") or "elasticsearch")
+    if storage not in JAEGER_STORAGES:
+        raise ValueError(f"Jaeger storage {storage!r}: choose from {', '.join(JAEGER_STORAGES)}")
+    return storage
+
+
+def jaeger_storage_backend(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``jaeger_storage`` backend of that storage, as Jaeger v2 (Go module v1.75.0) reads it."""
+    if jaeger_storage(options) == "memory":
+        return {"memory": {"max_traces": int(options.get("max_traces", 50_000))}}
+    url = options.get("elasticsearch_url")
+    if not url:
+        raise ValueError("Jaeger on Elasticsearch needs elasticsearch_url (start elasticsearch first)")
+    # One node on loopback: one shard and no replica per index, or the cluster stays yellow.
+    index = {"shards": 1, "replicas": 0}
+    return {
+        "elasticsearch": {
+            "server_urls": [str(url).rstrip("/")],
+            "indices": {
+                "index_prefix": str(options.get("index_prefix", JAEGER_INDEX_PREFIX)),
+                **{kind: dict(index) for kind in ("spans", "services", "dependencies", "sampling")},
+            },
+            # Spans reach Elasticsearch in bulk requests flushed this often (Jaeger's default, stated).
+            "bulk_processing": {"flush_interval": "200ms"},
+            # Jaeger's client pings `GET /` to check health and detect the version; the stack's
+            # Elasticsearch (the integ-test-zip distribution) has no `rest-root` module to answer
+            # it. The stack's readiness check waits for the cluster's health instead.
+            "version": 8,
+            "disable_health_check": True,
+        }
+    }
+
+
+def jaeger_config(ports: dict[str, int], options: dict[str, Any]) -> dict[str, Any]:
+    """The whole Jaeger v2 config: OTLP in, the chosen storage, the query API, health and metrics."""
     host = "127.0.0.1"
-    config = {
+    return {
         "service": {
             "extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
             "pipelines": {
@@ -80,13 +124,11 @@ def _jaeger(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> La
                 # localhost:4317 (in the demo, meshwatch's collector: a "jaeger" service
                 # would then show in every dashboard). Its traces are not ours to show.
                 "enable_tracing": False,
-                "storage": {"traces": "memstore"},
+                "storage": {"traces": "traces"},
                 "http": {"endpoint": f"{host}:{ports['query']}"},
                 "grpc": {"endpoint": f"{host}:{ports['query_grpc']}"},
             },
-            "jaeger_storage": {
-                "backends": {"memstore": {"memory": {"max_traces": int(options.get("max_traces", 50_000))}}}
-            },
+            "jaeger_storage": {"backends": {"traces": jaeger_storage_backend(options)}},
         },
         "receivers": {
             "otlp": {
@@ -97,20 +139,35 @@ def _jaeger(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> La
             }
         },
         "processors": {"batch": {"timeout": "100ms"}},
-        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "traces"}},
     }
+
+
+def _jaeger(workdir: Path, ports: dict[str, int], options: dict[str, Any]) -> Launch:
+    host = "127.0.0.1"
     config_path = workdir / "jaeger.yaml"
-    config_path.write_text(_yaml_dump(config))
+    config_path.write_text(_yaml_dump(jaeger_config(ports, options)))
+    storage = jaeger_storage(options)
     return Launch(
         argv=[str(install.binary("jaeger")), "--config", f"file:{config_path}"],
+        # On Elasticsearch this answers only once Jaeger reached it and put its index templates there.
         ready_url=f"http://{host}:{ports['query']}/api/services",
         urls={
             "query": f"http://{host}:{ports['query']}",
             "otlp_grpc": f"http://{host}:{ports['otlp_grpc']}",
             "otlp_http": f"http://{host}:{ports['otlp_http']}",
             "metrics": f"http://{host}:{ports['metrics']}/metrics",
+            # where its traces are kept (shown by `meshwatch-stack status`)
+            **({"storage": str(options["elasticsearch_url"])} if storage == "elasticsearch" else {}),
         },
-        hint="Jaeger is built by `meshwatch-stack install jaeger`; its log says which port or config key failed.",
+        hint=(
+            "Jaeger is built by `meshwatch-stack install jaeger`; its log says which port or config key failed"
+            + (
+                f"; on Elasticsearch ({options.get('elasticsearch_url')}) it exits when that does not answer"
+                if storage == "elasticsearch"
+                else ""
+            )
+        ),
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import installer
 from ._paths import cache_dir, default_state_dir
 from ._progress import InstallError, format_duration, say
-from .backends import CONSOLE_URL, SPECS
+from .backends import CONSOLE_URL, JAEGER_STORAGES, SPECS, jaeger_storage
 from .runner import DEFAULT_SERVERS, ORDER, Stack, StackError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     p_up.add_argument("--scrape-interval", default="15s", help="Prometheus scrape and rule interval (default 15s)")
     p_up.add_argument("--rules", type=Path, nargs="*", default=[], help="Prometheus rule files to load")
     p_up.add_argument("--es-heap", default="512m", help="Elasticsearch heap (default 512m)")
+    p_up.add_argument(
+        "--jaeger-storage",
+        choices=JAEGER_STORAGES,
+        default=None,
+        help="where Jaeger keeps traces (default: $MESHWATCH_JAEGER_STORAGE, else elasticsearch, started too)",
+    )
 
     p_down = sub.add_parser("down", help="stop the servers `up` started")
     p_down.add_argument("--state-dir", type=Path, default=None)
@@ -69,6 +75,49 @@ def _print_servers(stack: Stack) -> None:
         print(f"{'':14} log {server.log}")
 
 
+def _up(args: argparse.Namespace) -> int:
+    """Start the named servers (Elasticsearch too when Jaeger keeps its traces there)."""
+    servers = list(args.servers or DEFAULT_SERVERS)
+    bad = [s for s in servers if s not in SPECS]
+    if bad:
+        print(f"meshwatch-stack: unknown server(s) {bad}; choose from {', '.join(SPECS)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        jaeger_options = {"storage": jaeger_storage({"storage": args.jaeger_storage})}
+    except ValueError as exc:  # MESHWATCH_JAEGER_STORAGE says something else
+        print(f"meshwatch-stack: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    on_es = jaeger_options["storage"] == "elasticsearch"
+    if "jaeger" in servers and on_es and "elasticsearch" not in servers:
+        say("jaeger keeps its traces in Elasticsearch: starting it too (--jaeger-storage memory not to)")
+        servers.append("elasticsearch")
+    installer.install([SPECS[s].component for s in servers])
+    stack = Stack(args.state_dir, fixed_ports=not args.random_ports)
+    for name in ORDER:
+        if name not in servers:
+            continue
+        say(f"starting {name}…")
+        started = time.monotonic()
+        options: dict[str, object] = {}
+        if name == "prometheus":
+            options = {
+                "scrape_interval": args.scrape_interval,
+                "rule_files": args.rules,
+                # alerts' generatorURL opens in `meshwatch-dashboards console` on its usual port
+                "external_url": CONSOLE_URL,
+            }
+        if name == "elasticsearch":
+            options = {"heap": args.es_heap}
+        if name == "jaeger":
+            options = dict(jaeger_options)
+        stack.start(name, **options)
+        say(f"{name} ready in {format_duration(time.monotonic() - started)}")
+    _print_servers(stack)
+    where = "" if args.state_dir is None else f" --state-dir {args.state_dir}"
+    print(f"stop them with: meshwatch-stack down{where}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -82,33 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 mark = "installed" if comp.installed() else "missing  "
                 print(f"{comp.name:14} {comp.version:10} {mark}  {comp.description}")
         elif args.command == "up":
-            servers = args.servers or list(DEFAULT_SERVERS)
-            bad = [s for s in servers if s not in SPECS]
-            if bad:
-                print(f"meshwatch-stack: unknown server(s) {bad}; choose from {', '.join(SPECS)}", file=sys.stderr)
-                return EXIT_USAGE
-            installer.install([SPECS[s].component for s in servers])
-            stack = Stack(args.state_dir, fixed_ports=not args.random_ports)
-            for name in ORDER:
-                if name not in servers:
-                    continue
-                say(f"starting {name}…")
-                started = time.monotonic()
-                options: dict[str, object] = {}
-                if name == "prometheus":
-                    options = {
-                        "scrape_interval": args.scrape_interval,
-                        "rule_files": args.rules,
-                        # alerts' generatorURL opens in `meshwatch-dashboards console` on its usual port
-                        "external_url": CONSOLE_URL,
-                    }
-                if name == "elasticsearch":
-                    options = {"heap": args.es_heap}
-                stack.start(name, **options)
-                say(f"{name} ready in {format_duration(time.monotonic() - started)}")
-            _print_servers(stack)
-            where = "" if args.state_dir is None else f" --state-dir {args.state_dir}"
-            print(f"stop them with: meshwatch-stack down{where}")
+            return _up(args)
         elif args.command == "down":
             stack = Stack(args.state_dir)
             stopped = stack.down()

@@ -25,11 +25,12 @@ from typing import Any
 
 from ._kafka_probe import kafka_metadata
 from ._paths import default_state_dir
-from .backends import SPECS, Launch, prometheus_config
+from .backends import SPECS, Launch, jaeger_storage, prometheus_config
 
 __all__ = ["Server", "Stack", "StackError", "free_port", "wait_http"]
 
-#: Start order: Alertmanager before Prometheus so Prometheus can be pointed at it.
+#: Start order: Elasticsearch before Jaeger (Jaeger stores its traces there), Alertmanager before
+#: Prometheus so Prometheus can be pointed at it.
 ORDER = ("elasticsearch", "jaeger", "alertmanager", "prometheus", "redis", "nats", "kafka")
 #: What `meshwatch-stack up` starts when no server is named: the four observability backends.
 DEFAULT_SERVERS = ("elasticsearch", "jaeger", "alertmanager", "prometheus")
@@ -209,6 +210,8 @@ class Stack:
         self.state_dir = Path(state_dir or default_state_dir())
         self.fixed_ports = fixed_ports
         self.servers: dict[str, Server] = {}
+        #: The options each server was started with in this process, so ``restart`` repeats them.
+        self._options: dict[str, dict[str, Any]] = {}
         self._load_state()
 
     # --- state ----------------------------------------------------------------------
@@ -235,8 +238,12 @@ class Stack:
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def start(self, name: str, **options: Any) -> Server:
-        """Start one backend (or return it if this stack already runs it)."""
+    def start(self, name: str, *, ports: dict[str, int] | None = None, **options: Any) -> Server:
+        """Start one backend (or return it if this stack already runs it).
+
+        ``ports`` pins its ports (``restart`` keeps them, so clients pointed at it keep working);
+        otherwise they are the usual ones (``fixed_ports``) or free ones.
+        """
         if name not in SPECS:
             raise StackError(f"unknown server {name!r}; choose from {', '.join(SPECS)}")
         if name in self.servers and self.servers[name].alive():
@@ -244,19 +251,23 @@ class Stack:
         spec = SPECS[name]
         if name == "prometheus" and "alertmanager" in self.servers and "alertmanager" not in options:
             options["alertmanager"] = f"127.0.0.1:{self.servers['alertmanager'].ports['http']}"
+        if name == "jaeger":
+            options = self._jaeger_options(options)
+        self._options[name] = dict(options)
         workdir = self.state_dir / name
         if workdir.exists():
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
         workdir.chmod(0o755)
         self.state_dir.chmod(0o755)
-        ports: dict[str, int] = {}
-        for port_name in spec.ports:
-            preferred = spec.default_ports.get(port_name) if self.fixed_ports else None
-            port = free_port(preferred)
-            while port in ports.values():
-                port = free_port()
-            ports[port_name] = port
+        if ports is None:
+            ports = {}
+            for port_name in spec.ports:
+                preferred = spec.default_ports.get(port_name) if self.fixed_ports else None
+                port = free_port(preferred)
+                while port in ports.values():
+                    port = free_port()
+                ports[port_name] = port
         launch = spec.prepare(workdir, ports, options)
         server = self._spawn(name, launch, workdir, ports)
         self.servers[name] = server
@@ -270,6 +281,37 @@ class Stack:
             self._save_state()
             raise StackError(f"{exc}.\n  Fix: {launch.hint}\n  Log {server.log} ends with:\n{tail}") from None
         return server
+
+    def _jaeger_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Jaeger's storage made explicit; on Elasticsearch, this stack's unless a URL is given."""
+        try:
+            storage = jaeger_storage(options)
+        except ValueError as exc:
+            raise StackError(str(exc)) from None
+        options = {**options, "storage": storage}
+        if storage == "elasticsearch" and not options.get("elasticsearch_url"):
+            es = self.servers.get("elasticsearch")
+            if es is None or not es.alive():
+                raise StackError(
+                    "jaeger stores its traces in Elasticsearch, which this stack does not run.\n"
+                    "  Fix: start elasticsearch first (`meshwatch-stack up elasticsearch jaeger`), pass "
+                    "elasticsearch_url=…, or keep traces in memory (storage='memory', "
+                    "`--jaeger-storage memory`, MESHWATCH_JAEGER_STORAGE=memory)"
+                )
+            options["elasticsearch_url"] = es.url
+        return options
+
+    def restart(self, name: str) -> Server:
+        """Stop a backend and start it again on the same ports with the same options.
+
+        What survives is what its storage keeps: Jaeger on Elasticsearch keeps its traces,
+        Jaeger in memory loses them. Only for servers this ``Stack`` object started.
+        """
+        server = self.servers.get(name)
+        if server is None or name not in self._options:
+            raise StackError(f"{name} was not started by this stack; nothing to restart")
+        self.stop(name)
+        return self.start(name, ports=dict(server.ports), **self._options[name])
 
     def _spawn(self, name: str, launch: Launch, workdir: Path, ports: dict[str, int]) -> Server:
         argv = list(launch.argv)

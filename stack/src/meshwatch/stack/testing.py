@@ -8,10 +8,12 @@ the test with the command that installs it; nothing is skipped.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +22,7 @@ import pytest
 from .installer import BackendMissing
 from .runner import Server, Stack, StackError, free_port
 
-__all__ = ["eventually", "start_or_fail"]
+__all__ = ["JaegerOnElasticsearch", "eventually", "start_or_fail"]
 
 T = TypeVar("T")
 
@@ -72,10 +74,56 @@ def stack() -> Iterator[Stack]:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
+#: Where the session's ``jaeger`` keeps traces: ``memory`` unless this says ``elasticsearch``.
+TEST_JAEGER_STORAGE_ENV = "MESHWATCH_TEST_JAEGER_STORAGE"
+
+
 @pytest.fixture(scope="session")
-def jaeger(stack: Stack) -> Server:
-    """Jaeger v2 all-in-one: ``urls['otlp_grpc']``, ``urls['otlp_http']``, ``url`` (query API)."""
-    return start_or_fail(stack, "jaeger")
+def jaeger(stack: Stack, request: pytest.FixtureRequest) -> Server:
+    """Jaeger v2 all-in-one: ``urls['otlp_grpc']``, ``urls['otlp_http']``, ``url`` (query API).
+
+    In memory by default: most tests only need a trace to arrive, and an in-memory Jaeger
+    starts in a second without a 512 MB Elasticsearch JVM beside it, and shows a span as soon as
+    it is stored (on Elasticsearch: after a bulk flush and an index refresh, ≈1.2 s).
+    ``MESHWATCH_TEST_JAEGER_STORAGE=elasticsearch`` runs the whole session on Elasticsearch;
+    tests about durability ask for ``jaeger_es``.
+    """
+    storage = os.environ.get(TEST_JAEGER_STORAGE_ENV, "memory")
+    if storage == "elasticsearch":
+        request.getfixturevalue("elasticsearch")
+    return start_or_fail(stack, "jaeger", storage=storage)
+
+
+@dataclass
+class JaegerOnElasticsearch:
+    """A Jaeger that keeps its traces in the session's Elasticsearch, and can be restarted."""
+
+    stack: Stack
+
+    @property
+    def server(self) -> Server:
+        return self.stack.servers["jaeger"]
+
+    def restart(self) -> Server:
+        """SIGTERM it and start it again on the same ports (its traces stay in Elasticsearch)."""
+        try:
+            return self.stack.restart("jaeger")
+        except StackError as exc:
+            pytest.fail(f"jaeger did not restart: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def jaeger_es(elasticsearch: Server) -> Iterator[JaegerOnElasticsearch]:
+    """Jaeger on the session's Elasticsearch (index prefix ``meshwatch-traces``), beside the in-memory
+    ``jaeger``: its own state folder, so either can be restarted without the other."""
+    state_dir = Path(tempfile.mkdtemp(prefix="meshwatch-test-jaeger-es-"))
+    own = Stack(state_dir)
+    try:
+        start_or_fail(own, "jaeger", storage="elasticsearch", elasticsearch_url=elasticsearch.url)
+        yield JaegerOnElasticsearch(own)
+    finally:
+        own.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

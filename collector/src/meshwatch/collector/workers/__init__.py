@@ -1,0 +1,1 @@
+"""Several collector processes behind one set of ports: ``meshwatch-collector --workers N``."""
