@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from meshwatch.collector.batch import Batch
 from meshwatch.collector.exporters._es_docs import encode_logs
 from meshwatch.collector.exporters.elasticsearch import ElasticsearchConfig, ElasticsearchSender
-from meshwatch.collector.processors._otlp import set_any
+from meshwatch.collector.otlp_values import set_any
 from meshwatch.collector.signals import Signal
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -25,7 +25,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from meshwatch.collector.batch import Batch
 from meshwatch.collector.component import ComponentId, CreateSettings
 from meshwatch.collector.connectors import servicegraph, spanmetrics
-from meshwatch.collector.processors._otlp import set_any
+from meshwatch.collector.otlp_values import set_any
 from meshwatch.collector.signals import Signal
 
 sys.path.insert(0, str(Path(__file__).parent))

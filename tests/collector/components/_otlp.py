@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from meshwatch.collector.batch import Batch
 from meshwatch.collector.component import ComponentId, CreateSettings
-from meshwatch.collector.processors._otlp import set_any
+from meshwatch.collector.otlp_values import set_any
 from meshwatch.collector.signals import Signal
 
 NS = 1_000_000_000
@@ -55,7 +55,7 @@ def kvs(attributes: dict[str, Any]) -> list[KeyValue]:
 
 
 def attrs_dict(attributes: Any) -> dict[str, Any]:
-    from meshwatch.collector.processors._otlp import any_to_python
+    from meshwatch.collector.otlp_values import any_to_python
 
     return {kv.key: any_to_python(kv.value) for kv in attributes}
 

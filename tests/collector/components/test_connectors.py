@@ -12,7 +12,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from meshwatch.collector.connectors import servicegraph, spanmetrics
 from meshwatch.collector.exporters import prometheus as prom
-from meshwatch.collector.processors._otlp import any_to_python
+from meshwatch.collector.otlp_values import any_to_python
 from meshwatch.collector.signals import Signal
 from meshwatch.stack.testing import eventually
 

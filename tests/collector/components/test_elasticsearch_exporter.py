@@ -347,7 +347,7 @@ def test_secrets_are_not_in_the_config_repr() -> None:
 )
 def test_attribute_bytes_decode_like_the_message(value) -> None:
     from meshwatch.collector.exporters._logs_lite import any_bytes_to_python
-    from meshwatch.collector.processors._otlp import any_to_python, python_to_any
+    from meshwatch.collector.otlp_values import any_to_python, python_to_any
 
     message = python_to_any(value)
     assert any_bytes_to_python(message.SerializeToString()) == any_to_python(message) == value

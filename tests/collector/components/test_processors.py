@@ -180,7 +180,7 @@ def test_structured_bodies_and_span_events_are_walked(host) -> None:
     )
     proc.consume(batch)
     body = batch.message.resource_logs[0].scope_logs[0].log_records[0].body
-    from meshwatch.collector.processors._otlp import any_to_python
+    from meshwatch.collector.otlp_values import any_to_python
 
     assert any_to_python(body) == {"user": "bob", "auth": {"password": hashlib.sha256(b"pw").hexdigest(), "note": "x"}}
 

@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from meshwatch.collector.otlp_sink import otlp_sink
-from meshwatch.collector.processors._otlp import set_any
+from meshwatch.collector.otlp_values import set_any
 from meshwatch.collector.testing import free_port
 from meshwatch.stack.installer import BackendMissing, binary
 

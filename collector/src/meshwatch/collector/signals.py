@@ -19,13 +19,21 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-__all__ = ["Signal", "REQUEST_TYPES", "RESPONSE_TYPES", "REJECTED_FIELDS", "count_items", "ITEM_NAMES"]
+__all__ = ["Signal", "GRPC_SERVICES", "REQUEST_TYPES", "RESPONSE_TYPES", "REJECTED_FIELDS", "count_items", "ITEM_NAMES"]
 
 
 class Signal(StrEnum):
     TRACES = "traces"
     METRICS = "metrics"
     LOGS = "logs"
+
+
+#: The OTLP/gRPC service of each signal (its method is ``/<service>/Export``), for receivers and senders alike.
+GRPC_SERVICES = {
+    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
+    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
+}
 
 
 REQUEST_TYPES: dict[Signal, type[Any]] = {

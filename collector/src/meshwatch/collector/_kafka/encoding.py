@@ -14,7 +14,7 @@ from typing import Any, Literal
 import orjson
 from google.protobuf import json_format
 
-from ..receivers._otlp_json import parse_json_request
+from ..otlp_json import parse_json_request
 from ..signals import REQUEST_TYPES, Signal
 
 __all__ = ["DEFAULT_TOPICS", "Encoding", "marshal", "unmarshal", "split_by_trace", "fit", "halves", "pack_serialized"]

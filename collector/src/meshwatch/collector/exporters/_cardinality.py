@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from ..processors._telemetry import Telemetry
+from ..component_telemetry import ComponentTelemetry
 
 __all__ = ["OVERFLOW_LABEL", "DEFAULT_LIMIT", "TRACKED_PER_LIMIT", "Generations", "OverflowReport"]
 
@@ -85,7 +85,7 @@ class OverflowReport:
         self._lock = threading.Lock()
 
     def bind(self, host: Any) -> None:
-        self._counter = Telemetry.of(host).counter(
+        self._counter = ComponentTelemetry.of(host).counter(
             "meshwatch_exporter_overflowed_points",
             "Metric points folded into the otel_metric_overflow series (the metric had cardinality_limit series)",
             ("exporter", "signal"),

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ..processors._otlp import any_to_python
+from ..otlp_values import any_to_python
 from ._logs_lite import LiteLogsRequest, any_bytes_to_python
 
 __all__ = ["ECS_VERSION", "TEMPLATE_VERSION", "index_template", "encode_logs", "Encoded", "LEVELS_BY_NUMBER"]

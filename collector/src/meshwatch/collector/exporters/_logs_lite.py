@@ -25,7 +25,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
-from ..processors._otlp import any_to_python
+from ..otlp_values import any_to_python
 
 __all__ = ["LiteLogsRequest", "any_bytes_to_python"]
 

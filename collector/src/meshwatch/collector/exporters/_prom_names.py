@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from ..processors._otlp import any_to_string
+from ..otlp_values import any_to_string
 
 __all__ = [
     "metric_name",

@@ -52,7 +52,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
 
-from ..processors._otlp import any_to_string, format_float
+from ..otlp_values import any_to_string, format_float
 from ._cardinality import DEFAULT_LIMIT, OVERFLOW_LABEL, TRACKED_PER_LIMIT, Generations
 from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name, resource_identity
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..processors._telemetry import Telemetry
+from ..component_telemetry import ComponentTelemetry
 
 __all__ = ["ExporterCounters"]
 
@@ -17,7 +17,7 @@ class ExporterCounters:
         self._dropped: Any = None
 
     def bind(self, host: Any) -> None:
-        telemetry = Telemetry.of(host)
+        telemetry = ComponentTelemetry.of(host)
         core = telemetry.core
         self._sent = getattr(core, "exporter_sent", None) or telemetry.counter(
             "meshwatch_exporter_sent_items", "Items accepted by the backend", ("exporter", "signal")

@@ -45,9 +45,8 @@ from pydantic import Field, field_validator, model_validator
 from ..batch import Batch
 from ..component import Capabilities, CreateSettings, Host, Kind, make_factory
 from ..queued_exporter import QueuedExporter, queued_exporter
-from ..receivers._grpc import SERVICES
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError, tcp_reachable
-from ..signals import Signal
+from ..signals import GRPC_SERVICES, Signal
 from ._otlp_common import ENDPOINT_HINT, ClientTls, partial_rejections, read_tls_file
 
 __all__ = ["factory", "OtlpExporterConfig", "GrpcSender"]
@@ -165,7 +164,7 @@ class GrpcSender:
             self._channel = grpc.secure_channel(self.target, creds, options=options)
         else:
             self._channel = grpc.insecure_channel(self.target, options=options)
-        self._call = self._channel.unary_unary(f"/{SERVICES[self.signal]}/Export")  # identity (de)serializers
+        self._call = self._channel.unary_unary(f"/{GRPC_SERVICES[self.signal]}/Export")  # identity (de)serializers
 
     def backend_reachable(self, timeout: float) -> bool:
         """A TCP connect to the target (``host:port``; gRPC's own reconnect may still be backing off)."""

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 from ..batch import Batch
 from ..component import Capabilities, Component, CreateSettings, Host, Kind, make_factory
 from ..duration import parse_duration
-from ..processors._otlp import any_to_string, format_float
+from ..otlp_values import any_to_string, format_float
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
 from ._cardinality import DEFAULT_LIMIT, TRACKED_PER_LIMIT, Generations, OverflowReport

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from ._otlp import any_to_string, find, python_to_any
+from ..otlp_values import any_to_string, find, python_to_any
 
 __all__ = ["ActionConfig", "compile_actions", "hash_value"]
 

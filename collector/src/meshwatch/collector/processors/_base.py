@@ -12,8 +12,8 @@ import logging
 from typing import Any
 
 from ..component import ComponentId, Consumer, CreateSettings, Host
+from ..component_telemetry import ComponentTelemetry
 from ..signals import Signal
-from ._telemetry import Telemetry
 
 __all__ = ["InPlaceProcessor"]
 
@@ -28,11 +28,11 @@ class InPlaceProcessor:
         self.id: ComponentId = settings.id
         self.signal: Signal | None = settings.signal
         self.next = next_consumer
-        self.telemetry = Telemetry()
+        self.telemetry = ComponentTelemetry()
         self.logger = logging.getLogger(f"meshwatch.collector.processor.{settings.id}")
 
     def start(self, host: Host) -> None:
-        self.telemetry = Telemetry.of(host)
+        self.telemetry = ComponentTelemetry.of(host)
         self.logger = getattr(host, "logger", self.logger)
         self.on_start()
 

@@ -31,9 +31,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..component import Capabilities, Consumer, CreateSettings, Kind, make_factory
+from ..otlp_values import attribute_lists, resources
 from ..signals import Signal
 from ._base import InPlaceProcessor
-from ._otlp import attribute_lists, resources
 
 __all__ = ["RedactionConfig", "RedactionProcessor", "factory", "DEFAULT_KEY_PATTERNS", "CARD_PATTERN"]
 
@@ -147,7 +147,7 @@ class RedactionProcessor(InPlaceProcessor):
 
     def _redact_whole(self, value: Any) -> None:
         if self._hash:
-            from ._otlp import any_to_string
+            from ..otlp_values import any_to_string
 
             text = any_to_string(value)
             value.string_value = hashlib.sha256(text.encode()).hexdigest()

@@ -16,10 +16,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..component import Capabilities, Consumer, CreateSettings, Kind, make_factory
+from ..otlp_values import resources
 from ..signals import Signal
 from ._actions import ActionConfig, compile_actions
 from ._base import InPlaceProcessor
-from ._otlp import resources
 
 __all__ = ["ResourceConfig", "ResourceProcessor", "factory"]
 

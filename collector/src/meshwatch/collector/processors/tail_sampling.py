@@ -52,6 +52,7 @@ from ..component import (
     Refused,
     make_factory,
 )
+from ..component_telemetry import ComponentTelemetry
 from ..signals import Signal
 from ._tail_config import TailSamplingConfig
 from ._tail_policies import DROPPED, SAMPLED, Decision, TraceView, build_policies
@@ -66,7 +67,6 @@ from ._tail_store import (
     scope_prefix,
     span_field,
 )
-from ._telemetry import Telemetry
 
 __all__ = ["TailSamplingConfig", "TailSamplingProcessor", "factory"]
 
@@ -122,11 +122,11 @@ class TailSamplingProcessor:
         self._observations: list[tuple[str, float, float]] = []
         self._core: Any = None
         self.logger = logging.getLogger(f"meshwatch.collector.processor.{self.id}")
-        self._bind(Telemetry())
+        self._bind(ComponentTelemetry())
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _bind(self, telemetry: Telemetry) -> None:
+    def _bind(self, telemetry: ComponentTelemetry) -> None:
         p = "meshwatch_processor_tail_sampling"
         name = str(self.id)
         self._m_traces = telemetry.counter(
@@ -174,7 +174,7 @@ class TailSamplingProcessor:
 
     def start(self, host: Host) -> None:
         self.logger = host.logger
-        self._bind(Telemetry.of(host))
+        self._bind(ComponentTelemetry.of(host))
         self._core = host.telemetry()
         self._core.register_held(str(self.id), self.held_bytes)  # the memory limiter counts it
         self._thread = threading.Thread(target=self._run, name=f"{self.id} decisions", daemon=True)

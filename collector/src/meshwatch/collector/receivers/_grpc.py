@@ -38,19 +38,13 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
-from ..signals import Signal
+from ..signals import GRPC_SERVICES, Signal
 from ._ingest import Ingest, Outcome, bearer_matches, response_message
 from ._tls import ServerCertificates
 
-__all__ = ["GrpcTransport", "SERVICES"]
+__all__ = ["GrpcTransport"]
 
 log = logging.getLogger("meshwatch.collector.receiver")
-
-SERVICES = {
-    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
-    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
-    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
-}
 
 
 class _CountingPool(futures.ThreadPoolExecutor):
@@ -82,7 +76,7 @@ class _Gate(grpc.ServerInterceptor):
 
     def __init__(self, transport: GrpcTransport) -> None:
         self.transport = transport
-        self._methods = {f"/{service}/Export": signal for signal, service in SERVICES.items()}
+        self._methods = {f"/{service}/Export": signal for signal, service in GRPC_SERVICES.items()}
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         signal = self._methods.get(handler_call_details.method)
@@ -154,7 +148,7 @@ class GrpcTransport:
     def start(self) -> None:
         handlers = [
             grpc.method_handlers_generic_handler(
-                SERVICES[signal],
+                GRPC_SERVICES[signal],
                 {"Export": grpc.unary_unary_rpc_method_handler(self._handler(signal))},  # identity (de)serializers
             )
             for signal in Signal

@@ -33,10 +33,10 @@ from typing import Any
 from google.rpc import status_pb2
 
 from ..batch import Batch
+from ..otlp_json import parse_json_request, response_json
 from ..signals import Signal
 from ._http_conn import ConnectionGate, ListeningSocket, ServerLoop, connection_protocol, default_max_connections
 from ._ingest import Ingest, Outcome, bearer_matches, response_message
-from ._otlp_json import parse_json_request, response_json
 from ._tls import ServerCertificates
 
 __all__ = ["HttpTransport"]

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from google.protobuf import json_format
 
-from ..signals import REQUEST_TYPES, Signal
+from .signals import REQUEST_TYPES, Signal
 
 __all__ = ["parse_json_request", "response_json"]
 

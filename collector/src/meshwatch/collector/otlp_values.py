@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from ..signals import Signal
+from .signals import Signal
 
 __all__ = [
     "any_to_python",

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Telemetry", "FALLBACK", "registry_of"]
+__all__ = ["ComponentTelemetry", "FALLBACK", "registry_of"]
 
 #: Used when the host gives no registry (unit tests, or before the core serves one).
 FALLBACK = CollectorRegistry(auto_describe=True)
@@ -51,7 +51,7 @@ def registry_of(host: Any) -> CollectorRegistry:
     return FALLBACK
 
 
-class Telemetry:
+class ComponentTelemetry:
     """Named instruments on one registry; ``counter(...)`` returns the same object for the same name."""
 
     def __init__(self, registry: CollectorRegistry | None = None, core: Any = None) -> None:
@@ -60,7 +60,7 @@ class Telemetry:
         self.core = core
 
     @classmethod
-    def of(cls, host: Any) -> Telemetry:
+    def of(cls, host: Any) -> ComponentTelemetry:
         provided = _provided(host)
         return cls(registry_of(host), None if isinstance(provided, CollectorRegistry) else provided)
 
