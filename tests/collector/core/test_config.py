@@ -213,3 +213,62 @@ def test_every_duration_key_reads_go_durations_alike(tmp_path: Path, written: ob
 def test_a_bad_duration_is_refused_with_examples(tmp_path: Path) -> None:
     problems = _problems(tmp_path, GOOD + "  shutdown_timeout: 5x\n")
     assert any("'5x' is not a duration" in p and "1h30m" in p for p in problems), problems
+
+
+AGENT = """\
+receivers:
+  otlp: {}
+exporters:
+  otlp:
+    endpoint: http://127.0.0.1:4317
+    tls: {insecure: true}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [otlp]}
+"""
+
+
+def test_an_otlp_receiver_and_an_otlp_exporter_in_one_pipeline_are_not_a_loop(tmp_path: Path) -> None:
+    """The usual agent config (found by a test that wrote it): two components that share a name."""
+    config = load_config(_write(tmp_path, AGENT))
+    assert [str(c) for c in config.pipelines[0].exporters] == ["otlp"]
+
+
+def test_a_real_connector_loop_is_still_refused(tmp_path: Path) -> None:
+    """The positive control of the test above: pipelines that feed each other through a connector."""
+    from pydantic import BaseModel
+
+    from meshwatch.collector.component import Capabilities, make_factory
+    from meshwatch.collector.registry import Registry
+
+    class _Empty(BaseModel):
+        pass
+
+    relay = make_factory(
+        Kind.CONNECTOR,
+        "relay",
+        signals={Signal.TRACES},
+        output_signals={Signal.TRACES},
+        config_model=_Empty,
+        create=lambda settings, config, next: None,
+        capabilities=Capabilities(mutates_data=False),
+    )
+    path = _write(
+        tmp_path,
+        """\
+receivers:
+  otlp: {}
+connectors:
+  relay: {}
+  relay/back: {}
+exporters:
+  debug: {}
+service:
+  pipelines:
+    traces: {receivers: [otlp, relay/back], exporters: [relay]}
+    traces/b: {receivers: [relay], exporters: [relay/back, debug]}
+""",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path, Registry([relay]))
+    assert any("connector loop" in p for p in error.value.problems), error.value.problems

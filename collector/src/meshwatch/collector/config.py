@@ -438,7 +438,7 @@ def _check_pipelines(  # noqa: PLR0915, PLR0917 - every pipeline rule in one pas
             problems.append(f"{where}: connectors.{cid}: used as a receiver but no pipeline uses it as an exporter")
     for key in sorted(defined - used, key=lambda kc: str(kc[1])):
         warnings.append(f"{source.where((key[0].value + 's', str(key[1])))}: {key[0].value} {key[1]} is not used")
-    _check_cycles(pipelines, problems, source)
+    _check_cycles(pipelines, {*connector_in, *connector_out}, problems, source)
     return pipelines
 
 
@@ -446,12 +446,19 @@ def _names(signals: frozenset[Signal]) -> str:
     return ", ".join(sorted(str(s) for s in signals)) or "nothing"
 
 
-def _check_cycles(pipelines: list[Pipeline], problems: list[str], source: _Source) -> None:
-    """A connector loop (pipeline A feeds B feeds A) would never end; refuse it."""
+def _check_cycles(
+    pipelines: list[Pipeline], connectors: set[ComponentId], problems: list[str], source: _Source
+) -> None:
+    """A connector loop (pipeline A feeds B feeds A) would never end; refuse it.
+
+    Only a connector links two pipelines: an exporter and a receiver that share a name
+    (``exporters: [otlp]`` in a pipeline fed by ``receivers: [otlp]``, an agent's usual
+    config) are two components, not a loop.
+    """
     feeds: dict[str, set[str]] = {}
     for a in pipelines:
         for b in pipelines:
-            if set(a.exporters) & set(b.receivers):
+            if set(a.exporters) & set(b.receivers) & connectors:
                 feeds.setdefault(a.name, set()).add(b.name)
 
     def visit(name: str, trail: list[str]) -> None:
