@@ -138,7 +138,9 @@ def test_unknown_trace_is_404_with_a_message(console: Any, jaeger: Any) -> None:
     missing = "ab" * 16
     answer = _get(console, f"/api/traces/{missing}")
     assert answer.status_code == 404
-    assert answer.json()["error"] == f"trace {missing} not found in Jaeger ({jaeger.url})"
+    error = answer.json()["error"]
+    assert error.startswith(f"trace {missing} not found in Jaeger ({jaeger.url}); with tail sampling"), error
+    assert "a fine request's trace is usually not kept" in error  # why an exemplar may lead nowhere
     bad = _get(console, "/api/traces/not-hex")
     assert bad.status_code == 400 and "not a trace id" in bad.json()["error"]
     assert _get(console, "/api/traces/search").status_code == 400  # no service

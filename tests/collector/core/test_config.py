@@ -135,7 +135,8 @@ def test_validate_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_the_shipped_default_config_is_valid() -> None:
     config = load_config(DEFAULT_CONFIG)
-    assert {p.name for p in config.pipelines} == {"traces", "metrics", "logs"}
+    assert {p.name for p in config.pipelines} == {"traces", "traces/sampled", "metrics", "logs"}
+    assert config.warnings == []  # in particular no span metrics after sampling
 
 
 class _Recorder:
@@ -187,8 +188,8 @@ def test_graph_wires_connectors_and_shares_exporters_per_signal(tmp_path: Path) 
         ("prometheus", "metrics"),
         ("elasticsearch", "logs"),
     }
-    assert {str(c) for c, _ in graph.connectors} == {"spanmetrics", "servicegraph"}
-    assert len(graph.processors) == 6  # two per pipeline, one instance per pipeline
+    assert {str(c) for c, _ in graph.connectors} == {"spanmetrics", "servicegraph", "forward/sampled"}
+    assert len(graph.processors) == 7  # two per pipeline, one instance per pipeline; tail_sampling once
     assert [str(r) for r in graph.receivers] == ["otlp"]
 
 

@@ -1,7 +1,8 @@
 """The shipped collector/collector.yaml, run as is against the real Jaeger, Prometheus and Elasticsearch.
 
 Only environment variables change (the file's own ``${VAR:-default}`` references), so
-this is what a user gets: traces in Jaeger, spanmetrics and OTLP metrics in Prometheus,
+this is what a user gets: the kept traces in Jaeger (a failing one; a fine one outside the
+sampled share is not), spanmetrics and OTLP metrics in Prometheus,
 logs in Elasticsearch, and the collector's self-telemetry scraped by Prometheus under
 the contract's names.
 """
@@ -20,7 +21,9 @@ import pytest
 import yaml
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from meshwatch.collector.processors._tail_policies import Probabilistic, fnv1a64
 from meshwatch.collector.testing import free_port
 from meshwatch.stack.testing import eventually
 
@@ -44,6 +47,17 @@ def _es_search(elasticsearch, text: str) -> list[dict]:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return [hit["_source"] for hit in json.loads(response.read())["hits"]["hits"]]
+
+
+def _not_in_the_sampled_share() -> bytes:
+    """A trace id the shipped config's ``probabilistic`` policy (5 %) does not keep."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    rest = next(p for p in config["processors"]["tail_sampling"]["policies"] if p["type"] == "probabilistic")
+    policy = Probabilistic("", rest["probabilistic"]["sampling_percentage"])
+    while True:
+        candidate = os.urandom(16)
+        if fnv1a64(candidate, policy.state) > policy.threshold:
+            return candidate
 
 
 def _resource(target, service: str) -> None:
@@ -70,9 +84,15 @@ def test_default_config_delivers_every_signal(collector_factory, jaeger, prometh
     service = f"default-config-{os.getpid()}"
 
     with grpc.insecure_channel(collector.grpc_endpoint) as channel:
-        trace_id = os.urandom(16)
+        # Two traces of 5 spans: one failing (tail sampling keeps it), one fine and outside the
+        # 5 % the probabilistic policy keeps (dropped). spanmetrics counts all 10 spans.
+        trace_id, dropped_id = os.urandom(16), _not_in_the_sampled_share()
+        traces = ExportTraceServiceRequest.FromString(
+            span_request([trace_id, dropped_id], spans_per_trace=5, service=service)
+        )
+        traces.resource_spans[0].scope_spans[0].spans[2].status.code = 2  # STATUS_CODE_ERROR, in trace_id
         channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")(
-            span_request([trace_id], spans_per_trace=5, service=service), timeout=30
+            traces.SerializeToString(), timeout=30
         )
         metrics = ExportMetricsServiceRequest()
         rm = metrics.resource_metrics.add()
@@ -103,7 +123,7 @@ def test_default_config_delivers_every_signal(collector_factory, jaeger, prometh
         timeout=90,
         what="spanmetrics series in Prometheus",
     )
-    assert sum(float(r["value"][1]) for r in calls) == 5
+    assert sum(float(r["value"][1]) for r in calls) == 10  # every span, the dropped trace's too
     assert calls[0]["metric"]["span_kind"] == "SPAN_KIND_SERVER"
     orders = eventually(lambda: _prom_query(prometheus, "e2e_orders_total"), timeout=60, what="OTLP metric")
     assert float(orders[0]["value"][1]) == 7
@@ -116,4 +136,5 @@ def test_default_config_delivers_every_signal(collector_factory, jaeger, prometh
     )
     assert {r["metric"]["signal"] for r in accepted} == {"traces", "metrics", "logs"}
     assert collector.metric("meshwatch_exporter_sent_items_total", exporter="otlp/jaeger") == 5
+    assert jaeger_span_count(jaeger, dropped_id) == 0  # decided (decision_wait passed) and not kept
     assert collector.metric("meshwatch_exporter_sent_items_total", exporter="elasticsearch") == 1

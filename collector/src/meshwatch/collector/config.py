@@ -35,6 +35,7 @@ from .registry import FactoryNotFound, Registry
 from .signals import Signal
 
 __all__ = [
+    "sampling_placement_warnings",
     "ConfigError",
     "Config",
     "PipelineConfig",
@@ -436,10 +437,62 @@ def _check_pipelines(  # noqa: PLR0915, PLR0917 - every pipeline rule in one pas
             problems.append(f"{where}: connectors.{cid}: used as an exporter but no pipeline uses it as a receiver")
         elif cid not in connector_in:
             problems.append(f"{where}: connectors.{cid}: used as a receiver but no pipeline uses it as an exporter")
+        elif cid.type in SAME_SIGNAL_CONNECTORS:
+            into, out_of = {str(s) for s in connector_in[cid]}, {str(s) for s in connector_out[cid]}
+            for signal in sorted(into ^ out_of):
+                has, lacks = ("an exporter", "a receiver") if signal in into else ("a receiver", "an exporter")
+                problems.append(
+                    f"{where}: connectors.{cid}: hands on the signal it receives, but {signal} pipelines use it "
+                    f"as {has} and none as {lacks}"
+                )
     for key in sorted(defined - used, key=lambda kc: str(kc[1])):
         warnings.append(f"{source.where((key[0].value + 's', str(key[1])))}: {key[0].value} {key[1]} is not used")
     _check_cycles(pipelines, {*connector_in, *connector_out}, problems, source)
+    if not problems:
+        connectors = {cid for cid in connector_in if cid in connector_out}
+        warnings.extend(sampling_placement_warnings(pipelines, connectors, source))
     return pipelines
+
+
+#: Connectors that emit the signal they receive (a traces pipeline feeds only traces pipelines).
+SAME_SIGNAL_CONNECTORS = frozenset({"forward"})
+#: Processors that keep only some traces, and connectors whose metrics must count every span.
+SAMPLERS = frozenset({"tail_sampling", "probabilistic_sampler"})
+SPAN_METRICS = frozenset({"spanmetrics", "servicegraph"})
+
+
+def sampling_placement_warnings(
+    pipelines: list[Pipeline], connectors: set[ComponentId], source: _Source | None = None
+) -> list[str]:
+    """Span-derived metrics fed (directly or through connectors) by a sampling pipeline.
+
+    Such metrics count only the kept traces: request rates drop by the sampled-out share
+    and error ratios rise (a tail sampler keeps errors). A warning, not an error: counting
+    only kept traces may be meant (head sampling upstream already does the same).
+    """
+    sampled: dict[str, str] = {}  # pipeline -> the sampler that thins its traces
+    changed = True
+    while changed:
+        changed = False
+        for pipe in pipelines:
+            if pipe.name in sampled:
+                continue
+            own = next((str(c) for c in pipe.processors if c.type in SAMPLERS), None)
+            links = connectors & set(pipe.receivers)
+            fed = next((sampled[p.name] for p in pipelines if p.name in sampled and links & set(p.exporters)), None)
+            if own or fed:
+                sampled[pipe.name] = own or fed  # type: ignore[assignment]
+                changed = True
+    found = []
+    for pipe in pipelines:
+        for cid in pipe.exporters:
+            if pipe.name in sampled and cid in connectors and cid.type in SPAN_METRICS:
+                where = f"{source.where(('service', 'pipelines', pipe.name))}: " if source else ""
+                found.append(
+                    f"{where}service.pipelines.{pipe.name}: {cid} gets traces after {sampled[pipe.name]}, so its "
+                    "metrics count only the kept ones; feed it from a pipeline before sampling (docs/sampling.md)"
+                )
+    return found
 
 
 def _names(signals: frozenset[Signal]) -> str:

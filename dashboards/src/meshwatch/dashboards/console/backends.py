@@ -305,14 +305,19 @@ def trace(trace_id: str, config: ConsoleConfig) -> Answer:
     """One trace, Jaeger's JSON (spans with tags, logs = span events, references; processes)."""
     if not trace_id or not all(c in "0123456789abcdefABCDEF" for c in trace_id) or len(trace_id) > 32:
         raise BackendError(400, f"not a trace id: {trace_id!r} (up to 32 hex digits)")
+    # An exemplar or a log line may name a trace the collector did not keep: say why that is expected.
+    missing = (
+        f"trace {trace_id} not found in Jaeger ({config.jaeger}); with tail sampling (the demo keeps errors, "
+        "requests over 500 ms and 5 % of the rest) a fine request's trace is usually not kept, its metrics and logs are"
+    )
     try:
         found = _jaeger(f"/api/traces/{trace_id}", {}, config)
     except BackendError as exc:
         if exc.status == 404:
-            raise BackendError(404, f"trace {trace_id} not found in Jaeger ({config.jaeger})") from None
+            raise BackendError(404, missing) from None
         raise
     if not found:
-        raise BackendError(404, f"trace {trace_id} not found in Jaeger ({config.jaeger})")
+        raise BackendError(404, missing)
     return 200, {"summary": _summary(found[0]), "trace": found[0]}
 
 
