@@ -286,3 +286,48 @@ def test_init_applies_entry_point_instrumentors_unless_disabled(disabled: str, e
         assert "pika" in status["instrumented"]
     else:
         assert "pika" not in status["instrumented"] and status["skipped"]["pika"] == "disabled by configuration"
+
+
+def test_check_suggests_an_install_that_works_without_pypi(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """meshwatch is not on PyPI: a missing instrumentor's hint installs from where this meshwatch came from."""
+    import shlex
+    import tomllib
+    from pathlib import Path
+
+    from meshwatch import _instrumentors, _run
+
+    installed = _instrumentors._installed
+    hidden = "opentelemetry.instrumentation.fastapi"
+    monkeypatch.setattr(_instrumentors, "_installed", lambda module: module != hidden and installed(module))
+    assert _run.main(["--check"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["fastapi"])
+    hint = line.split("skipped: ", 1)[1]
+    # This checkout's editable install: `pip install -e '<its instrumentation folder>[fastapi]'`.
+    words = shlex.split(hint)
+    assert words[:3] == ["pip", "install", "-e"], line
+    folder, extra = words[3].removesuffix("]").split("[")
+    assert extra == "fastapi"
+    project = tomllib.loads((Path(folder) / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "meshwatch" and "fastapi" in project["optional-dependencies"]
+    assert Path(folder) == Path(_instrumentors.__file__).parents[2]  # the source this process runs
+
+
+@pytest.mark.parametrize(
+    ("direct_url", "expected"),
+    [
+        ('{"url": "file:///src/mw/instrumentation", "dir_info": {}}', "pip install '/src/mw/instrumentation[redis]'"),
+        (
+            '{"url": "file:///src/mw/dist/meshwatch-0.1.0-py3-none-any.whl", "archive_info": {}}',
+            "pip install '/src/mw/dist/meshwatch-0.1.0-py3-none-any.whl[redis]'",
+        ),
+        ("", "pip install '/path/to/meshwatch/instrumentation[redis]' (from your meshwatch checkout"),
+        ('{"url": "https://example.test/meshwatch.whl"}', "pip install '/path/to/meshwatch/instrumentation[redis]'"),
+    ],
+)
+def test_install_hint_names_the_folder_or_wheel_meshwatch_came_from(direct_url: str, expected: str) -> None:
+    from meshwatch._install_hint import install_command
+
+    hint = install_command("redis", direct_url=direct_url)
+    assert hint.startswith(expected) and "'meshwatch[" not in hint

@@ -493,7 +493,9 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
                 report.instrumented.append(name)
             continue
         if not _installed(entry.module):
-            report.skipped[entry.name] = f"instrumentor not installed (pip install 'meshwatch[{entry.extra}]')"
+            from ._install_hint import install_command
+
+            report.skipped[entry.name] = f"instrumentor not installed ({install_command(entry.extra)})"
             continue
         if entry.name == "flask" and _wsgi_blocker("flask", settings) is None:
             at_import("flask", lambda entry=entry: _flask_own(entry, settings))

@@ -74,6 +74,7 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _check(env: dict[str, str]) -> int:
+    from ._install_hint import install_command
     from ._instrumentors import INSTRUMENTORS, _discovered_conflict, _installed, discover
 
     settings = resolve(environ=env)
@@ -87,7 +88,7 @@ def _check(env: dict[str, str]) -> int:
         if not _installed(entry.library):
             state = f"skipped: {entry.library} not installed"
         elif not _installed(entry.module):
-            state = f"skipped: pip install 'meshwatch[{entry.extra}]'"
+            state = f"skipped: {install_command(entry.extra)}"
         else:
             state = "available"
         print(f"  {entry.name:17} {state}")
