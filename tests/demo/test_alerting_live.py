@@ -65,6 +65,45 @@ def _runbook_title(url: str) -> str:
     return title
 
 
+def _firing_alert_opens_its_runbook_in_chromium(console: str, runbook_url: str, shots: Path) -> None:
+    """In headless Chromium, the console's alerts view: the MeshwatchHTTPErrorRateHigh of the
+    faulty service, firing in Prometheus' rules and active in Alertmanager, each with its runbook link; a
+    click on it opens the runbook (a new tab, as the link says)."""
+    from selenium.webdriver.common.by import By
+
+    from ._chromium import chromium, open_console, screenshot, table_rows, wait_for
+
+    alert = "MeshwatchHTTPErrorRateHigh"
+    with chromium() as driver:
+        open_console(driver, f"{console}/#alerts")
+
+        def listed(css: str, state: str) -> list[Any]:
+            # state, alert, severity, labels, summary or receivers, since, runbook, query
+            return [
+                row
+                for cells, row in table_rows(driver, css)
+                if cells[:3] == [state, alert, "critical"] and f"service={FAULTY}" in cells[3]
+            ]
+
+        def both() -> tuple[Any, Any] | None:
+            driver.find_element(By.ID, "alerts-run").click()
+            wait_for(lambda: "from rules" in driver.find_element(By.ID, "alerts-status").text, timeout=20, what="load")
+            rules, manager = listed("#alerts-prometheus", "firing"), listed("#alerts-alertmanager", "active")
+            return (rules[0], manager[0]) if rules and manager else None
+
+        rows = wait_for(both, timeout=60, interval=2, what=f"{alert} for {FAULTY} firing in the console's alerts view")
+        for row in rows:
+            link = row.find_element(By.LINK_TEXT, "runbook")
+            assert link.get_attribute("href") == runbook_url
+        screenshot(driver, "console-demo-alerts.png", shots)
+        before = set(driver.window_handles)
+        rows[0].find_element(By.LINK_TEXT, "runbook").click()
+        opened = wait_for(lambda: set(driver.window_handles) - before, timeout=10, what="the runbook's tab")
+        driver.switch_to.window(opened.pop())
+        title = wait_for(lambda: driver.find_elements(By.TAG_NAME, "h1"), timeout=20, what="the runbook page")[0].text
+        assert title == alert and driver.title == f"{alert} · meshwatch runbook", (title, driver.title)
+
+
 def test_a_fault_pages_oncall_with_its_runbook_then_resolves(
     platform: Platform, prometheus: Server, alertmanager: Server, oncall: OncallServer, tmp_path: Path
 ) -> None:
@@ -112,6 +151,10 @@ def test_a_fault_pages_oncall_with_its_runbook_then_resolves(
         # The runbook link opens that alert's runbook.
         assert annotations["runbook_url"] == f"{oncall.url}/runbooks/MeshwatchHTTPErrorRateHigh.md"
         assert _runbook_title(annotations["runbook_url"]) == "MeshwatchHTTPErrorRateHigh"
+        # While it fires, the console's alerts view lists it with that runbook, which opens.
+        _firing_alert_opens_its_runbook_in_chromium(
+            platform.server("console").url, annotations["runbook_url"], tmp_path
+        )
 
         # The fault is removed: on-call hears that the alert resolved.
         cleared = time.time()

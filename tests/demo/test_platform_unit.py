@@ -40,3 +40,22 @@ def test_down_says_what_it_stops_one_by_one(tmp_path: Path, capsys: pytest.Captu
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
     assert cli.main(["--state-dir", str(tmp_path), "down"]) == 0
     assert "nothing was running" in capsys.readouterr().out
+
+
+def test_the_memory_check_parses_status_and_catches_a_demo_over_its_budget() -> None:
+    """Positive control of test_e2e's memory assertion: a planted 2 GiB Elasticsearch puts the demo over."""
+    from .test_e2e import DEMO_SERVERS, MEMORY_BUDGET_GIB, _demo_gib, _status_memory
+
+    def status(mib: dict[str, int]) -> str:
+        lines = [
+            f"{name:14} pid {4000 + i:<7} {m:6.0f} MiB  http://127.0.0.1:{9000 + i}"
+            for i, (name, m) in enumerate(mib.items())
+        ]
+        return "\n".join([*lines, f"memory (RSS) of all of it: {sum(mib.values()) / 1024:.2f} GiB", ""])
+
+    usual = dict.fromkeys(DEMO_SERVERS, 100)
+    per_server, total = _status_memory(status({**usual, "kafka": 900}))
+    assert per_server == {**usual, "kafka": 900} and total == round((len(usual) * 100 + 900) / 1024, 2)
+    assert _demo_gib(per_server) == len(usual) * 100 / 1024 < MEMORY_BUDGET_GIB  # Kafka is not the demo's
+    over, _ = _status_memory(status({**usual, "elasticsearch": 2048}))
+    assert _demo_gib(over) > MEMORY_BUDGET_GIB

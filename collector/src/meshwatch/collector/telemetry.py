@@ -247,6 +247,9 @@ class Telemetry:
             registry=r,
         )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        # Declared from the start (HELP and TYPE, no series until a processor filters), so the
+        # family a dashboard reads is known to Prometheus whether or not a filtering processor runs.
+        self.processor_filtered  # noqa: B018 (the property creates it)
         self.started_at = time.time()
 
     # --- small helpers, so call sites read as sentences ------------------------------------

@@ -280,10 +280,10 @@ COMPONENTS: dict[str, Component] = {
         Component(
             name="chromium",
             version="debian",
-            description="Chromium (Debian package), headless, for the console's browser tests",
+            description="Chromium and its chromedriver (Debian packages), headless, for the console's browser tests",
             kind="apt",
-            binaries={"chromium": "chromium"},
-            apt_packages=("chromium",),
+            binaries={"chromium": "chromium", "chromedriver": "chromedriver"},
+            apt_packages=("chromium", "chromium-driver"),
             expected_time="≈1 min",
         ),
         Component(

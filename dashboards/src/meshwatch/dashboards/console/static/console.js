@@ -105,6 +105,7 @@ function drawChart(box, xs, series, unit, opts = {}) {
   }
   if (opts.exemplars?.length) {
     box.dataset.exemplars = opts.exemplars.length;
+    box._exemplars = opts.exemplars;  // where each diamond is (tests click one)
     plot.over.addEventListener("click", (ev) => {
       const hit = nearestExemplar(plot, opts.exemplars, ev.offsetX, ev.offsetY);
       if (hit) location.hash = "traces/" + hit.trace;
