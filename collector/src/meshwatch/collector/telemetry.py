@@ -288,9 +288,9 @@ class Telemetry:
 
     @property
     def processor_filtered(self) -> Counter:
-        """``meshwatch_processor_filtered_items_total``, created on first use.
+        """``meshwatch_processor_filtered_items_total`` (declared in ``__init__``; series on first use).
 
-        Created lazily and looked up by name, so a component that registers the same
+        Looked up by name, so a component that registers the same
         family on ``self.registry`` itself (as the processors' own helper does) shares
         it instead of colliding with it.
         """
