@@ -423,14 +423,18 @@ def test_every_dashboard_draws_in_chromium_and_an_exemplar_opens_its_trace(
         )
         assert kept, f"{len(plot['points'])} exemplars, {len(inside)} on the plot, {len(alone)} alone: none in Jaeger"
         target = kept
-        ActionChains(driver).move_to_element_with_offset(
-            plot["over"], round(target["x"] - plot["width"] / 2), round(target["y"] - plot["height"] / 2)
-        ).click().perform()
-        wait_for(
-            lambda: driver.execute_script("return location.hash") == f"#traces/{target['trace']}",
-            timeout=10,
-            what=f"the click on exemplar {target} to open its trace",
-        )
+
+        def click_it() -> bool:
+            # Positions read again just before the click: the chart may have been redrawn since
+            # (a query round still under way), which replaces the element clicked.
+            now = driver.execute_script(_EXEMPLARS_JS, LATENCY_PANEL)
+            at = next(p for p in now["points"] if p["trace"] == target["trace"])
+            ActionChains(driver).move_to_element_with_offset(
+                now["over"], round(at["x"] - now["width"] / 2), round(at["y"] - now["height"] / 2)
+            ).click().perform()
+            return driver.execute_script("return location.hash") == f"#traces/{target['trace']}"
+
+        wait_for(click_it, timeout=30, interval=1, what=f"a click on exemplar {target} to open its trace")
         rows = wait_for(
             lambda: driver.find_elements(By.CSS_SELECTOR, "#trace-view .span-row"),
             timeout=30,
