@@ -341,9 +341,11 @@ return [...document.querySelectorAll('#dash-grid .panel')].map((p) => {
 _EXEMPLARS_JS = """
 const panel = [...document.querySelectorAll('#dash-grid .panel')]
   .find((p) => p.querySelector('h4').textContent === arguments[0]);
-const body = panel.querySelector('.body'), u = body._plot, box = u.over.getBoundingClientRect();
+const body = panel.querySelector('.body'), u = body._plot;
+if (!u || !body.contains(u.root)) return null;  // not drawn now (a later round failed or had no data)
+const box = u.over.getBoundingClientRect();
 return {over: u.over, width: box.width, height: box.height,
-        points: (body._exemplars || []).map((e) => ({trace: e.trace, x: u.valToPos(e.t, 'x'),
+        points: (body._exemplars || []).map((e) => ({trace: e.trace, t: e.t, v: e.v, x: u.valToPos(e.t, 'x'),
                                                      y: u.valToPos(e.v, 'y')}))};
 """
 
@@ -406,7 +408,15 @@ def test_every_dashboard_draws_in_chromium_and_an_exemplar_opens_its_trace(
         # An exemplar of the latency chart whose trace Jaeger has, with no other trace's diamond within
         # 2 px (the page opens the one nearest the click; thousands share the plot, and the p50, p95
         # and p99 queries each return the same exemplars): a click on it opens it.
-        plot = driver.execute_script(_EXEMPLARS_JS, LATENCY_PANEL)
+        def drawn_plot() -> dict[str, Any] | None:
+            shown = driver.execute_script(_EXEMPLARS_JS, LATENCY_PANEL)
+            if not shown:  # redraw it: one more query round
+                driver.find_element(By.ID, "dash-reload").click()
+                status = driver.find_element(By.ID, "dash-status")
+                wait_for(lambda: "panels with data" in status.text, timeout=60, what="service-overview's queries")
+            return shown
+
+        plot = wait_for(drawn_plot, timeout=120, interval=1, what=f"the {LATENCY_PANEL!r} chart drawn")
         inside = [p for p in plot["points"] if 4 <= p["x"] <= plot["width"] - 4 and 4 <= p["y"] <= plot["height"] - 4]
         alone = [
             p
@@ -421,14 +431,20 @@ def test_every_dashboard_draws_in_chromium_and_an_exemplar_opens_its_trace(
             ),
             None,
         )
-        assert kept, f"{len(plot['points'])} exemplars, {len(inside)} on the plot, {len(alone)} alone: none in Jaeger"
+        assert kept, (
+            f"{len(plot['points'])} exemplars, {len(inside)} on the {plot['width']}×{plot['height']} plot, "
+            f"{len(alone)} alone: none in Jaeger; e.g. {plot['points'][-3:]}"
+        )
         target = kept
 
         def click_it() -> bool:
             # Positions read again just before the click: the chart may have been redrawn since
             # (a query round still under way), which replaces the element clicked.
-            now = driver.execute_script(_EXEMPLARS_JS, LATENCY_PANEL)
-            at = next(p for p in now["points"] if p["trace"] == target["trace"])
+            now = drawn_plot()
+            # The same diamond (one trace can have several: each service's histogram has its exemplars).
+            at = next(
+                p for p in now["points"] if (p["trace"], p["t"], p["v"]) == (target["trace"], target["t"], target["v"])
+            )
             ActionChains(driver).move_to_element_with_offset(
                 now["over"], round(at["x"] - now["width"] / 2), round(at["y"] - now["height"] / 2)
             ).click().perform()
