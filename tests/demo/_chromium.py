@@ -101,3 +101,18 @@ def table_rows(driver: Any, css: str) -> list[tuple[list[str], Any]]:
 
     rows = driver.find_elements(By.CSS_SELECTOR, f"{css} tbody tr")
     return [([cell.text for cell in row.find_elements(By.TAG_NAME, "td")], row) for row in rows]
+
+
+def jaeger_trace(jaeger_url: str, trace_id: str) -> dict[str, Any] | None:
+    """The trace from Jaeger's query API, or None where Jaeger has none (404: tail sampling dropped it)."""
+    import urllib.error
+
+    from .conftest import get_json
+
+    try:
+        found = get_json(f"{jaeger_url}/api/traces/{trace_id}").get("data") or []
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    return found[0] if found else None

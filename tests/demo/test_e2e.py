@@ -25,6 +25,7 @@ from meshwatch.demo.platform import DEMO_SERVICES, PROCESSES, Platform, rss_by_s
 from meshwatch.stack import Server
 from meshwatch.stack.testing import eventually
 
+from ._chromium import jaeger_trace
 from .conftest import get_json as _get
 from .conftest import post_json as _post
 from .conftest import promql as _promql
@@ -171,7 +172,7 @@ def _log_search_opens_a_failed_trace_in_chromium(console: str, jaeger: Server, s
             for _, row in table_rows(driver, "#logs-results"):
                 for link in row.find_elements(By.CSS_SELECTOR, 'a[href^="#traces/"]'):
                     trace_id = link.get_attribute("href").rsplit("#traces/", 1)[1]
-                    if _get(f"{jaeger.url}/api/traces/{trace_id}").get("data"):
+                    if jaeger_trace(jaeger.url, trace_id):
                         return trace_id, link
             return None
 
@@ -234,9 +235,9 @@ def test_injected_fault_shows_in_error_rate_and_error_logs_then_clears(  # noqa:
 
         def logged_failed_trace() -> tuple[dict[str, Any], dict[str, Any]] | None:
             for log in error_logs():
-                found = _get(f"{jaeger.url}/api/traces/{_field(log, 'trace.id')}").get("data") or []
-                if found and {"gateway", "orders", FAULTY} <= _trace_services(found[0]):
-                    return log, found[0]
+                found = jaeger_trace(jaeger.url, _field(log, "trace.id"))  # None: not (yet) kept by tail sampling
+                if found and {"gateway", "orders", FAULTY} <= _trace_services(found):
+                    return log, found
             return None
 
         log, trace = eventually(logged_failed_trace, timeout=90, what="an error log whose trace is in Jaeger")
