@@ -408,17 +408,27 @@ def test_every_dashboard_draws_in_chromium_and_an_exemplar_opens_its_trace(
         # An exemplar of the latency chart whose trace Jaeger has, with no other trace's diamond within
         # 4 px (the page opens the one nearest the click; thousands share the plot, and the p50, p95
         # and p99 queries each return the same exemplars): a click on it opens it.
+        def on_plot(shown: dict[str, Any]) -> list[dict[str, Any]]:
+            return [
+                p
+                for p in shown["points"]
+                if p["x"] is not None  # NaN: no position (a round whose latency lines are all empty)
+                and p["y"] is not None
+                and 4 <= p["x"] <= shown["width"] - 4
+                and 4 <= p["y"] <= shown["height"] - 4
+            ]
+
         def drawn_plot() -> dict[str, Any] | None:
             shown = driver.execute_script(_EXEMPLARS_JS, LATENCY_PANEL)
-            if not shown:  # redraw it: one more query round
+            if not shown or not on_plot(shown):  # redraw it: one more query round
                 driver.find_element(By.ID, "dash-reload").click()
                 status = driver.find_element(By.ID, "dash-status")
                 wait_for(lambda: "panels with data" in status.text, timeout=60, what="service-overview's queries")
+                return None
             return shown
 
         plot = wait_for(drawn_plot, timeout=120, interval=1, what=f"the {LATENCY_PANEL!r} chart drawn")
-        drawable = [p for p in plot["points"] if p["x"] is not None and p["y"] is not None]  # NaN: no position
-        inside = [p for p in drawable if 4 <= p["x"] <= plot["width"] - 4 and 4 <= p["y"] <= plot["height"] - 4]
+        inside = on_plot(plot)
         alone = [
             p
             for p in inside
