@@ -74,3 +74,49 @@ def test_active_requests_count_requests_in_flight_and_ignore_non_http_spans() ->
     assert point.value == 2
     (series,) = metrics["http.server.request.duration"].data.data_points
     assert series.count == 1
+
+
+def _client_call(red: RedMetrics, tracer, attributes: dict) -> object:
+    span = tracer.start_span("POST", kind=SpanKind.CLIENT, attributes=attributes, start_time=1_000)
+    red.on_start(span)
+    span.set_attribute("http.response.status_code", 200)
+    span.end(end_time=2_000_000)
+    red.on_end(span)
+    return span
+
+
+def test_the_peer_service_mapping_names_whom_a_client_called_on_the_span_and_the_series() -> None:
+    """``gateway → orders``, not ``gateway → 127.0.0.1``: by host:port first, then by host."""
+    red = RedMetrics([0.005], {"127.0.0.1:8001": "orders", "payments.internal": "payments"})
+    tracer = MeshwatchTracerProvider(span_limits=SpanLimits(), shutdown_on_exit=False).get_tracer("t")
+    call = {"http.request.method": "POST", "url.scheme": "http"}
+    by_port = _client_call(red, tracer, {**call, "server.address": "127.0.0.1", "server.port": 8001})
+    by_host = _client_call(red, tracer, {**call, "server.address": "payments.internal", "server.port": 443})
+    unknown = _client_call(red, tracer, {**call, "server.address": "127.0.0.1", "server.port": 9999})
+    own = _client_call(red, tracer, {**call, "server.address": "127.0.0.1", "server.port": 8001, "peer.service": "x"})
+    old = _client_call(red, tracer, {"http.method": "POST", "net.peer.name": "127.0.0.1", "net.peer.port": 8001})
+    assert [s.attributes.get("peer.service") for s in (by_port, by_host, unknown, own, old)] == [
+        "orders",
+        "payments",
+        None,
+        "x",  # set by the application: kept
+        "orders",
+    ]
+    (histogram,) = red.metrics()
+    # one series per call here (the old-convention call has no url.scheme: a series of its own)
+    assert sorted(str(p.attributes.get("peer.service")) for p in histogram.data.data_points) == [
+        "None",
+        "orders",
+        "orders",
+        "payments",
+        "x",
+    ]
+
+
+def test_without_a_mapping_client_spans_are_left_as_they_are() -> None:
+    red = RedMetrics([0.005])
+    tracer = MeshwatchTracerProvider(span_limits=SpanLimits(), shutdown_on_exit=False).get_tracer("t")
+    span = _client_call(red, tracer, {"http.request.method": "GET", "server.address": "127.0.0.1", "server.port": 8001})
+    assert "peer.service" not in span.attributes
+    (histogram,) = red.metrics()
+    assert "peer.service" not in histogram.data.data_points[0].attributes

@@ -170,6 +170,13 @@ PARAMS: dict[str, ConfigParam] = {
     "excluded_urls": ConfigParam(
         ("OTEL_PYTHON_EXCLUDED_URLS",), (), _list, doc="URL regexes the server instrumentors do not trace"
     ),
+    "peer_service_mapping": ConfigParam(
+        ("OTEL_INSTRUMENTATION_COMMON_PEER_SERVICE_MAPPING",),
+        {},
+        _mapping,
+        doc="host[:port]=service,… names the service an HTTP client calls (peer.service, and the "
+        "peer_service label of http.client.request.duration)",
+    ),
     "fastapi_middleware": ConfigParam(
         ("MESHWATCH_FASTAPI_MIDDLEWARE",),
         True,
@@ -281,6 +288,7 @@ class Settings:
     instrumentations: tuple[str, ...]
     disabled_instrumentations: tuple[str, ...]
     excluded_urls: tuple[str, ...]
+    peer_service_mapping: Mapping[str, str]
     fastapi_middleware: bool
     fastapi_native: bool
     wsgi_middleware: bool

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics import Exemplar
@@ -55,6 +55,7 @@ _CLIENT_KEYS = (
     "http.request.method",
     "server.address",
     "server.port",
+    "peer.service",
     "http.response.status_code",
     "url.scheme",
     "error.type",
@@ -124,8 +125,10 @@ def _server_key(get: Any) -> tuple[Any, ...]:
 class RedMetrics:
     """Aggregates HTTP spans into cumulative histograms; thread-safe; reset in a forked child."""
 
-    def __init__(self, buckets: Sequence[float]) -> None:
+    def __init__(self, buckets: Sequence[float], peer_services: Mapping[str, str] | None = None) -> None:
         self.buckets = tuple(float(b) for b in buckets)
+        #: ``host:port`` or ``host`` -> the service it is (``peer_service_mapping``); empty: nothing named.
+        self.peer_services: Mapping[str, str] = dict(peer_services or {})
         self._reset()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._reset)
@@ -141,6 +144,10 @@ class RedMetrics:
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         """Also the span processor's ``on_start`` itself when nothing else listens (one call less)."""
+        if span._kind is _CLIENT:
+            if self.peer_services:
+                self._name_peer(span)
+            return
         if span._kind is _SERVER:
             attributes = span._attributes
             values = getattr(attributes, "_dict", attributes)  # BoundedAttributes' own dict
@@ -156,6 +163,27 @@ class RedMetrics:
                 with self._lock:
                     active = self._active
                     active[key] = active.get(key, 0) + 1
+
+    def _name_peer(self, span: Any) -> None:
+        """``peer.service`` on a client span whose ``server.address[:port]`` the mapping names.
+
+        Set at start, so the span in Jaeger and its ``http.client.request.duration`` series both
+        say whom the call went to (``gateway → orders``, not ``gateway → 127.0.0.1``). A span that
+        already has ``peer.service`` (set by the application) keeps it.
+        """
+        values = getattr(span._attributes, "_dict", span._attributes)
+        if not values or "peer.service" in values:
+            return
+        get = values.get
+        host = get("server.address") or get("net.peer.name")
+        if host is None:
+            return
+        port = get("server.port") or get("net.peer.port")
+        name = self.peer_services.get(f"{host}:{port}") if port is not None else None
+        if name is None:
+            name = self.peer_services.get(host)
+        if name is not None:
+            span.set_attribute("peer.service", name)
 
     def on_end(self, span: Any) -> None:
         kind = span._kind

@@ -274,6 +274,8 @@ def init(*, app: Any = None, _capture_metrics: bool = False, **options: Any) -> 
             _STATE = st
         else:
             _reconfigure(st, settings, resource, redactor, sampler)
+        if st.span_processor.red is not None:
+            st.span_processor.red.peer_services = dict(settings.peer_service_mapping)
         _configure_logging(st)
         _register_hooks()
         st.report = instrument_all(settings)

@@ -368,6 +368,10 @@ class Platform:
         if name in PROPAGATORS:
             env["OTEL_PROPAGATORS"] = PROPAGATORS[name]
         env.update({env_name(peer): f"http://127.0.0.1:{port}" for peer, port in ports.items()})
+        # On loopback every peer is 127.0.0.1: name them, so calls read "gateway → orders"
+        env["OTEL_INSTRUMENTATION_COMMON_PEER_SERVICE_MAPPING"] = ",".join(
+            f"127.0.0.1:{port}={peer}" for peer, port in ports.items()
+        )
         return env
 
     def start_services(self) -> None:

@@ -122,12 +122,14 @@ def build() -> db.Dashboard:
         .with_panel(
             _ts(
                 "Outgoing call latency p95",
-                "p95 duration of the service's HTTP calls, per called host.",
+                "p95 duration of the service's HTTP calls, per called service (peer.service where the "
+                "service's peer_service_mapping names it, else the called host).",
                 "s",
                 prom(
-                    "histogram_quantile(0.95, sum by (job, server_address, le) "
-                    f"(rate(http_client_request_duration_seconds_bucket{{{SERVICE_JOB}}}[$__rate_interval])))",
-                    "{{job}} → {{server_address}}",
+                    "histogram_quantile(0.95, sum by (job, peer, le) (label_replace(label_replace("
+                    f"rate(http_client_request_duration_seconds_bucket{{{SERVICE_JOB}}}[$__rate_interval]), "
+                    '"peer", "$1", "server_address", "(.+)"), "peer", "$1", "peer_service", "(.+)")))',
+                    "{{job}} → {{peer}}",
                     exemplar=True,
                 ),
             )
