@@ -146,6 +146,7 @@ def main() -> int:
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment for every variant"
     )
+    parser.add_argument("--output", help="raw counts as JSON, with the commit (e.g. bench/results/callgrind.json)")
     args = parser.parse_args()
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -153,6 +154,12 @@ def main() -> int:
             parser.error(f"--env {item!r}: expected NAME=VALUE")
         _EXTRA_ENV[name] = value
     variants = args.variants.split(",")
+    recorder = None
+    if args.output:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collector"))
+        from _results import Recorder
+
+        recorder = Recorder("bench/instrumentation/callgrind_per_request.py " + " ".join(sys.argv[1:]))
     workdir = Path(tempfile.mkdtemp(prefix="meshwatch-callgrind-"))
     collector, ports = start_otelcol(workdir)
     endpoint = f"http://127.0.0.1:{ports['grpc']}"
@@ -192,6 +199,18 @@ def main() -> int:
         extra = f"{(value - bare) / 1000:,.0f} k" if bare else "—"
         ratio = f"{bare / value:.2f}" if bare else "—"
         print(f"| {variant} | {value / 1000:,.0f} k | {extra} | {ratio} |")
+    if recorder is not None:
+        recorder.write(
+            Path(args.output),
+            {
+                "mode": args.mode,
+                "path": args.path,
+                "requests": args.requests,
+                "base": args.base,
+                "env": dict(_EXTRA_ENV),
+                "instructions_per_request": per_request,
+            },
+        )
     if bare and "meshwatch-run" in per_request:
         budget = bare / 0.65 - bare
         print(
