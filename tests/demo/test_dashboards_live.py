@@ -428,7 +428,18 @@ def test_every_dashboard_draws_in_chromium_and_an_exemplar_opens_its_trace(
                 return None
             return shown
 
+        # Only the gateway's series and exemplars on the chart: the session's Prometheus also holds
+        # other test packages' services (tests/console's scraped target repeats one exemplar every second).
+        from selenium.webdriver.support.ui import Select
+
+        service = Select(driver.find_element(By.CSS_SELECTOR, '#dash-vars select[data-name="service"]'))
+        value = next(o.get_attribute("value") for o in service.options if o.text.rsplit("/", 1)[-1] == "gateway")
+        service.select_by_value(value)
+        status = driver.find_element(By.ID, "dash-status")
+        driver.find_element(By.ID, "dash-reload").click()  # the charts again, for the gateway only
+        wait_for(lambda: "panels with data" in status.text, timeout=60, what="service-overview for the gateway")
         plot = wait_for(drawn_plot, timeout=120, interval=1, what=f"the {LATENCY_PANEL!r} chart drawn")
+        assert len({p["trace"] for p in plot["points"]}) > 1, "the gateway's own exemplars, not one repeated"
         inside = on_plot(plot)
         alone = [
             p
