@@ -30,9 +30,9 @@ from meshwatch.stack import Server, Stack
 from meshwatch.stack._kafka_probe import kafka_metadata
 from meshwatch.stack.testing import eventually, start_or_fail
 
-from ..core._helpers import sink_exporter
 from ._lb import traces_on_several
 from .test_two_tier_loadbalancing import HalfTraceLoad, _span_id, accounting, latest
+from .test_two_tier_loadbalancing import gateway as lb_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -101,30 +101,21 @@ def agent(kafka: RestartableKafka, topic: str) -> dict[str, Any]:
 
 
 def gateway(kafka: RestartableKafka, topic: str, sink: OtlpSink) -> dict[str, Any]:
-    return {
-        "receivers": {
-            "kafka": {
-                "brokers": [kafka.bootstrap],
-                "group_id": f"gateways-{topic}",
-                "traces": {"topics": [topic]},
-                "initial_offset": "earliest",
-                "session_timeout": "6s",
-                "heartbeat_interval": "1s",
-                "autocommit": {"interval": "200ms"},
-            }
-        },
-        "exporters": {"otlphttp/sink": sink_exporter(sink)},
-        "connectors": {
-            "spanmetrics": {"metrics_flush_interval": "1s"},
-            "servicegraph": {"metrics_flush_interval": "1s", "store": {"ttl": "60s", "max_items": 100000}},
-        },
-        "service": {
-            "pipelines": {
-                "traces": {"receivers": ["kafka"], "exporters": ["otlphttp/sink", "spanmetrics", "servicegraph"]},
-                "metrics": {"receivers": ["spanmetrics", "servicegraph"], "exporters": ["otlphttp/sink"]},
-            }
-        },
+    """The load-balancing test's gateway (sink, spanmetrics, servicegraph), reading from Kafka instead of OTLP."""
+    config = lb_gateway(sink)
+    config["receivers"] = {
+        "kafka": {
+            "brokers": [kafka.bootstrap],
+            "group_id": f"gateways-{topic}",
+            "traces": {"topics": [topic]},
+            "initial_offset": "earliest",
+            "session_timeout": "6s",
+            "heartbeat_interval": "1s",
+            "autocommit": {"interval": "200ms"},
+        }
     }
+    config["service"]["pipelines"]["traces"]["receivers"] = ["kafka"]
+    return config
 
 
 def _assigned(collector: Any) -> float:
