@@ -21,10 +21,8 @@ import contextlib
 import copy
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,64 +34,14 @@ from typing import Any
 
 import yaml
 
+from meshwatch.stack.ports import free_port as stack_free_port
+
 __all__ = ["RunningCollector", "start_collector", "collector_factory", "free_port", "scrape"]
 
 
-#: Where the kernel takes the local ports of outgoing connections (``bind(0)`` hands these out too).
-_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-#: Listening ports are picked from here up to the start of the ephemeral range.
-_LISTEN_FLOOR = 20000
-
-
-def ephemeral_port_range() -> tuple[int, int]:
-    """The kernel's ephemeral port range (Linux's default if it cannot be read)."""
-    try:
-        low, high = (int(part) for part in _EPHEMERAL_RANGE_FILE.read_text().split())
-    except (OSError, ValueError):
-        return 32768, 60999
-    return low, high
-
-
-class _ListenPorts:
-    """Hands out loopback ports for servers a test will start, each free when handed out.
-
-    They come from below the ephemeral range, in turn from a random start: a port that
-    ``bind(0)`` picks is in that range, so any outgoing connection made between the pick and
-    the server's own bind can take it (CI saw ``Address already in use`` on a collector's
-    OTLP/HTTP port that way), and a port picked at random twice in one test would collide.
-    """
-
-    def __init__(self) -> None:
-        low, _ = ephemeral_port_range()
-        self.ports = range(_LISTEN_FLOOR, low) if low - _LISTEN_FLOOR >= 1000 else range(0)
-        self.next = random.randrange(len(self.ports)) if self.ports else 0  # noqa: S311 - a start, not a secret
-
-    def take(self) -> int:
-        for _ in range(min(len(self.ports), 200)):
-            port = self.ports[self.next]
-            self.next = (self.next + 1) % len(self.ports)
-            if _bindable(port):
-                return port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room below the range
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-_listen_ports = _ListenPorts()
-
-
 def free_port() -> int:
-    """A free loopback port for a server to listen on, outside the ephemeral range; see ``_ListenPorts``."""
-    return _listen_ports.take()
+    """A loopback port a server can listen on, outside the ephemeral range (see ``meshwatch.stack.ports``)."""
+    return stack_free_port()
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -26,6 +26,7 @@ from typing import Any
 from ._kafka_probe import kafka_metadata
 from ._paths import default_state_dir
 from .backends import SPECS, Launch, jaeger_storage, prometheus_config
+from .ports import free_port
 
 __all__ = ["Server", "Stack", "StackError", "free_port", "wait_http"]
 
@@ -38,19 +39,6 @@ DEFAULT_SERVERS = ("elasticsearch", "jaeger", "alertmanager", "prometheus")
 
 class StackError(RuntimeError):
     """A server did not start or answer; the message names it and says how to fix it."""
-
-
-def free_port(preferred: int | None = None) -> int:
-    """A free loopback port: ``preferred`` if it is free, else one the kernel picks."""
-    candidates = [preferred, 0] if preferred else [0]
-    for candidate in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise StackError("no free loopback port")
 
 
 def wait_http(url: str, *, timeout: float, is_alive: Any = None, what: str = "") -> None:
