@@ -15,6 +15,9 @@ test, so a warm run costs milliseconds) and how to install itself:
   runs on the machine's JDK 17+ as an unprivileged user.
 * Apache Kafka is its Maven Central artifact and runtime dependencies (a folder of
   jars, resolved by Maven), run on the same JDK.
+* Node.js programs of our own (``js/otel-js-client``: the OpenTelemetry JS SDK as a client)
+  get their pinned packages from the npm registry with ``npm ci`` and their lock file; the
+  cache folder carries a hash of the folder, so an edit or a new pin reinstalls.
 """
 
 from __future__ import annotations
@@ -69,8 +72,8 @@ class Component:
     name: str
     version: str
     description: str
-    #: "go", "gosrc" (our own Go source), "ocb" (Collector Builder), "apt", "maven" (a zip) or
-    #: "maven-jars" (a classpath)
+    #: "go", "gosrc" (our own Go source), "ocb" (Collector Builder), "apt", "maven" (a zip),
+    #: "maven-jars" (a classpath) or "npm" (our own Node.js source and its lock file)
     kind: str
     binaries: dict[str, str] = field(default_factory=dict)
     go_packages: tuple[str, ...] = ()
@@ -110,6 +113,16 @@ GO_SOURCES = Path(__file__).parent / "go"
 def _source_hash(name: str) -> str:
     digest = hashlib.sha256()
     for path in sorted((GO_SOURCES / name).rglob("*.go")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+JS_SOURCES = Path(__file__).parent / "js"
+
+
+def _js_source_hash(name: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in (JS_SOURCES / name).iterdir() if p.is_file()):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:10]
 
@@ -235,6 +248,14 @@ COMPONENTS: dict[str, Component] = {
             expected_time="≈1 min download + ≈5 min build on 2 cores",
         ),
         Component(
+            name="otel-js-client",
+            version=f"sdk-2.12.1-{_js_source_hash('otel-js-client')}",
+            description="the OpenTelemetry JS SDK (npm) as a client of the collector, for the interoperability test",
+            kind="npm",
+            binaries={"otel-js-client": "client.mjs"},
+            expected_time="≈10 s download (63 npm packages)",
+        ),
+        Component(
             name="alertmanager",
             version="debian",
             description="Alertmanager and amtool (Debian package)",
@@ -311,6 +332,7 @@ DEFAULT_COMPONENTS = (
     "dashboard-schema",
     "otelcol-tailsampling",  # the golden test of the tail_sampling processor
     "kafka",  # ≈15-45 s: 45 jars from Maven Central
+    "otel-js-client",  # ≈10 s: the OpenTelemetry JS SDK from npm, for the interoperability test
     "otelcol",  # ≈4 min of Go build on an idle 2-core machine: the Kafka interoperability tests
 )
 
@@ -400,6 +422,8 @@ def install(names: list[str] | None = None, *, force: bool = False) -> list[str]
                 _install_kafka(comp)
             elif comp.kind == "ocb":
                 _install_otelcol(comp)
+            elif comp.kind == "npm":
+                _install_npm(comp)
             say(f"installed {comp.name} {comp.version} in {format_duration(time.monotonic() - started)}")
             done.append(name)
         if any(COMPONENTS[n].kind in ("go", "gosrc", "ocb") for n in done):
@@ -521,6 +545,29 @@ def _install_go_source(comp: Component) -> None:
             env=env,
         )
         tmp.rename(comp.folder / target)
+
+
+def _install_npm(comp: Component) -> None:
+    """``npm ci`` our own Node.js program's pinned packages, then put its script in place last,
+    so a failed or interrupted install is not taken for an installed one."""
+    npm = shutil.which("npm")
+    if not npm or not shutil.which("node"):
+        raise InstallError(f"{comp.name} needs Node.js 20+ with npm on PATH; install them, then rerun.")
+    source = JS_SOURCES / comp.name
+    shutil.rmtree(comp.folder, ignore_errors=True)
+    comp.folder.mkdir(parents=True)
+    scripts = [p for p in source.iterdir() if p.suffix == ".mjs"]
+    for path in source.iterdir():
+        if path.is_file() and path not in scripts:
+            shutil.copy(path, comp.folder / path.name)
+    run_with_heartbeat(
+        [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+        what=f"npm ci ({comp.name})",
+        log_path=_logs() / f"{comp.name}-{comp.version}.log",
+        cwd=comp.folder,
+    )
+    for path in scripts:
+        shutil.copy(path, comp.folder / path.name)
 
 
 def _install_otelcol(comp: Component) -> None:
