@@ -4,8 +4,8 @@ metrics and logs over OTLP/HTTP JSON, the providers flushed and shut down.
 
 What arrives at a counting sink must be what the SDK made (ids, parents, kinds, typed
 attributes, the error status, the log's trace id, the counter's value and the histogram's
-count), once, and the trace must be in Jaeger whole. The JS SDK's JSON encoding (hex ids,
-numbers for ints, strings for 64-bit times) is not the Python SDK's, which the other tests use.
+count), once, and the trace must be in Jaeger whole. The Python SDK sends OTLP/HTTP only as
+protobuf, so this is OTLP/JSON as an SDK writes it, not as the suite's own helpers do.
 """
 
 from __future__ import annotations
