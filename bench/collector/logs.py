@@ -5,9 +5,11 @@ shape a JSON-logging service sends), unique per request, from separate processes
 fixed rate. Printed: accepted records/s, collector CPU (from /proc: Elasticsearch and
 the load are not counted), records/s per core and CPU µs per record (target ≥ 50,000/s
 per core, ≤ 20 µs), peak RSS, and the delay until a probe record is searchable
-(p50/p99). The OpenTelemetry Collector's Elasticsearch exporter is not available here
-(contrib's elasticsearchexporter is not in the reference build), so there is no
-side-by-side; the exporter's own CPU per record is in bench/collector/components_elasticsearch.py.
+(p50/p99). The OpenTelemetry Collector's Elasticsearch exporter cannot be built here
+(the Go module proxy refuses contrib's elasticsearchexporter at v0.165.1 and v0.165.0, the
+reference build's release; see ``OTELCOL_MODULES`` in meshwatch.stack.installer), so there
+is no side-by-side; the exporter's own CPU per record is in
+bench/collector/components_elasticsearch.py.
 
 Every rate runs ``--rounds`` times, interleaved with alternating order, each round on a
 fresh collector; every round, medians and spread go to ``--output`` (default
