@@ -5,10 +5,11 @@ shape a JSON-logging service sends), unique per request, from separate processes
 fixed rate. Printed: accepted records/s, collector CPU (from /proc: Elasticsearch and
 the load are not counted), records/s per core and CPU µs per record (target ≥ 50,000/s
 per core, ≤ 20 µs), peak RSS, and the delay until a probe record is searchable
-(p50/p99). The OpenTelemetry Collector's Elasticsearch exporter cannot be built here
-(the Go module proxy refuses contrib's elasticsearchexporter at v0.165.1 and v0.165.0, the
-reference build's release; see ``OTELCOL_MODULES`` in meshwatch.stack.installer), so there
-is no side-by-side; the exporter's own CPU per record is in
+(p50/p99). The OpenTelemetry Collector's Elasticsearch exporter cannot be built here: the
+Go module proxy refuses contrib's elasticsearchexporter at v0.165.1 and v0.165.0 (the main
+reference build's release) and, at v0.161.0 (the second build's), serves its version info
+but refuses its zip (see ``OTELCOL_V0161_MODULES`` in meshwatch.stack.installer). So there is
+no side-by-side; the exporter's own CPU per record is in
 bench/collector/components_elasticsearch.py.
 
 Every rate runs ``--rounds`` times, interleaved with alternating order, each round on a

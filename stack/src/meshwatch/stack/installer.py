@@ -155,42 +155,68 @@ OTELCOL_MODULES: dict[str, list[tuple[str, str]]] = {
     "connectors": [(f"{_CONTRIB}/connector/spanmetricsconnector", OTELCOL_CORE_VERSION)],
     "extensions": [(f"{_CONTRIB}/extension/storage/filestorage", OTELCOL_CORE_VERSION)],
 }
-#: Not in this build because the Go module proxy refuses them (checked 2026-12-04, at v0.165.1
-#: and v0.165.0: "403 Forbidden, This module version is not available"; no version list is
-#: served for either): contrib's ``exporter/loadbalancingexporter`` (so the Go load balancer in
-#: front of meshwatch backends is not tested) and ``exporter/elasticsearchexporter`` (so
-#: ``bench/collector/logs.py`` has no Go side). Another release would break "one release for
-#: every module of a build".
+#: Not in this build: contrib's ``exporter/loadbalancingexporter`` and
+#: ``exporter/elasticsearchexporter``, because the Go module proxy refuses them at this release
+#: (checked 2026-12-04, at v0.165.1 and v0.165.0: "403 Forbidden, This module version is not
+#: available"); mixing releases within one build is not done. The loadbalancing exporter is in
+#: the v0.161.0 build below (``OTELCOL_V0161_MODULES``); the Elasticsearch exporter is in none.
 
 
-def otelcol_version() -> str:
-    """The cache key of the reference collector: its core release and a hash of its module list.
+def _build_key(
+    release: str, modules_by_section: dict[str, list[tuple[str, str]]], replaces: tuple[str, ...] = ()
+) -> str:
+    """A build's cache key: its release and a hash of its module list (and ``replaces``).
 
     Adding a module changes the binary, so it gets a folder of its own: a checkout that
     still names the old list keeps using the old build.
     """
-    listing = "\n".join(f"{s} {m} {v}" for s, mods in OTELCOL_MODULES.items() for m, v in mods)
-    return f"{OTELCOL_CORE_VERSION}-{hashlib.sha256(listing.encode()).hexdigest()[:8]}"
+    lines = [f"{s} {m} {v}" for s, mods in modules_by_section.items() for m, v in mods]
+    listing = "\n".join(lines + [f"replaces {r}" for r in replaces])
+    return f"{release}-{hashlib.sha256(listing.encode()).hexdigest()[:8]}"
 
 
-#: A second reference build for tail sampling, in its own cache folder: contrib's
-#: ``tailsamplingprocessor`` is approved at v0.161.0 only, so it cannot join the v0.165 build.
-_TAILSAMPLING_VERSION = "v0.161.0"
-OTELCOL_TAILSAMPLING_MODULES: dict[str, list[tuple[str, str]]] = {
-    "receivers": [(f"{_CORE}/receiver/otlpreceiver", _TAILSAMPLING_VERSION)],
-    "processors": [(f"{_CONTRIB}/processor/tailsamplingprocessor", _TAILSAMPLING_VERSION)],
-    "exporters": [
-        (f"{_CORE}/exporter/otlpexporter", _TAILSAMPLING_VERSION),
-        (f"{_CORE}/exporter/otlphttpexporter", _TAILSAMPLING_VERSION),
-        (f"{_CORE}/exporter/nopexporter", _TAILSAMPLING_VERSION),
-        (f"{_CORE}/exporter/debugexporter", _TAILSAMPLING_VERSION),
+def otelcol_version() -> str:
+    """The cache key of the reference collector (core release and module-list hash)."""
+    return _build_key(OTELCOL_CORE_VERSION, OTELCOL_MODULES)
+
+
+#: A second reference build at v0.161.0, in its own cache folder, for the contrib modules that
+#: cannot join the v0.165 build: ``tailsamplingprocessor`` is approved at v0.161.0 only, and
+#: ``loadbalancingexporter`` is refused by the Go module proxy at v0.165.x but served at v0.161.0.
+#: Every contrib and core module of it is at v0.161.0. The component keeps its first name,
+#: ``otelcol-tailsampling``, for its users. Contrib's ``elasticsearchexporter`` is not in it
+#: either: at v0.161.0 the proxy serves its version info (``go list -m``) but refuses its zip
+#: (``go mod download``: 403, checked 2026-12-04); v0.164.0 and v0.160.0 are not served at all.
+_V0161_VERSION = "v0.161.0"
+OTELCOL_V0161_MODULES: dict[str, list[tuple[str, str]]] = {
+    "receivers": [(f"{_CORE}/receiver/otlpreceiver", _V0161_VERSION)],
+    "processors": [
+        (f"{_CORE}/processor/batchprocessor", _V0161_VERSION),
+        (f"{_CONTRIB}/processor/tailsamplingprocessor", _V0161_VERSION),
     ],
+    "exporters": [
+        (f"{_CORE}/exporter/otlpexporter", _V0161_VERSION),
+        (f"{_CORE}/exporter/otlphttpexporter", _V0161_VERSION),
+        (f"{_CORE}/exporter/nopexporter", _V0161_VERSION),
+        (f"{_CORE}/exporter/debugexporter", _V0161_VERSION),
+        (f"{_CONTRIB}/exporter/loadbalancingexporter", _V0161_VERSION),
+    ],
+    "extensions": [(f"{_CONTRIB}/extension/storage/filestorage", _V0161_VERSION)],
 }
+#: The loadbalancing exporter v0.161.0 requires ``aws-sdk-go-v2/service/servicediscovery`` v1.48.0
+#: (its AWS Cloud Map resolver), whose zip the Go module proxy refuses (403, checked 2026-12-04);
+#: the only version it lists is v1.40.2, which is served, so the build uses that. The Cloud Map
+#: resolver is not used here (the tests use the static resolver).
+OTELCOL_V0161_REPLACES = (
+    "github.com/aws/aws-sdk-go-v2/service/servicediscovery"
+    " => github.com/aws/aws-sdk-go-v2/service/servicediscovery v1.40.2",
+)
 
-#: Collector Builder components: (the builder's release, their modules with versions).
-_OCB_BUILDS: dict[str, tuple[str, dict[str, list[tuple[str, str]]]]] = {
-    "otelcol": (OTELCOL_CORE_VERSION, OTELCOL_MODULES),
-    "otelcol-tailsampling": (_TAILSAMPLING_VERSION, OTELCOL_TAILSAMPLING_MODULES),
+
+#: Collector Builder components: (the builder's release, their modules with versions, go.mod replaces).
+_OCB_BUILDS: dict[str, tuple[str, dict[str, list[tuple[str, str]]], tuple[str, ...]]] = {
+    "otelcol": (OTELCOL_CORE_VERSION, OTELCOL_MODULES, ()),
+    "otelcol-tailsampling": (_V0161_VERSION, OTELCOL_V0161_MODULES, OTELCOL_V0161_REPLACES),
 }
 
 
@@ -247,8 +273,11 @@ COMPONENTS: dict[str, Component] = {
         ),
         Component(
             name="otelcol-tailsampling",
-            version="v0.161.0",
-            description="reference OpenTelemetry Collector with contrib's tail sampling processor (golden test, bench)",
+            version=_build_key(_V0161_VERSION, OTELCOL_V0161_MODULES, OTELCOL_V0161_REPLACES),
+            description=(
+                "reference OpenTelemetry Collector v0.161.0: contrib's tail sampling processor and "
+                "loadbalancing exporter (golden tests, interoperability test, bench)"
+            ),
             kind="ocb",
             binaries={"otelcol-tailsampling": "otelcol-meshwatch-tailsampling"},
             expected_time="≈1 min download + ≈5 min build on 2 cores",
@@ -585,7 +614,7 @@ def _install_otelcol(comp: Component) -> None:
     log = _logs() / f"{comp.name}-{comp.version}.log"
     gobin = src / "bin"
     env = {**_go_env(), "GOBIN": str(gobin)}
-    builder_version, modules_by_section = _OCB_BUILDS[comp.name]
+    builder_version, modules_by_section, replaces = _OCB_BUILDS[comp.name]
     builder = gobin / "builder"
     if not builder.exists():
         run_with_heartbeat(
@@ -605,6 +634,9 @@ def _install_otelcol(comp: Component) -> None:
     for section, modules in modules_by_section.items():
         lines.append(f"{section}:")
         lines += [f"  - gomod: {module} {version}" for module, version in modules]
+    if replaces:
+        lines.append("replaces:")
+        lines += [f"  - {replace}" for replace in replaces]
     manifest = src / "manifest.yaml"
     manifest.write_text("\n".join(lines) + "\n")
     run_with_heartbeat(
