@@ -37,12 +37,13 @@ ENCODINGS = ["otlp_proto", "otlp_json"]
 
 @contextlib.contextmanager
 def otelcol(
-    config: dict[str, Any], workdir: Path, *, metrics_port: int | None = None
+    config: dict[str, Any], workdir: Path, *, metrics_port: int | None = None, component: str = "otelcol"
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The reference collector with ``config``, its own metrics on ``metrics_port`` (default: a free
-    port); stopped after the block."""
+    port); stopped after the block. ``component`` picks the build (``otelcol-tailsampling`` is the
+    v0.161.0 one with contrib's loadbalancing exporter)."""
     try:
-        program = binary("otelcol")
+        program = binary(component)
     except BackendMissing as exc:
         pytest.fail(str(exc), pytrace=False)
     metrics = metrics_port or free_port()
