@@ -15,21 +15,26 @@ backend is restarted on its port they arrive. The rings of the two balancers are
 
 from __future__ import annotations
 
+import copy
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from meshwatch.collector.exporters._loadbalancing.ring import HashRing
 from meshwatch.collector.otlp_sink import OtlpSink, otlp_sink
 from meshwatch.collector.testing import free_port
+from meshwatch.stack import BackendMissing, binary
 from meshwatch.stack.testing import eventually
 
 from ._lb import count_across, traces_on_several
 from ._otlp import span, traces
 from .test_kafka_interop import otelcol
 from .test_loadbalancing import send, two_backends, wait_all
+from .test_loadbalancing_ring import CONTRIB_STYLE
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +144,30 @@ def test_meshwatch_backends_behind_the_go_loadbalancing_exporter(collector_facto
             print(f"after the restart: {counts}; traces on both backends: {len(traces_on_several(sinks))}")
             assert counts["missing_spans"] == 0, counts
             assert traces_on_several(sinks) == set()
+
+
+def go_validate(exporter: dict[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
+    """``otelcol validate`` of a traces pipeline into ``exporter`` (checks keys, starts nothing)."""
+    try:
+        program = binary("otelcol-tailsampling")
+    except BackendMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {}}}},
+        "exporters": {"load_balancing": exporter},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["load_balancing"]}}},
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "validate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([str(program), "validate", "--config", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_the_contrib_style_config_meshwatch_takes_is_valid_for_the_go_exporter(tmp_path: Path) -> None:
+    """The config ``test_loadbalancing_ring.py`` feeds meshwatch is one contrib's binary accepts too."""
+    accepted = go_validate(CONTRIB_STYLE, tmp_path / "ok")
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    planted = copy.deepcopy(CONTRIB_STYLE)
+    planted["protocol"]["otlp"]["no_such_key"] = 1  # control: the Go side checks the keys
+    refused = go_validate(planted, tmp_path / "planted")
+    assert refused.returncode != 0 and "no_such_key" in refused.stderr + refused.stdout

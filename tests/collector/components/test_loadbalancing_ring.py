@@ -180,24 +180,27 @@ def test_dns_gives_every_address_of_the_name_as_an_endpoint() -> None:
         resolve_dns("no-such-host.invalid", 4317)
 
 
-def test_a_config_written_for_contribs_exporter_is_taken() -> None:
-    """The keys contrib's loadbalancingexporter documents for the concepts both have (port as a string too)."""
-    config = LoadBalancingConfig.model_validate(
-        {
-            "routing_key": "service",
-            "protocol": {
-                "otlp": {
-                    "timeout": "1s",
-                    "tls": {"insecure": True},
-                    "compression": "gzip",
-                    "headers": {"x-tenant": "a"},
-                    "sending_queue": {"queue_size": 5000},
-                    "retry_on_failure": {"enabled": True, "max_elapsed_time": "0s"},
-                }
-            },
-            "resolver": {"dns": {"hostname": "otelcol-gw.example", "port": "4317", "interval": "5s", "timeout": "1s"}},
+#: A loadbalancing config in the keys contrib's exporter documents for the concepts both have (port
+#: as a string too). ``test_loadbalancing_interop.py`` has contrib's own binary validate it.
+CONTRIB_STYLE: dict = {
+    "routing_key": "service",
+    "protocol": {
+        "otlp": {
+            "timeout": "1s",
+            "tls": {"insecure": True},
+            "compression": "gzip",
+            "headers": {"x-tenant": "a"},
+            "sending_queue": {"queue_size": 5000},
+            "retry_on_failure": {"enabled": True, "max_elapsed_time": "0s"},
         }
-    )
+    },
+    "resolver": {"dns": {"hostname": "otelcol-gw.example", "port": "4317", "interval": "5s", "timeout": "1s"}},
+}
+
+
+def test_a_config_written_for_contribs_exporter_is_taken() -> None:
+    """The keys contrib's loadbalancingexporter documents for the concepts both have."""
+    config = LoadBalancingConfig.model_validate(CONTRIB_STYLE)
     assert config.resolver.dns is not None and config.resolver.dns.port == 4317
     assert config.protocol.otlp.timeout == 1.0 and config.protocol.otlp.sending_queue.queue_size == 5000
     with pytest.raises(ValidationError, match=r"put them under protocol\.otlp"):

@@ -280,7 +280,7 @@ COMPONENTS: dict[str, Component] = {
             ),
             kind="ocb",
             binaries={"otelcol-tailsampling": "otelcol-meshwatch-tailsampling"},
-            expected_time="≈1 min download + ≈5 min build on 2 cores",
+            expected_time="≈1 min download + ≈6 min build on 2 cores",
         ),
         Component(
             name="otel-js-client",
