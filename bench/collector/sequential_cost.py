@@ -22,6 +22,7 @@ to ``--output`` (default ``bench/results/sequential-cost.json``) with the commit
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -44,6 +45,9 @@ from queue_fsync_latency import ROOT, _commit
 from meshwatch.collector.testing import free_port, start_collector
 
 RESULTS = ROOT / "bench" / "results" / "sequential-cost.json"
+GC_TRACE = Path(__file__).parent / "_gc_trace"
+#: Seconds: an fdatasync slower than this alone misses the issue's p99 target (5 ms).
+SLOW = 0.005
 
 
 def _sink(port: int, ready: Any) -> None:
@@ -140,8 +144,15 @@ def one_round(
         },
         "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp/sink"]}}},
     }
-    env = {"PYTHONPATH": src} if src else None  # the other checkout's meshwatch.collector comes first
-    collector = start_collector(config, base / f"r{round_}-{variant}", env=env)
+    paths = [src] if src else []  # the other checkout's meshwatch.collector comes first
+    gc_file = base / f"gc-{round_}-{variant}.json"
+    env: dict[str, str] = {}
+    if args.gc_trace:
+        paths.append(str(GC_TRACE))
+        env["MESHWATCH_GC_TRACE"] = str(gc_file)
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    collector = start_collector(config, base / f"r{round_}-{variant}", env=env or None)
     assert collector.process is not None
     pid = collector.process.pid
     body = _body(args.spans)
@@ -156,11 +167,17 @@ def one_round(
         stats = ProcStats(pid)
         threads_before = _threads(pid)
         cpu_before = stats.cpu_seconds()
-        latencies = []
-        for _ in range(args.requests):
-            started = time.perf_counter()
-            export(body, timeout=10)
-            latencies.append((time.perf_counter() - started) * 1000)
+        timed: list[tuple[float, float]] = []  # (start, seconds) per request
+        gc.collect()
+        gc.disable()  # the client is the instrument: its own collections are not the collector's tail
+        try:
+            for _ in range(args.requests):
+                started = time.perf_counter()
+                export(body, timeout=10)
+                timed.append((started, time.perf_counter() - started))
+        finally:
+            gc.enable()
+        latencies = [seconds * 1000 for _, seconds in timed]
         time.sleep(0.3)  # the exporter's last sends
         cpu = stats.cpu_seconds() - cpu_before
         threads = _per_thread(threads_before, _threads(pid), args.requests)
@@ -171,6 +188,7 @@ def one_round(
     finally:
         channel.close()
         collector.stop(timeout=30)
+    slow = [(start, seconds) for start, seconds in timed if seconds > args.slow_ms / 1000]
     latencies.sort()
     row: dict[str, Any] = {
         "variant": variant,
@@ -187,7 +205,74 @@ def one_round(
     }
     if tracer is not None:
         row["syscalls_per_request"] = _syscalls(trace_file, args.requests)
+    row["slow_requests"] = len(slow)
+    if args.gc_trace:
+        row["gc"] = _gc_summary(json.loads(gc_file.read_text()), timed, slow)
     return row
+
+
+def _quantiles(ordered: list[float]) -> dict[str, float | None]:
+    if not ordered:
+        return {"p50": None, "p99": None}
+    return {
+        "p50": round(statistics.median(ordered) * 1000, 3),
+        "p99": round(ordered[int(0.99 * len(ordered))] * 1000, 3),
+    }
+
+
+def _gc_summary(
+    trace: dict[str, Any], timed: list[tuple[float, float]], slow: list[tuple[float, float]]
+) -> dict[str, Any]:
+    """The collector's collections during the timed requests, and where slow requests spent their time."""
+    begin, end = timed[0][0], timed[-1][0] + timed[-1][1]
+    pauses = [(gen, start, seconds) for gen, start, seconds in trace["pauses"] if begin <= start <= end]
+    by_gen = {
+        str(gen): {
+            "count": len(mine := [seconds for g, _, seconds in pauses if g == gen]),
+            "max_ms": round(max(mine, default=0.0) * 1000, 3),
+            "total_ms": round(sum(mine) * 1000, 3),
+        }
+        for gen in (0, 1, 2)
+    }
+    overlapped = sum(1 for start, seconds in slow if any(p < start + seconds and p + d > start for _, p, d in pauses))
+
+    def inside(spans: list[list[float]], start: float, seconds: float) -> float:
+        return sum(d for s, d in spans if start <= s and s + d <= start + seconds)
+
+    # Where each slow request's time went: in the collector's handler (of it, in fdatasync), or
+    # outside it (gRPC's transport and threads, the scheduler, the client).
+    split = [
+        (seconds, inside(trace["handler"], start, seconds), inside(trace["fdatasync"], start, seconds))
+        for start, seconds in slow
+    ]
+    fsyncs = sorted(d for s, d in trace["fdatasync"] if begin <= s <= end)
+    handled = sorted(d for s, d in trace["handler"] if begin <= s <= end)
+    outside = sorted(t - inside(trace["handler"], s, t) for s, t in timed)  # gRPC, threads, scheduler, client
+    return {
+        "freeze_count": trace["freeze_count"],
+        "threshold": trace["threshold"],
+        "by_generation": by_gen,
+        "slow_requests_overlapping_a_collection": overlapped,
+        "fdatasync_ms": {
+            "count": len(fsyncs),
+            "p50": round(statistics.median(fsyncs) * 1000, 3) if fsyncs else None,
+            "p99": round(fsyncs[int(0.99 * len(fsyncs))] * 1000, 3) if fsyncs else None,
+            "over_5ms": sum(1 for d in fsyncs if d > SLOW),
+        },
+        "handler_ms": _quantiles(handled),
+        "outside_handler_ms": _quantiles(outside),
+        "slow_requests_ms": [
+            {"total": round(t * 1000, 2), "handler": round(h * 1000, 2), "fdatasync": round(f * 1000, 2)}
+            for t, h, f in split
+        ],
+        "slow_median_ms": {
+            "total": round(statistics.median(t for t, _, _ in split) * 1000, 2) if split else None,
+            "handler": round(statistics.median(h for _, h, _ in split) * 1000, 2) if split else None,
+            "fdatasync": round(statistics.median(f for _, _, f in split) * 1000, 2) if split else None,
+            "slow_with_fdatasync_over_half": sum(1 for t, _, f in split if f > t / 2),
+            "slow_with_handler_over_half": sum(1 for t, h, _ in split if h > t / 2),
+        },
+    }
 
 
 def _commit_of(path: str) -> str:
@@ -209,6 +294,15 @@ def main() -> None:
         action="append",
         default=[],
         help="another checkout's collector/src (repeatable); its variant is named by its commit",
+    )
+    parser.add_argument(
+        "--gc-trace", action="store_true", help="time the collector's garbage collections (bench/collector/_gc_trace)"
+    )
+    parser.add_argument(
+        "--slow-ms",
+        type=float,
+        default=5.0,
+        help="requests slower than this are counted (and explained with --gc-trace)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -232,6 +326,9 @@ def main() -> None:
                     f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, load {row['loadavg'][0]:.1f}",
                     flush=True,
                 )
+                if "gc" in row:
+                    brief = {k: v for k, v in row["gc"].items() if k != "slow_requests_ms"}
+                    print(f"  slow (>{args.slow_ms} ms) {row['slow_requests']}, trace: {json.dumps(brief)}", flush=True)
                 if "syscalls_per_request" in row:
                     top = list(row["syscalls_per_request"].items())[:12]
                     print("  syscalls/request: " + ", ".join(f"{name} {n}" for name, n in top), flush=True)
