@@ -39,6 +39,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 sys.path.insert(0, str(Path(__file__).parent))
+import fsync_floor
 from _load import EXPORT, ProcStats, realistic_request
 from queue_fsync_latency import ROOT, _commit
 
@@ -147,9 +148,15 @@ def one_round(
     paths = [src] if src else []  # the other checkout's meshwatch.collector comes first
     gc_file = base / f"gc-{round_}-{variant}.json"
     env: dict[str, str] = {}
-    if args.gc_trace:
+    if args.gc_trace or args.switch_interval:
         paths.append(str(GC_TRACE))
+    if args.gc_trace:
         env["MESHWATCH_GC_TRACE"] = str(gc_file)
+    if args.switch_interval:
+        env["MESHWATCH_BENCH_SWITCH_INTERVAL"] = str(args.switch_interval)
+    floor = (
+        fsync_floor.one_round(base, len(_body(args.spans)), args.floor_samples, 0.001) if args.floor_samples else None
+    )
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     collector = start_collector(config, base / f"r{round_}-{variant}", env=env or None)
@@ -206,6 +213,8 @@ def one_round(
     if tracer is not None:
         row["syscalls_per_request"] = _syscalls(trace_file, args.requests)
     row["slow_requests"] = len(slow)
+    if floor is not None:  # the disk's own write+fdatasync, just before this round, in the same folder
+        row["disk_floor_ms"] = {key: floor[key] for key in ("p50_ms", "p99_ms", "max_ms", "over_5ms")}
     if args.gc_trace:
         row["gc"] = _gc_summary(json.loads(gc_file.read_text()), timed, slow)
     return row
@@ -304,6 +313,10 @@ def main() -> None:
         default=5.0,
         help="requests slower than this are counted (and explained with --gc-trace)",
     )
+    parser.add_argument(
+        "--floor-samples", type=int, default=1000, help="write+fdatasync samples of the disk before each round"
+    )
+    parser.add_argument("--switch-interval", type=float, help="the collector's sys.setswitchinterval (experiment)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     variants: list[tuple[str, str | None]] = [("this", None)]
@@ -326,6 +339,8 @@ def main() -> None:
                     f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, load {row['loadavg'][0]:.1f}",
                     flush=True,
                 )
+                if "disk_floor_ms" in row:
+                    print(f"  disk before the round: {json.dumps(row['disk_floor_ms'])}", flush=True)
                 if "gc" in row:
                     brief = {k: v for k, v in row["gc"].items() if k != "slow_requests_ms"}
                     print(f"  slow (>{args.slow_ms} ms) {row['slow_requests']}, trace: {json.dumps(brief)}", flush=True)
@@ -349,6 +364,7 @@ def main() -> None:
                 "p99_ms",
                 "voluntary_switches_per_request",
                 "involuntary_switches_per_request",
+                "slow_requests",
             )
         }
         print(

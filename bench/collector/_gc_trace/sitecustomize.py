@@ -8,6 +8,7 @@ times its requests with, so a slow request can be matched to what happened insid
 * ``handler``: every ``Ingest.protobuf`` call (decode, pipeline, queue put, its fsync);
 * ``fdatasync``: every ``os.fdatasync`` (the fsync the acknowledgement waits for).
 
+``MESHWATCH_BENCH_SWITCH_INTERVAL`` (seconds) sets ``sys.setswitchinterval`` (an experiment).
 Also whether the collector froze its start-up objects (``gc.get_freeze_count``).
 """
 
@@ -16,6 +17,11 @@ import gc
 import json
 import os
 import time
+
+if os.environ.get("MESHWATCH_BENCH_SWITCH_INTERVAL"):  # an experiment: how often the GIL is handed over
+    import sys
+
+    sys.setswitchinterval(float(os.environ["MESHWATCH_BENCH_SWITCH_INTERVAL"]))
 
 _path = os.environ.get("MESHWATCH_GC_TRACE")
 if _path:
