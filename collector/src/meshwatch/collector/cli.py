@@ -115,16 +115,17 @@ def _run(config) -> int:
         log.error("%s", exc)
         return EXIT_FAILED
     collector.install_signal_handlers()
+    from ._heap import settle_heap
+
+    # Before the receivers open: the collection it runs first holds the GIL for tens of ms.
+    frozen = settle_heap()
+    log.debug("froze %d start-up objects out of the garbage collector's full collections", frozen)
     try:
         collector.start()
     except (GraphError, OSError) as exc:
         log.error("cannot start: %s", exc)
         collector.stop(5.0)
         return EXIT_FAILED
-    from ._heap import settle_heap
-
-    frozen = settle_heap()
-    log.debug("froze %d start-up objects out of the garbage collector's full collections", frozen)
     code = collector.wait()
     collector.stop()
     if code and collector.host.fatal_error:
