@@ -11,7 +11,15 @@ threads are listed by creation order (gRPC names its own ``event_engine``; Pytho
 show as ``python``).
 
     .venv/bin/python bench/collector/sequential_cost.py [--requests 2000] [--rounds 3] [--fsync interval] [--strace]
-        [--compare-src /path/to/other/checkout/collector/src]
+        [--compare-src /path/to/other/checkout/collector/src] [--gc-trace] [--slow-ms 5]
+
+``--gc-trace`` loads ``bench/collector/_gc_trace/sitecustomize.py`` into the collector, which
+times its garbage collections, its handler (``Ingest.protobuf``) and its ``fdatasync`` calls
+on the client's clock: per round, the collections by generation, the handler's and the rest's
+(gRPC's transport and threads, the scheduler) p50/p99, and for each request slower than
+``--slow-ms`` how much of it was the handler and the fdatasync. Before every round the disk
+itself is probed in the same folder (``fsync_floor.py``'s loop, ``--floor-samples``). The
+client's own garbage collector is off while it times (it is the instrument, not the collector).
 
 ``--compare-src`` (repeatable) runs a collector from another checkout's sources (e.g. a worktree
 of the commit before a change) in the same run, interleaved round by round with the order
