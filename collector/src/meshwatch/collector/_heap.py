@@ -1,10 +1,10 @@
 """Keep the start-up heap out of the garbage collector's full collections.
 
-By the time the collector serves, the interpreter holds a few hundred thousand tracked
-objects that live as long as the process: grpc, protobuf, the config, the graph. CPython's
+By the time the collector serves, the interpreter holds some 50,000 tracked objects that
+live as long as the process: grpc, protobuf, the config, the graph. CPython's
 full (generation 2) collection walks all of them; measured with
-``bench/collector/sequential_cost.py --gc-trace`` one takes 16–19 ms and comes every few
-thousand requests, so it lands in a sequential sender's p99 (the issue's target is 5 ms).
+``bench/collector/sequential_cost.py --gc-trace`` one took 14–117 ms on a loaded machine and
+came every few thousand requests, so it lands in a sequential sender's p99 (the issue's target is 5 ms).
 ``gc.freeze()`` after start-up moves them to the permanent generation, which collections
 skip; what the collector allocates while serving is still collected as before.
 
