@@ -30,7 +30,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -47,6 +48,7 @@ from .test_two_tier_loadbalancing import gateway as lb_gateway
 pytestmark = pytest.mark.integration
 
 SERVER, CLIENT = 2, 3
+T = TypeVar("T")
 RUN = "MW_TEST_GATEWAY_RUN"  # the gateway's incarnation, a label on its series
 
 
@@ -110,6 +112,22 @@ def server_calls(prometheus: Any, service: str) -> dict[tuple[str, str], float]:
 
 def edges(prometheus: Any, client: str, server: str) -> dict[tuple[str, str], float]:
     return by_gateway(prometheus, f'traces_service_graph_request_total{{client="{client}",server="{server}"}}')
+
+
+def settles_at(fetch: Callable[[], T], want: T, what: str, timeout: float = 30) -> T:
+    """Wait until ``fetch()`` equals ``want`` (Prometheus receives a gateway's flush every second);
+    on a timeout, fail with what it last returned."""
+    last: list[T] = []
+
+    def check() -> bool:
+        last[:] = [fetch()]
+        return last[0] == want
+
+    try:
+        eventually(check, timeout=timeout, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{what}: {last!r} instead of {want!r}") from exc
+    return last[0]
 
 
 def per_gateway(values: dict[tuple[str, str], float]) -> dict[str, float]:
@@ -256,18 +274,18 @@ def test_through_loadbalancing_a_gateway_sigkilled_logs_in_elasticsearch_and_red
             both = copies_after[0] + copies_after[1]
             doubled_after = both.total() - len(both)  # copies delivered twice, to one gateway or to both
             want = {f"gateway-{i}": float(c.total()) for i, c in enumerate(copies_after)}
-            eventually(
-                lambda: per_gateway(server_calls(prometheus, after[1])) == want,
-                timeout=30,
-                what=f"spanmetrics SERVER calls of {after[1]} per gateway in Prometheus = its sink's {want}",
+            settles_at(
+                lambda: per_gateway(server_calls(prometheus, after[1])),
+                want,
+                f"spanmetrics SERVER calls of {after[1]} per gateway in Prometheus, against its sink's",
             )
             calls_after = server_calls(prometheus, after[1])
             # "before" phase: exact on the gateway that stayed up; the killed one short by what it had not flushed
             copies_before = [server_copies(s, before[1]) for s in sinks]
-            eventually(
-                lambda: per_gateway(server_calls(prometheus, before[1])).get("gateway-0") == copies_before[0].total(),
-                timeout=30,
-                what="gateway-0's SERVER calls of the first phase in Prometheus = its sink's",
+            settles_at(
+                lambda: per_gateway(server_calls(prometheus, before[1])).get("gateway-0"),
+                float(copies_before[0].total()),
+                "gateway-0's SERVER calls of the first phase in Prometheus, against its sink's",
             )
             calls_before = server_calls(prometheus, before[1])
             unflushed = copies_before[1].total() - per_gateway(calls_before).get("gateway-1", 0)
@@ -343,10 +361,10 @@ def test_through_loadbalancing_a_gateway_sigkilled_logs_in_elasticsearch_and_red
                 export = channel.unary_unary(EXPORT)
                 for trace_hex in twice_sent:
                     export(template.replace(_PLACEHOLDER, bytes.fromhex(trace_hex)), timeout=10)
-            eventually(
-                lambda: sum(server_calls(prometheus, after[1]).values()) == server_after + doubled_after + 5,
-                timeout=30,
-                what="the 5 planted copies counted in Prometheus",
+            settles_at(
+                lambda: sum(server_calls(prometheus, after[1]).values()),
+                float(server_after + doubled_after + 5),
+                "the 5 planted copies counted in Prometheus",
             )
     finally:
         for target in targets:
