@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -24,13 +26,15 @@ from meshwatch.stack.testing import eventually
 
 from ..core._helpers import sink_exporter
 from ._lb import traces_on_several
-from ._otlp import span, traces
+from ._otlp import logs, span, traces
 from .test_loadbalancing import EXPORT, balancer
 
 pytestmark = pytest.mark.integration
 
+EXPORT_LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 HALF = 10  # spans per half trace
 _PLACEHOLDER = b"\xa5" * 16
+T = TypeVar("T")
 
 
 def _span_id(half: int, index: int) -> bytes:
@@ -65,24 +69,49 @@ def gateway(sink: OtlpSink) -> dict[str, Any]:
 
 
 class HalfTraceLoad:
-    """Threads that send each new trace as two requests of ``HALF`` spans, one to each agent."""
+    """Threads that send each new trace as two requests of ``HALF`` spans, one to each agent.
 
-    def __init__(self, agents: list[str], threads: int = 2) -> None:
-        self.templates = []
-        for half, service in enumerate(("frontend", "backend")):
+    With ``logs``, each acknowledged half is followed by one log record of the same trace id to
+    the same agent, its body a unique record id (``<trace id hex>-<half>``), so a store can be
+    counted record by record. ``switch_services`` names the two halves' services anew for the
+    traces started from then on, so derived metrics of one phase of a test can be told apart.
+    """
+
+    def __init__(
+        self,
+        agents: list[str],
+        threads: int = 2,
+        *,
+        services: tuple[str, str] = ("frontend", "backend"),
+        logs: bool = False,
+    ) -> None:
+        self.templates = self._templates(services)
+        self.agents = agents
+        self.logs = logs
+        self.acked: list[tuple[bytes, int]] = []  # (trace id, half)
+        self.acked_by_service: Counter[str] = Counter()  # halves acknowledged, by their service.name
+        self.logs_acked: list[str] = []  # record ids
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    @staticmethod
+    def _templates(services: tuple[str, str]) -> list[tuple[str, bytes]]:
+        templates = []
+        for half, service in enumerate(services):
             spans = [span(f"op-{i}", trace_id=_PLACEHOLDER, span_id=_span_id(half, i), kind=1) for i in range(HALF)]
             # One request per trace crosses the halves: frontend's CLIENT span -> backend's SERVER
             # span, an edge servicegraph can only pair when both halves reach the same gateway.
             spans[0].kind = 3 if half == 0 else 2
             if half == 1:
                 spans[0].parent_span_id = _span_id(0, 0)
-            self.templates.append(traces({"service.name": service}, spans).SerializeToString())
-        self.agents = agents
-        self.acked: list[tuple[bytes, int]] = []  # (trace id, half)
-        self.refused = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+            templates.append((service, traces({"service.name": service}, spans).SerializeToString()))
+        return templates
+
+    def switch_services(self, services: tuple[str, str]) -> None:
+        """Traces started from now on have these two services (one trace never mixes the two sets)."""
+        self.templates = self._templates(services)
 
     def start(self) -> HalfTraceLoad:
         for thread in self._threads:
@@ -97,22 +126,39 @@ class HalfTraceLoad:
     def _loop(self) -> None:
         channels = [grpc.insecure_channel(a) for a in self.agents]
         exports = [c.unary_unary(EXPORT) for c in channels]
+        log_exports = [c.unary_unary(EXPORT_LOGS) for c in channels]
         while not self._stop.is_set():
             trace_id = os.urandom(16)
+            templates = self.templates  # both halves of a trace from the same set of services
             for half, export in enumerate(exports):
-                while not self._stop.is_set():  # a refused half is sent again, as an SDK would
-                    try:
-                        export(self.templates[half].replace(_PLACEHOLDER, trace_id), timeout=10)
-                    except grpc.RpcError:
-                        with self._lock:
-                            self.refused += 1
-                        time.sleep(0.05)
-                        continue
-                    with self._lock:
-                        self.acked.append((trace_id, half))
+                service, template = templates[half]
+                if not self._send(export, template.replace(_PLACEHOLDER, trace_id)):
                     break
+                with self._lock:
+                    self.acked.append((trace_id, half))
+                    self.acked_by_service[service] += 1
+                if self.logs:
+                    record_id = f"{trace_id.hex()}-{half}"
+                    request = logs({"service.name": service}, [{"body": record_id, "trace_id": trace_id}])
+                    if not self._send(log_exports[half], request.SerializeToString()):
+                        break
+                    with self._lock:
+                        self.logs_acked.append(record_id)
         for channel in channels:
             channel.close()
+
+    def _send(self, export: Any, request: bytes) -> bool:
+        """Send until acknowledged (a refused request is sent again, as an SDK would); False if stopped first."""
+        while not self._stop.is_set():
+            try:
+                export(request, timeout=10)
+            except grpc.RpcError:
+                with self._lock:
+                    self.refused += 1
+                time.sleep(0.05)
+                continue
+            return True
+        return False
 
     def acked_span_ids(self) -> set[tuple[str, str]]:
         with self._lock:
@@ -120,21 +166,32 @@ class HalfTraceLoad:
         return {(t.hex(), (half * 100 + i + 1).to_bytes(8, "big").hex()) for t, half in acked for i in range(HALF)}
 
 
-def accounting(sinks: list[OtlpSink], acked: set[tuple[str, str]]) -> dict[str, int]:
-    traces_acked = {t for t, _ in acked}
+def tally(acknowledged: set[T], seen: Iterable[T]) -> dict[str, int]:
+    """Acknowledged, arrived, lost and duplicated items, from every copy a store kept of them."""
     received = 0
-    distinct: set[tuple[str, str]] = set()
-    for sink in sinks:
-        with sink.lock:
-            mine = [(s.trace_id, s.span_id) for s in sink.spans if s.trace_id in traces_acked]
-        received += len(mine)
-        distinct.update(mine)
+    distinct: set[T] = set()
+    for item in seen:
+        received += 1
+        distinct.add(item)
     return {
-        "acknowledged": len(acked),
-        "arrived": len(acked & distinct),
-        "lost": len(acked - distinct),
+        "acknowledged": len(acknowledged),
+        "arrived": len(acknowledged & distinct),
+        "lost": len(acknowledged - distinct),
         "duplicates": received - len(distinct),
     }
+
+
+def accounting(sinks: list[OtlpSink], acked: set[tuple[str, str]]) -> dict[str, int]:
+    """``tally`` of the acknowledged spans (trace id, span id) over the sinks, every copy of their traces counted."""
+    traces_acked = {t for t, _ in acked}
+
+    def seen() -> Iterator[tuple[str, str]]:
+        for sink in sinks:
+            with sink.lock:
+                mine = [(s.trace_id, s.span_id) for s in sink.spans if s.trace_id in traces_acked]
+            yield from mine
+
+    return tally(acked, seen())
 
 
 def test_two_agents_loadbalancing_two_gateways_a_gateway_sigkilled_under_load(collector_factory: Any) -> None:
