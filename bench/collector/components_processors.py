@@ -30,6 +30,7 @@ from meshwatch.collector.exporters import prometheus
 from meshwatch.collector.host import CollectorHost
 from meshwatch.collector.processors import attributes, probabilistic_sampler, redaction
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 
 
 class _Null:
@@ -88,11 +89,12 @@ def main() -> None:
     args = parser.parse_args()
     recorder = Recorder("bench/collector/components_processors.py " + " ".join(sys.argv[1:]))
     host = CollectorHost(Path(tempfile.mkdtemp(prefix="meshwatch-bench-")))
+    telemetry = Telemetry()
     raw = realistic_request()
 
     def processor(module, config: dict):
         proc = module.factory.create(
-            CreateSettings(ComponentId(module.factory.type), Signal.TRACES),
+            CreateSettings(ComponentId(module.factory.type), Signal.TRACES, telemetry),
             module.factory.config_model.model_validate(config),
             _Null(),
         )
@@ -123,7 +125,8 @@ def main() -> None:
 
     metrics_raw = metrics_request()
     exporter = prometheus.PrometheusExporter(
-        CreateSettings(ComponentId("prometheus"), Signal.METRICS), prometheus.PrometheusConfig(endpoint="127.0.0.1:0")
+        CreateSettings(ComponentId("prometheus"), Signal.METRICS, telemetry),
+        prometheus.PrometheusConfig(endpoint="127.0.0.1:0"),
     )
     exporter.start(host)
     # fold by hand below: stop the background fold thread first, or its CPU (process

@@ -27,6 +27,7 @@ from meshwatch.collector.component import ComponentId, CreateSettings
 from meshwatch.collector.connectors import servicegraph, spanmetrics
 from meshwatch.collector.otlp_values import set_any
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import RESULTS, Recorder, interleaved, spread
@@ -109,7 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     recorder = Recorder("bench/collector/components_spanmetrics.py " + " ".join(sys.argv[1:]))
     raw = realistic_request()
-    settings = CreateSettings(ComponentId("spanmetrics"), Signal.TRACES)
+    telemetry = Telemetry()
+    settings = CreateSettings(ComponentId("spanmetrics"), Signal.TRACES, telemetry)
     plain = spanmetrics.SpanMetricsConnector(settings, spanmetrics.SpanMetricsConfig(), _Null())
     dims = spanmetrics.SpanMetricsConnector(
         settings,
@@ -119,7 +121,9 @@ def main() -> None:
         _Null(),
     )
     graph = servicegraph.ServiceGraphConnector(
-        CreateSettings(ComponentId("servicegraph"), Signal.TRACES), servicegraph.ServiceGraphConfig(), _Null()
+        CreateSettings(ComponentId("servicegraph"), Signal.TRACES, telemetry),
+        servicegraph.ServiceGraphConfig(),
+        _Null(),
     )
 
     def decode(data: bytes) -> Batch:

@@ -91,8 +91,9 @@ def bad_neighbour_in_queue(workdir: Path, exporter_config: dict, jaeger_url: str
     from meshwatch.collector.exporters.otlp import factory
     from meshwatch.collector.host import CollectorHost
     from meshwatch.collector.signals import Signal
+    from meshwatch.collector.telemetry import Telemetry
 
-    settings = CreateSettings(ComponentId("otlp", "jaeger"), Signal.TRACES)
+    settings = CreateSettings(ComponentId("otlp", "jaeger"), Signal.TRACES, Telemetry())
     exporter = factory.create(settings, factory.config_model.model_validate(exporter_config))
     exporter.start(CollectorHost(workdir))
     try:

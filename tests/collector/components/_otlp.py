@@ -1,7 +1,8 @@
 """Builders for OTLP requests and the small host/sink the components are started with in tests.
 
-The host is the real seam (``component.Host``): a storage folder, a logger and a
-self-telemetry registry. The sink is a real ``Consumer`` that keeps what it gets.
+The host is the real seam (``component.Host``): a storage folder and a logger; the
+self-telemetry is the real ``Telemetry``, handed to a component in its create settings.
+The sink is a real ``Consumer`` that keeps what it gets.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from meshwatch.collector.batch import Batch
 from meshwatch.collector.component import ComponentId, CreateSettings
 from meshwatch.collector.otlp_values import set_any
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 
 NS = 1_000_000_000
 
 
-def metric(host: Any, name: str, **labels: str) -> float:
+def metric(telemetry: Telemetry, name: str, **labels: str) -> float:
     """A sample of the collector's self-telemetry registry (0 when absent)."""
-    return host.telemetry().registry.get_sample_value(name, labels) or 0.0
+    return telemetry.registry.get_sample_value(name, labels) or 0.0
 
 
 class Sink:
@@ -41,8 +43,8 @@ class Sink:
         self.batches.append(batch)
 
 
-def settings(text: str, signal: Signal | None = None) -> CreateSettings:
-    return CreateSettings(ComponentId.parse(text), signal)
+def settings(text: str, signal: Signal | None = None, *, telemetry: Telemetry) -> CreateSettings:
+    return CreateSettings(ComponentId.parse(text), signal, telemetry)
 
 
 def kvs(attributes: dict[str, Any]) -> list[KeyValue]:

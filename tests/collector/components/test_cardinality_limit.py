@@ -146,9 +146,9 @@ def _overflow_labels(series: dict) -> tuple:
     return next(labels for labels in series if OVERFLOW in labels)
 
 
-def test_exporter_counts_overflowed_points_and_warns_once_naming_the_metric(host, caplog) -> None:
+def test_exporter_counts_overflowed_points_and_warns_once_naming_the_metric(host, telemetry, caplog) -> None:
     config = prom.PrometheusConfig(endpoint="127.0.0.1:0", cardinality_limit=10)
-    exporter = prom.factory.create(settings("prometheus/limited", Signal.METRICS), config)
+    exporter = prom.factory.create(settings("prometheus/limited", Signal.METRICS, telemetry=telemetry), config)
     exporter.start(host)
     caplog.set_level(logging.WARNING, logger="meshwatch.collector.exporter.prometheus")
     try:
@@ -161,7 +161,7 @@ def test_exporter_counts_overflowed_points_and_warns_once_naming_the_metric(host
     finally:
         exporter.shutdown(5)
     counted = metric(
-        host, "meshwatch_exporter_overflowed_points_total", exporter="prometheus/limited", signal="metrics"
+        telemetry, "meshwatch_exporter_overflowed_points_total", exporter="prometheus/limited", signal="metrics"
     )
     assert counted == 3 * 21
     warnings = [r.getMessage() for r in caplog.records if "cardinality_limit" in r.getMessage()]
@@ -242,9 +242,9 @@ def _check_prometheus(prometheus, name: str, selector: str, values: list[float])
 
 
 @pytest.mark.integration
-def test_prometheus_sees_at_most_limit_series_and_the_overflowed_sum(prometheus, host) -> None:
+def test_prometheus_sees_at_most_limit_series_and_the_overflowed_sum(prometheus, host, telemetry) -> None:
     config = prom.PrometheusConfig(endpoint="127.0.0.1:0", cardinality_limit=LIMIT)
-    exporter = prom.factory.create(settings("prometheus/burst", Signal.METRICS), config)
+    exporter = prom.factory.create(settings("prometheus/burst", Signal.METRICS, telemetry=telemetry), config)
     exporter.start(host)
     name = f"card_{uuid.uuid4().hex[:6]}"
     req, values = _burst_request(name, f"svc-{name}", time.time_ns())
@@ -255,14 +255,16 @@ def test_prometheus_sees_at_most_limit_series_and_the_overflowed_sum(prometheus,
     finally:
         target.unlink()
         exporter.shutdown(5)
-    counted = metric(host, "meshwatch_exporter_overflowed_points_total", exporter="prometheus/burst", signal="metrics")
+    counted = metric(
+        telemetry, "meshwatch_exporter_overflowed_points_total", exporter="prometheus/burst", signal="metrics"
+    )
     assert counted == BURST - (LIMIT - 1)
 
 
 @pytest.mark.integration
-def test_remote_write_writes_at_most_limit_series_and_the_overflowed_sum(prometheus, host) -> None:
+def test_remote_write_writes_at_most_limit_series_and_the_overflowed_sum(prometheus, host, telemetry) -> None:
     config = prw.RemoteWriteConfig(endpoint=f"{prometheus.url}/api/v1/write", cardinality_limit=LIMIT)
-    sender = prw.RemoteWriteSender(config, "prometheusremotewrite/burst")
+    sender = prw.RemoteWriteSender(config, telemetry, "prometheusremotewrite/burst")
     sender.start(host)
     name = f"rwcard_{uuid.uuid4().hex[:6]}"
     req, values = _burst_request(name, f"svc-{name}", time.time_ns())
@@ -273,6 +275,9 @@ def test_remote_write_writes_at_most_limit_series_and_the_overflowed_sum(prometh
     finally:
         sender.shutdown()
     counted = metric(
-        host, "meshwatch_exporter_overflowed_points_total", exporter="prometheusremotewrite/burst", signal="metrics"
+        telemetry,
+        "meshwatch_exporter_overflowed_points_total",
+        exporter="prometheusremotewrite/burst",
+        signal="metrics",
     )
     assert counted == BURST - (LIMIT - 1)

@@ -14,6 +14,7 @@ from meshwatch.collector.connectors import servicegraph, spanmetrics
 from meshwatch.collector.exporters import prometheus as prom
 from meshwatch.collector.otlp_values import any_to_python
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 from meshwatch.stack.testing import eventually
 
 from ._otlp import Sink, batch_of, metric, scrape_with_honor_labels, settings, span, traces
@@ -40,9 +41,11 @@ def points(request, name: str) -> list:
     return found
 
 
-def make_spanmetrics(**options) -> spanmetrics.SpanMetricsConnector:
+def make_spanmetrics(telemetry: Telemetry | None = None, **options) -> spanmetrics.SpanMetricsConnector:
     config = spanmetrics.SpanMetricsConfig.model_validate(options)
-    return spanmetrics.factory.create(settings("spanmetrics", Signal.TRACES), config, {Signal.METRICS: Sink()})
+    return spanmetrics.factory.create(
+        settings("spanmetrics", Signal.TRACES, telemetry=telemetry or Telemetry()), config, {Signal.METRICS: Sink()}
+    )
 
 
 def test_spanmetrics_counts_calls_and_durations_per_series() -> None:
@@ -99,10 +102,10 @@ def test_spanmetrics_cardinality_limit_goes_to_one_overflow_series() -> None:
     assert overflow == [7]
 
 
-def test_spanmetrics_flushes_to_the_metrics_pipeline(host) -> None:
+def test_spanmetrics_flushes_to_the_metrics_pipeline(host, telemetry) -> None:
     sink = Sink()
     config = spanmetrics.SpanMetricsConfig(metrics_flush_interval=0.2)
-    conn = spanmetrics.factory.create(settings("spanmetrics"), config, {Signal.METRICS: sink})
+    conn = spanmetrics.factory.create(settings("spanmetrics", telemetry=telemetry), config, {Signal.METRICS: sink})
     conn.start(host)
     try:
         conn.consume(batch_of(Signal.TRACES, traces(RESOURCE, [span()])))
@@ -113,9 +116,11 @@ def test_spanmetrics_flushes_to_the_metrics_pipeline(host) -> None:
         conn.shutdown(5)
 
 
-def make_graph(**options) -> servicegraph.ServiceGraphConnector:
+def make_graph(telemetry: Telemetry | None = None, **options) -> servicegraph.ServiceGraphConnector:
     config = servicegraph.ServiceGraphConfig.model_validate(options)
-    return servicegraph.factory.create(settings("servicegraph", Signal.TRACES), config, {Signal.METRICS: Sink()})
+    return servicegraph.factory.create(
+        settings("servicegraph", Signal.TRACES, telemetry=telemetry or Telemetry()), config, {Signal.METRICS: Sink()}
+    )
 
 
 def edges(conn) -> dict:
@@ -154,8 +159,8 @@ def test_servicegraph_pairs_client_and_server_spans_across_batches() -> None:
     assert dims["client_http.request.method"] == "POST" and "server_http.request.method" not in dims
 
 
-def test_servicegraph_messaging_database_and_virtual_nodes(host) -> None:
-    conn = make_graph(store={"ttl": 1, "max_items": 3})
+def test_servicegraph_messaging_database_and_virtual_nodes(host, telemetry) -> None:
+    conn = make_graph(telemetry, store={"ttl": 1, "max_items": 3})
     conn.start(host)
     conn._flusher.stop(1)  # expiry is driven by hand below
     trace_id = os.urandom(16)
@@ -175,27 +180,31 @@ def test_servicegraph_messaging_database_and_virtual_nodes(host) -> None:
         ("orders", "stripe", "virtual_node"): {"total": 1, "failed": 0, "server_sum": pytest.approx(0.01)},
         ("user", "orders", "virtual_node"): {"total": 1, "failed": 0, "server_sum": pytest.approx(0.01)},
     }
-    assert metric(host, "meshwatch_connector_servicegraph_expired_edges_total", connector="servicegraph") == 1
+    assert metric(telemetry, "meshwatch_connector_servicegraph_expired_edges_total", connector="servicegraph") == 1
     # max_items: a full store refuses new halves, and says so
     conn.consume(batch_of(Signal.TRACES, traces({"service.name": "a"}, [span(kind=CLIENT) for _ in range(5)])))
-    assert metric(host, "meshwatch_connector_servicegraph_dropped_spans_total", connector="servicegraph") == 2
+    assert metric(telemetry, "meshwatch_connector_servicegraph_dropped_spans_total", connector="servicegraph") == 2
 
 
 # --- through the Prometheus exporter into the real Prometheus ---------------------------------
 
 
 @pytest.mark.integration
-def test_spanmetrics_and_service_graph_series_are_queryable_in_prometheus(prometheus, host) -> None:
-    exporter = prom.factory.create(settings("prometheus"), prom.PrometheusConfig(endpoint="127.0.0.1:0"))
+def test_spanmetrics_and_service_graph_series_are_queryable_in_prometheus(prometheus, host, telemetry) -> None:
+    exporter = prom.factory.create(
+        settings("prometheus", telemetry=telemetry), prom.PrometheusConfig(endpoint="127.0.0.1:0")
+    )
     exporter.start(host)
     fast = {"metrics_flush_interval": 0.5}
     span_conn = spanmetrics.factory.create(
-        settings("spanmetrics"),
+        settings("spanmetrics", telemetry=telemetry),
         spanmetrics.SpanMetricsConfig.model_validate({**fast, "dimensions": [{"name": "http.route"}]}),
         {Signal.METRICS: exporter},
     )
     graph = servicegraph.factory.create(
-        settings("servicegraph"), servicegraph.ServiceGraphConfig.model_validate(fast), {Signal.METRICS: exporter}
+        settings("servicegraph", telemetry=telemetry),
+        servicegraph.ServiceGraphConfig.model_validate(fast),
+        {Signal.METRICS: exporter},
     )
     for component in (span_conn, graph):
         component.start(host)

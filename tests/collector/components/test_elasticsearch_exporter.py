@@ -274,7 +274,7 @@ def test_mapping_conflicts_become_dead_letters_and_the_rest_is_indexed(elasticse
 
 @pytest.mark.integration
 def test_through_the_queued_exporter_conflicts_reach_the_dead_letter_file_and_are_counted(
-    elasticsearch, es, host
+    elasticsearch, es, host, telemetry
 ) -> None:
     prefix = _prefix()
     nanos, day = _old_day()
@@ -282,7 +282,7 @@ def test_through_the_queued_exporter_conflicts_reach_the_dead_letter_file_and_ar
     config = es_exporter.ElasticsearchConfig.model_validate(
         {"endpoints": [elasticsearch.url], "index_prefix": prefix, "sending_queue": {"fsync": "never"}}
     )
-    exporter = es_exporter.factory.create(settings("elasticsearch", Signal.LOGS), config)
+    exporter = es_exporter.factory.create(settings("elasticsearch", Signal.LOGS, telemetry=telemetry), config)
     exporter.start(host)
     marker = uuid.uuid4().hex
     try:
@@ -291,11 +291,11 @@ def test_through_the_queued_exporter_conflicts_reach_the_dead_letter_file_and_ar
         )
         labels = {"exporter": "elasticsearch", "signal": "logs"}
         eventually(
-            lambda: metric(host, "meshwatch_exporter_dropped_items_total", **labels, reason="rejected") == 1,
+            lambda: metric(telemetry, "meshwatch_exporter_dropped_items_total", **labels, reason="rejected") == 1,
             timeout=30,
             what="the conflicting record counted as dropped{reason=rejected}",
         )
-        assert metric(host, "meshwatch_exporter_sent_items_total", **labels) == 1
+        assert metric(telemetry, "meshwatch_exporter_sent_items_total", **labels) == 1
         letters = [
             orjson.loads(line)
             for line in Path(host.storage_dir, "deadletter", "elasticsearch.jsonl").read_bytes().splitlines()

@@ -20,6 +20,7 @@ from meshwatch.collector.exporters.loadbalancing import LoadBalancingConfig, Loa
 from meshwatch.collector.host import CollectorHost
 from meshwatch.collector.otlp_sink import OtlpSink, otlp_sink
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 from meshwatch.collector.testing import RunningCollector, free_port
 from meshwatch.stack.testing import eventually
 
@@ -187,7 +188,10 @@ def test_a_dns_change_reroutes_the_dropped_backends_queue_and_gives_keys_back_wh
             }
         )
         host = CollectorHost(tmp_path / "lb-storage")
-        exporter = LoadBalancingExporter(CreateSettings(ComponentId("loadbalancing"), Signal.TRACES), config, lookup)
+        telemetry = Telemetry()
+        exporter = LoadBalancingExporter(
+            CreateSettings(ComponentId("loadbalancing"), Signal.TRACES, telemetry), config, lookup
+        )
         exporter.start(host)
         try:
             assert exporter.ring.members == set(endpoints)
@@ -199,7 +203,7 @@ def test_a_dns_change_reroutes_the_dropped_backends_queue_and_gives_keys_back_wh
             answer.remove(endpoints[1])
             eventually(lambda: endpoints[1] not in exporter.backends(), timeout=20, what="the dropped backend drained")
             assert wait_all([s0], trace_ids, 1)["missing_spans"] == 0
-            registry = host.telemetry().registry
+            registry = telemetry.registry
             moved = registry.get_sample_value(
                 "meshwatch_loadbalancer_rerouted_items_total",
                 {"exporter": "loadbalancing", "signal": "traces", "backend": endpoints[1], "reason": "removed"},

@@ -21,6 +21,7 @@ from meshwatch.collector.exporters._loadbalancing.routing import split
 from meshwatch.collector.exporters.loadbalancing import LoadBalancingConfig, LoadBalancingExporter
 from meshwatch.collector.otlp_sink import OtlpSink
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 
 from ._lb import traces_on_several
 from ._otlp import batch_of, logs, span, traces
@@ -161,7 +162,7 @@ def test_config_refuses_what_it_cannot_honour() -> None:
         LoadBalancingConfig.model_validate({"resolver": {"k8s": {"service": "x"}}})
     config = LoadBalancingConfig.model_validate({"resolver": resolver, "routing_key": "traceID"})
     with pytest.raises(ValueError, match="metrics are routed by service"):
-        LoadBalancingExporter(CreateSettings(ComponentId("loadbalancing"), Signal.METRICS), config)
+        LoadBalancingExporter(CreateSettings(ComponentId("loadbalancing"), Signal.METRICS, Telemetry()), config)
 
 
 def test_static_hostnames_get_the_otlp_port_when_they_have_none() -> None:

@@ -14,14 +14,14 @@ from meshwatch.collector.signals import Signal
 from ._otlp import Sink, attrs_dict, batch_of, logs, metric, settings, span, traces
 
 
-def _attributes(actions: list[dict], sink: Sink, host) -> attributes.AttributesProcessor:
+def _attributes(actions: list[dict], sink: Sink, host, telemetry) -> attributes.AttributesProcessor:
     config = attributes.factory.config_model.model_validate({"actions": actions})
-    proc = attributes.factory.create(settings("attributes/t", Signal.TRACES), config, sink)
+    proc = attributes.factory.create(settings("attributes/t", Signal.TRACES, telemetry=telemetry), config, sink)
     proc.start(host)
     return proc
 
 
-def test_attribute_actions_follow_the_collector_semantics(host) -> None:
+def test_attribute_actions_follow_the_collector_semantics(host, telemetry) -> None:
     sink = Sink()
     proc = _attributes(
         [
@@ -37,6 +37,7 @@ def test_attribute_actions_follow_the_collector_semantics(host) -> None:
         ],
         sink,
         host,
+        telemetry,
     )
     request = traces(
         {"service.name": "checkout"},
@@ -70,18 +71,18 @@ def test_attribute_actions_follow_the_collector_semantics(host) -> None:
     assert batch.raw != raw_before  # re-encoded because it changed
 
 
-def test_unchanged_batch_keeps_its_bytes(host) -> None:
+def test_unchanged_batch_keeps_its_bytes(host, telemetry) -> None:
     sink = Sink()
-    proc = _attributes([{"key": "absent", "value": 1, "action": "update"}], sink, host)
+    proc = _attributes([{"key": "absent", "value": 1, "action": "update"}], sink, host, telemetry)
     batch = batch_of(Signal.TRACES, traces({"service.name": "a"}, [span()]))
     raw = batch.raw
     proc.consume(batch)
     assert batch.raw is raw
 
 
-def test_attributes_on_logs_and_metric_points(host) -> None:
+def test_attributes_on_logs_and_metric_points(host, telemetry) -> None:
     sink = Sink()
-    proc = _attributes([{"key": "team", "value": "payments", "action": "upsert"}], sink, host)
+    proc = _attributes([{"key": "team", "value": "payments", "action": "upsert"}], sink, host, telemetry)
     batch = batch_of(Signal.LOGS, logs({"service.name": "a"}, [{"body": "x"}, {"body": "y"}]))
     proc.consume(batch)
     records = batch.message.resource_logs[0].scope_logs[0].log_records
@@ -104,12 +105,12 @@ def test_bad_actions_are_refused_with_the_reason(action: dict, message: str) -> 
         attributes.factory.config_model.model_validate({"actions": [action]})
 
 
-def test_resource_processor_edits_every_resource(host) -> None:
+def test_resource_processor_edits_every_resource(host, telemetry) -> None:
     sink = Sink()
     config = resource.factory.config_model.model_validate(
         {"attributes": [{"key": "deployment.environment.name", "value": "staging", "action": "upsert"}]}
     )
-    proc = resource.factory.create(settings("resource", Signal.LOGS), config, sink)
+    proc = resource.factory.create(settings("resource", Signal.LOGS, telemetry=telemetry), config, sink)
     proc.start(host)
     request = logs({"service.name": "a", "host.ip": "10.0.0.1"}, [{"body": "x"}])
     request.resource_logs.add().CopyFrom(request.resource_logs[0])
@@ -122,9 +123,9 @@ def test_resource_processor_edits_every_resource(host) -> None:
 # --- redaction -----------------------------------------------------------------------------
 
 
-def _redaction(host, sink: Sink, **options) -> redaction.RedactionProcessor:
+def _redaction(host, telemetry, sink: Sink, **options) -> redaction.RedactionProcessor:
     config = redaction.factory.config_model.model_validate(options)
-    proc = redaction.factory.create(settings("redaction", Signal.LOGS), config, sink)
+    proc = redaction.factory.create(settings("redaction", Signal.LOGS, telemetry=telemetry), config, sink)
     proc.start(host)
     return proc
 
@@ -140,9 +141,9 @@ SECRET_ATTRIBUTES = {
 KEPT_ATTRIBUTES = {"gen_ai.usage.input_tokens": 812, "secretary": "Ms Moneypenny", "http.route": "/pay"}
 
 
-def test_secret_keys_are_masked_and_counted(host) -> None:
+def test_secret_keys_are_masked_and_counted(host, telemetry) -> None:
     sink = Sink()
-    proc = _redaction(host, sink)
+    proc = _redaction(host, telemetry, sink)
     request = logs(
         {"service.name": "pay", "cloud.api_key": "resource-secret"},
         [{"body": "card 4111 1111 1111 1111 declined", "attributes": {**SECRET_ATTRIBUTES, **KEPT_ATTRIBUTES}}],
@@ -156,24 +157,28 @@ def test_secret_keys_are_masked_and_counted(host) -> None:
     assert {k: got[k] for k in KEPT_ATTRIBUTES} == KEPT_ATTRIBUTES
     assert attrs_dict(rl.resource.attributes)["cloud.api_key"] == "***"
     assert record.body.string_value == "card *** declined"
-    assert metric(host, "meshwatch_processor_redactions_total", processor="redaction", signal="logs", reason="key") == 7
     assert (
-        metric(host, "meshwatch_processor_redactions_total", processor="redaction", signal="logs", reason="value") == 1
+        metric(telemetry, "meshwatch_processor_redactions_total", processor="redaction", signal="logs", reason="key")
+        == 7
+    )
+    assert (
+        metric(telemetry, "meshwatch_processor_redactions_total", processor="redaction", signal="logs", reason="value")
+        == 1
     )
 
 
-def test_card_like_numbers_failing_luhn_are_kept(host) -> None:
+def test_card_like_numbers_failing_luhn_are_kept(host, telemetry) -> None:
     sink = Sink()
-    proc = _redaction(host, sink)
+    proc = _redaction(host, telemetry, sink)
     batch = batch_of(Signal.LOGS, logs({"service.name": "a"}, [{"body": "order 1234567890123 shipped"}]))
     proc.consume(batch)
     body = batch.message.resource_logs[0].scope_logs[0].log_records[0].body
     assert body.string_value == "order 1234567890123 shipped"
 
 
-def test_structured_bodies_and_span_events_are_walked(host) -> None:
+def test_structured_bodies_and_span_events_are_walked(host, telemetry) -> None:
     sink = Sink()
-    proc = _redaction(host, sink, action="hash")
+    proc = _redaction(host, telemetry, sink, action="hash")
     batch = batch_of(
         Signal.LOGS,
         logs({"service.name": "a"}, [{"body": {"user": "bob", "auth": {"password": "pw", "note": "x"}}}]),
@@ -193,9 +198,9 @@ def test_structured_bodies_and_span_events_are_walked(host) -> None:
     )
 
 
-def test_ignored_keys_and_extra_patterns(host) -> None:
+def test_ignored_keys_and_extra_patterns(host, telemetry) -> None:
     sink = Sink()
-    proc = _redaction(host, sink, ignored_keys=["session_token"], extra_blocked_key_patterns=["ssn"])
+    proc = _redaction(host, telemetry, sink, ignored_keys=["session_token"], extra_blocked_key_patterns=["ssn"])
     batch = batch_of(Signal.LOGS, logs({"service.name": "a"}, [{"attributes": {"session_token": "t", "ssn": "1"}}]))
     proc.consume(batch)
     got = attrs_dict(batch.message.resource_logs[0].scope_logs[0].log_records[0].attributes)
@@ -213,10 +218,12 @@ def test_fnv_hash_matches_the_collector_reference_values() -> None:
     assert probabilistic_sampler._seeded_state(0) == probabilistic_sampler.trace_hash(b"\0\0\0\0", _state=0x811C9DC5)
 
 
-def test_sampling_keeps_whole_traces_at_the_configured_rate(host) -> None:
+def test_sampling_keeps_whole_traces_at_the_configured_rate(host, telemetry) -> None:
     sink = Sink()
     config = probabilistic_sampler.SamplerConfig(sampling_percentage=25, hash_seed=7)
-    proc = probabilistic_sampler.factory.create(settings("probabilistic_sampler", Signal.TRACES), config, sink)
+    proc = probabilistic_sampler.factory.create(
+        settings("probabilistic_sampler", Signal.TRACES, telemetry=telemetry), config, sink
+    )
     proc.start(host)
     trace_ids = [os.urandom(16) for _ in range(4000)]
     spans = [span(trace_id=t) for t in trace_ids for _ in range(2)]
@@ -231,7 +238,7 @@ def test_sampling_keeps_whole_traces_at_the_configured_rate(host) -> None:
     dropped = 2 * (len(trace_ids) - len(kept_traces))
     assert (
         metric(
-            host,
+            telemetry,
             "meshwatch_processor_filtered_items_total",
             processor="probabilistic_sampler",
             signal="traces",
@@ -241,14 +248,16 @@ def test_sampling_keeps_whole_traces_at_the_configured_rate(host) -> None:
     )
 
 
-def test_fully_sampled_out_batch_is_not_forwarded_and_logs_fail_closed(host) -> None:
+def test_fully_sampled_out_batch_is_not_forwarded_and_logs_fail_closed(host, telemetry) -> None:
     sink = Sink()
     config = probabilistic_sampler.SamplerConfig(sampling_percentage=0)
-    proc = probabilistic_sampler.factory.create(settings("probabilistic_sampler/z", Signal.LOGS), config, sink)
+    proc = probabilistic_sampler.factory.create(
+        settings("probabilistic_sampler/z", Signal.LOGS, telemetry=telemetry), config, sink
+    )
     proc.start(host)
     batch = batch_of(Signal.LOGS, logs({"service.name": "a"}, [{"trace_id": os.urandom(16)}, {"body": "no trace"}]))
     proc.consume(batch)
     assert sink.batches == []
     labels = {"processor": "probabilistic_sampler/z", "signal": "logs"}
-    assert metric(host, "meshwatch_processor_filtered_items_total", **labels, reason="sampled_out") == 1
-    assert metric(host, "meshwatch_processor_filtered_items_total", **labels, reason="no_trace_id") == 1
+    assert metric(telemetry, "meshwatch_processor_filtered_items_total", **labels, reason="sampled_out") == 1
+    assert metric(telemetry, "meshwatch_processor_filtered_items_total", **labels, reason="no_trace_id") == 1

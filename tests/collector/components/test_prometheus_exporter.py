@@ -108,9 +108,9 @@ def histogram(name: str, counts: list[int], *, t: int, start: int, temporality: 
 
 
 @pytest.fixture
-def exporter(host) -> Iterator[prom.PrometheusExporter]:
+def exporter(host, telemetry) -> Iterator[prom.PrometheusExporter]:
     config = prom.PrometheusConfig(endpoint="127.0.0.1:0")
-    exp = prom.factory.create(settings("prometheus", Signal.METRICS), config)
+    exp = prom.factory.create(settings("prometheus", Signal.METRICS, telemetry=telemetry), config)
     exp.start(host)
     yield exp
     exp.shutdown(5)
@@ -123,7 +123,7 @@ def scrape(exp: prom.PrometheusExporter, openmetrics: bool = False) -> str:
     return response.text
 
 
-def test_text_exposition_with_target_info_job_instance_and_histograms(exporter, host) -> None:
+def test_text_exposition_with_target_info_job_instance_and_histograms(exporter, host, telemetry) -> None:
     now = time.time_ns()
     exporter.consume(
         batch_of(
@@ -151,10 +151,10 @@ def test_text_exposition_with_target_info_job_instance_and_histograms(exporter, 
     assert f'pay_dur_seconds_bucket{{{hist},le="0.1",otel_scope_name="shop",otel_scope_version="1.2"}} 3.0' in text
     assert f'pay_dur_seconds_bucket{{{hist},le="+Inf",otel_scope_name="shop",otel_scope_version="1.2"}} 4.0' in text
     assert f'pay_dur_seconds_count{{{hist},otel_scope_name="shop",otel_scope_version="1.2"}} 4.0' in text
-    assert metric(host, "meshwatch_exporter_sent_items_total", exporter="prometheus", signal="metrics") == 2
+    assert metric(telemetry, "meshwatch_exporter_sent_items_total", exporter="prometheus", signal="metrics") == 2
 
 
-def test_delta_counters_and_histograms_accumulate_and_resends_do_not_double(exporter, host) -> None:
+def test_delta_counters_and_histograms_accumulate_and_resends_do_not_double(exporter, host, telemetry) -> None:
     t0 = time.time_ns() - 10 * NS
     for step in range(3):
         start, end = t0 + step * NS, t0 + (step + 1) * NS
@@ -181,7 +181,7 @@ def test_delta_counters_and_histograms_accumulate_and_resends_do_not_double(expo
     assert buckets == {"0.05": 3.0, "0.1": 3.0, "0.5": 6.0, "+Inf": 6.0}
     assert (
         metric(
-            host,
+            telemetry,
             "meshwatch_exporter_dropped_items_total",
             exporter="prometheus",
             signal="metrics",
@@ -210,7 +210,7 @@ def test_openmetrics_carries_exemplars_on_buckets(exporter) -> None:
     assert "# {" not in scrape(exporter)  # the classic text format carries no exemplars
 
 
-def test_gauges_summaries_exponential_histograms_and_type_conflicts(exporter, host) -> None:
+def test_gauges_summaries_exponential_histograms_and_type_conflicts(exporter, host, telemetry) -> None:
     now = time.time_ns()
     gauge = Metric(name="queue.depth", unit="{item}")
     gauge.gauge.data_points.add(time_unix_nano=now, as_int=42)
@@ -247,7 +247,7 @@ def test_gauges_summaries_exponential_histograms_and_type_conflicts(exporter, ho
     assert 'le="16",otel_scope_name="shop",otel_scope_version="1.2"} 6.0' in text
     assert (
         metric(
-            host,
+            telemetry,
             "meshwatch_exporter_dropped_items_total",
             exporter="prometheus",
             signal="metrics",
@@ -257,7 +257,7 @@ def test_gauges_summaries_exponential_histograms_and_type_conflicts(exporter, ho
     )
 
 
-def test_stale_series_expire(host) -> None:
+def test_stale_series_expire() -> None:
     from meshwatch.collector.exporters._prom_store import SeriesStore
 
     store = SeriesStore(expiration=300)

@@ -14,6 +14,7 @@ from meshwatch.collector.exporters import prometheusremotewrite as prw
 from meshwatch.collector.exporters._remote_write_pb import WriteRequest
 from meshwatch.collector.sender import TransientError
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 from meshwatch.stack import free_port
 from meshwatch.stack.testing import eventually
 
@@ -49,7 +50,9 @@ def test_translation_names_labels_histograms_and_target_info() -> None:
 
 
 def test_unreachable_endpoint_is_transient() -> None:
-    sender = prw.RemoteWriteSender(prw.RemoteWriteConfig(endpoint=f"http://127.0.0.1:{free_port()}/api/v1/write"))
+    sender = prw.RemoteWriteSender(
+        prw.RemoteWriteConfig(endpoint=f"http://127.0.0.1:{free_port()}/api/v1/write"), Telemetry()
+    )
     sender.start(None)
     now = time.time_ns()
     with pytest.raises(TransientError):
@@ -65,7 +68,7 @@ def test_snappy_block_round_trip() -> None:
 
 @pytest.mark.integration
 def test_samples_are_written_into_prometheus(prometheus) -> None:
-    sender = prw.RemoteWriteSender(prw.RemoteWriteConfig(endpoint=f"{prometheus.url}/api/v1/write"))
+    sender = prw.RemoteWriteSender(prw.RemoteWriteConfig(endpoint=f"{prometheus.url}/api/v1/write"), Telemetry())
     sender.start(None)
     service = f"rw-{uuid.uuid4().hex[:6]}"
     now = time.time_ns()

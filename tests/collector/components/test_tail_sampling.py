@@ -28,6 +28,7 @@ from meshwatch.collector.processors._tail_policies import (
     probabilistic_threshold,
 )
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 
 from ._otlp import Sink, batch_of, metric, settings, span, traces
 
@@ -115,10 +116,15 @@ def test_latency_from_ingest_bounds_agrees_with_the_walk() -> None:
         assert evaluate(bounded) is evaluate(view)
 
 
-def test_a_trace_split_over_batches_is_timed_end_to_end(host, clock) -> None:
+def test_a_trace_split_over_batches_is_timed_end_to_end(host, telemetry, clock) -> None:
     sink = Sink()
     proc = _processor(
-        host, clock, [{"name": "slow", "type": "latency", "latency": {"threshold_ms": 500}}], sink, decision_wait="5s"
+        host,
+        telemetry,
+        clock,
+        [{"name": "slow", "type": "latency", "latency": {"threshold_ms": 500}}],
+        sink,
+        decision_wait="5s",
     )
     try:
         tid, t0 = os.urandom(16), 10**18
@@ -304,9 +310,13 @@ def clock() -> Clock:
     return Clock()
 
 
-def _processor(host: Any, clock: Clock, policies: list[dict[str, Any]], sink: Any = None, **extra: Any) -> Any:
+def _processor(
+    host: Any, telemetry: Telemetry, clock: Clock, policies: list[dict[str, Any]], sink: Any = None, **extra: Any
+) -> Any:
     config = _config(policies, **extra)
-    proc = tail_sampling.TailSamplingProcessor(settings("tail_sampling", Signal.TRACES), config, sink or Sink(), clock)
+    proc = tail_sampling.TailSamplingProcessor(
+        settings("tail_sampling", Signal.TRACES, telemetry=telemetry), config, sink or Sink(), clock
+    )
     proc.start(host)
     return proc
 
@@ -322,13 +332,13 @@ def _kept(sink: Sink) -> dict[bytes, int]:
     return seen
 
 
-def _m(host: Any, name: str, **labels: str) -> float:
-    return metric(host, f"meshwatch_processor_tail_sampling_{name}", processor="tail_sampling", **labels)
+def _m(telemetry: Telemetry, name: str, **labels: str) -> float:
+    return metric(telemetry, f"meshwatch_processor_tail_sampling_{name}", processor="tail_sampling", **labels)
 
 
-def test_a_trace_is_decided_after_decision_wait_and_handed_on_whole(host, clock) -> None:
+def test_a_trace_is_decided_after_decision_wait_and_handed_on_whole(host, telemetry, clock) -> None:
     sink = Sink()
-    proc = _processor(host, clock, [ERRORS], sink, decision_wait="10s")
+    proc = _processor(host, telemetry, clock, [ERRORS], sink, decision_wait="10s")
     try:
         failing, fine = os.urandom(16), os.urandom(16)
         proc.consume(
@@ -348,11 +358,11 @@ def test_a_trace_is_decided_after_decision_wait_and_handed_on_whole(host, clock)
         ]
         assert sorted(services) == ["gateway", "payments"]
         assert any(rs.schema_url for b in sink.batches for rs in b.message.resource_spans)
-        assert _m(host, "traces_total", decision="sampled", policy="errors") == 1
-        assert _m(host, "traces_total", decision="not_sampled", policy="") == 1
+        assert _m(telemetry, "traces_total", decision="sampled", policy="errors") == 1
+        assert _m(telemetry, "traces_total", decision="not_sampled", policy="") == 1
         assert (
             metric(
-                host,
+                telemetry,
                 "meshwatch_processor_filtered_items_total",
                 processor="tail_sampling",
                 signal="traces",
@@ -360,10 +370,10 @@ def test_a_trace_is_decided_after_decision_wait_and_handed_on_whole(host, clock)
             )
             == 2
         )
-        assert _m(host, "decision_latency_seconds_count", trigger="decision_wait") == 2
+        assert _m(telemetry, "decision_latency_seconds_count", trigger="decision_wait") == 2
         assert (
             _m(
-                host,
+                telemetry,
                 "traces_held",
             )
             == 0
@@ -372,7 +382,7 @@ def test_a_trace_is_decided_after_decision_wait_and_handed_on_whole(host, clock)
         proc.shutdown(5)
 
 
-def test_any_drop_wins_then_any_sample(host, clock) -> None:
+def test_any_drop_wins_then_any_sample(host, telemetry, clock) -> None:
     sink = Sink()
     health = {
         "name": "health",
@@ -383,7 +393,7 @@ def test_any_drop_wins_then_any_sample(host, clock) -> None:
         {"name": "everything", "type": "always_sample"},
         {"name": "no-health", "type": "drop", "drop": {"drop_sub_policy": [health]}},
     ]
-    proc = _processor(host, clock, policies, sink, decision_wait="1s")
+    proc = _processor(host, telemetry, clock, policies, sink, decision_wait="1s")
     try:
         probe, order = _trace(attributes={"http.route": "/health"}), _trace(attributes={"http.route": "/pay"})
         proc.consume(batch_of(Signal.TRACES, probe))
@@ -391,16 +401,16 @@ def test_any_drop_wins_then_any_sample(host, clock) -> None:
         clock.now += 2
         proc.service()
         assert list(_kept(sink)) == [order.resource_spans[0].scope_spans[0].spans[0].trace_id]
-        assert _m(host, "traces_total", decision="dropped", policy="no-health") == 1
+        assert _m(telemetry, "traces_total", decision="dropped", policy="no-health") == 1
         # the drop policy is asked first and its verdict ends the vote
-        assert _m(host, "policy_decisions_total", policy="everything", decision="sampled") == 1
+        assert _m(telemetry, "policy_decisions_total", policy="everything", decision="sampled") == 1
     finally:
         proc.shutdown(5)
 
 
-def test_late_spans_follow_the_cached_decision(host, clock) -> None:
+def test_late_spans_follow_the_cached_decision(host, telemetry, clock) -> None:
     sink = Sink()
-    proc = _processor(host, clock, [ERRORS], sink, decision_wait="1s")
+    proc = _processor(host, telemetry, clock, [ERRORS], sink, decision_wait="1s")
     try:
         kept, dropped = os.urandom(16), os.urandom(16)
         proc.consume(
@@ -420,16 +430,16 @@ def test_late_spans_follow_the_cached_decision(host, clock) -> None:
         proc.service()
         assert _kept(sink) == {kept: 2}
         assert len(proc.store) == 0  # neither started a new trace
-        assert _m(host, "late_spans_total", decision="sampled") == 1
-        assert _m(host, "late_spans_total", decision="not_sampled") == 1
+        assert _m(telemetry, "late_spans_total", decision="sampled") == 1
+        assert _m(telemetry, "late_spans_total", decision="not_sampled") == 1
     finally:
         proc.shutdown(5)
 
 
-def test_without_a_decision_cache_late_spans_start_over_as_in_go(host, clock) -> None:
+def test_without_a_decision_cache_late_spans_start_over_as_in_go(host, telemetry, clock) -> None:
     sink = Sink()
     cache = {"sampled_cache_size": 0, "non_sampled_cache_size": 0}
-    proc = _processor(host, clock, [ERRORS], sink, decision_wait="1s", decision_cache=cache)
+    proc = _processor(host, telemetry, clock, [ERRORS], sink, decision_wait="1s", decision_cache=cache)
     try:
         dropped = os.urandom(16)
         proc.consume(batch_of(Signal.TRACES, _trace(trace_id=dropped)))
@@ -444,9 +454,9 @@ def test_without_a_decision_cache_late_spans_start_over_as_in_go(host, clock) ->
         proc.shutdown(5)
 
 
-def test_evict_oldest_decides_early_and_counts_when_num_traces_is_reached(host, clock) -> None:
+def test_evict_oldest_decides_early_and_counts_when_num_traces_is_reached(host, telemetry, clock) -> None:
     sink = Sink()
-    proc = _processor(host, clock, [ERRORS], sink, decision_wait="30s", num_traces=100)
+    proc = _processor(host, telemetry, clock, [ERRORS], sink, decision_wait="30s", num_traces=100)
     try:
         failing = [os.urandom(16) for _ in range(20)]
         proc.consume(
@@ -456,16 +466,16 @@ def test_evict_oldest_decides_early_and_counts_when_num_traces_is_reached(host, 
             clock.now += 0.01
             proc.consume(batch_of(Signal.TRACES, traces({"service.name": "a"}, [span() for _ in range(10)])))
         assert len(proc.store) == 100
-        assert _m(host, "evicted_traces_total", reason="num_traces") == 100
+        assert _m(telemetry, "evicted_traces_total", reason="num_traces") == 100
         proc.service()
         assert set(_kept(sink)) == set(failing)  # evicted, yet decided on what they had: errors kept
-        assert _m(host, "decision_latency_seconds_count", trigger="evicted") == 100
+        assert _m(telemetry, "decision_latency_seconds_count", trigger="evicted") == 100
     finally:
         proc.shutdown(5)
 
 
-def test_evict_oldest_keeps_held_bytes_under_memory_limit(host, clock) -> None:
-    proc = _processor(host, clock, [ERRORS], decision_wait="30s", memory_limit_mib=0.25)
+def test_evict_oldest_keeps_held_bytes_under_memory_limit(host, telemetry, clock) -> None:
+    proc = _processor(host, telemetry, clock, [ERRORS], decision_wait="30s", memory_limit_mib=0.25)
     try:
         filler = {"payload": "x" * 500}
         for _ in range(200):  # ≈ 2 × 256 KiB of spans
@@ -473,16 +483,17 @@ def test_evict_oldest_keeps_held_bytes_under_memory_limit(host, clock) -> None:
                 batch_of(Signal.TRACES, traces({"service.name": "a"}, [span(attributes=filler) for _ in range(3)]))
             )
             assert proc.held_bytes() <= 256 * 1024
-        assert _m(host, "evicted_traces_total", reason="memory") > 80
-        assert host.telemetry().held_bytes()["tail_sampling"] == proc.held_bytes() > 200 * 1024
+        assert _m(telemetry, "evicted_traces_total", reason="memory") > 80
+        assert telemetry.held_bytes()["tail_sampling"] == proc.held_bytes() > 200 * 1024
     finally:
         proc.shutdown(5)
 
 
-def test_refuse_mode_pushes_back_until_decisions_free_room(host, clock) -> None:
+def test_refuse_mode_pushes_back_until_decisions_free_room(host, telemetry, clock) -> None:
     sink = Sink()
     proc = _processor(
         host,
+        telemetry,
         clock,
         [{"name": "all", "type": "always_sample"}],
         sink,
@@ -500,7 +511,7 @@ def test_refuse_mode_pushes_back_until_decisions_free_room(host, clock) -> None:
                 refusals.append((exc.reason, exc.retryable))
         assert refusals == [("tail_sampling_full", True)] * 5
         assert len(proc.store) == 50  # a refused batch left nothing behind
-        assert _m(host, "evicted_traces_total", reason="num_traces") == 0
+        assert _m(telemetry, "evicted_traces_total", reason="num_traces") == 0
         clock.now += 6
         proc.service()
         proc.consume(batch_of(Signal.TRACES, traces({"service.name": "a"}, [span() for _ in range(10)])))  # room again
@@ -509,8 +520,10 @@ def test_refuse_mode_pushes_back_until_decisions_free_room(host, clock) -> None:
         proc.shutdown(5)
 
 
-def test_refuse_mode_counts_bytes_too(host, clock) -> None:
-    proc = _processor(host, clock, [ERRORS], decision_wait="30s", memory_limit_mib=0.05, block_on_overflow=True)
+def test_refuse_mode_counts_bytes_too(host, telemetry, clock) -> None:
+    proc = _processor(
+        host, telemetry, clock, [ERRORS], decision_wait="30s", memory_limit_mib=0.05, block_on_overflow=True
+    )
     try:
         filler = {"payload": "x" * 1000}
         refused = 0
@@ -525,10 +538,11 @@ def test_refuse_mode_counts_bytes_too(host, clock) -> None:
         proc.shutdown(5)
 
 
-def test_early_decision_after_the_root_and_a_quiet_period(host, clock) -> None:
+def test_early_decision_after_the_root_and_a_quiet_period(host, telemetry, clock) -> None:
     sink = Sink()
     proc = _processor(
         host,
+        telemetry,
         clock,
         [{"name": "all", "type": "always_sample"}],
         sink,
@@ -560,13 +574,13 @@ def test_early_decision_after_the_root_and_a_quiet_period(host, clock) -> None:
         clock.now += 0.5
         proc.service()
         assert _kept(sink) == {with_root: 3}  # decided 1.7 s in instead of 30 s
-        assert _m(host, "decision_latency_seconds_count", trigger="early") == 1
+        assert _m(telemetry, "decision_latency_seconds_count", trigger="early") == 1
         assert len(proc.store) == 1  # no root: waits for decision_wait
     finally:
         proc.shutdown(5)
 
 
-def test_a_refusing_next_consumer_loses_nothing(host, clock) -> None:
+def test_a_refusing_next_consumer_loses_nothing(host, telemetry, clock) -> None:
     class Flaky(Sink):
         refuse = True
 
@@ -576,7 +590,7 @@ def test_a_refusing_next_consumer_loses_nothing(host, clock) -> None:
             super().consume(batch)
 
     sink = Flaky()
-    proc = _processor(host, clock, [{"name": "all", "type": "always_sample"}], sink, decision_wait="1s")
+    proc = _processor(host, telemetry, clock, [{"name": "all", "type": "always_sample"}], sink, decision_wait="1s")
     try:
         proc.consume(batch_of(Signal.TRACES, _trace(4)))
         clock.now += 2
@@ -591,20 +605,22 @@ def test_a_refusing_next_consumer_loses_nothing(host, clock) -> None:
         proc.shutdown(5)
 
 
-def test_shutdown_decides_what_is_pending(host, clock) -> None:
+def test_shutdown_decides_what_is_pending(host, telemetry, clock) -> None:
     sink = Sink()
-    proc = _processor(host, clock, [ERRORS], sink, decision_wait="30s")
+    proc = _processor(host, telemetry, clock, [ERRORS], sink, decision_wait="30s")
     proc.consume(batch_of(Signal.TRACES, _trace(2, error=True)))
     proc.shutdown(5)
     assert sum(_kept(sink).values()) == 2
-    assert "tail_sampling" not in host.telemetry().held_bytes()
+    assert "tail_sampling" not in telemetry.held_bytes()
 
 
-def test_decisions_keep_pace_with_ingest_from_many_threads(host) -> None:
+def test_decisions_keep_pace_with_ingest_from_many_threads(host, telemetry) -> None:
     """Real clock: four threads send as fast as they can; every trace is decided close to when it is due."""
     sink = Sink()
     config = _config([ERRORS], decision_wait="0.3s")
-    proc = tail_sampling.TailSamplingProcessor(settings("tail_sampling", Signal.TRACES), config, sink)
+    proc = tail_sampling.TailSamplingProcessor(
+        settings("tail_sampling", Signal.TRACES, telemetry=telemetry), config, sink
+    )
     proc.start(host)
     stop = time.monotonic() + 3.0
     sent = [0] * 4
@@ -624,7 +640,7 @@ def test_decisions_keep_pace_with_ingest_from_many_threads(host) -> None:
         # One collection for both samples: the decision timer still runs, and two reads race it.
         lag = {
             (sample.name, sample.labels.get("le")): sample.value
-            for family in host.telemetry().registry.collect()
+            for family in telemetry.registry.collect()
             for sample in family.samples
             if sample.name.startswith("meshwatch_processor_tail_sampling_decision_lag_seconds")
         }

@@ -47,6 +47,7 @@ from meshwatch.collector.exporters.otlp import factory as otlp_factory
 from meshwatch.collector.exporters.otlphttp import factory as otlphttp_factory
 from meshwatch.collector.host import CollectorHost
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 from meshwatch.stack.testing import eventually
 
 from ._helpers import jaeger_exporter, jaeger_span_count, random_trace_ids, span_request, traces_config
@@ -107,7 +108,8 @@ def test_receiver_refuses_only_the_bad_span_and_every_good_trace_reaches_jaeger(
 def test_exporter_dead_letters_only_the_request_jaeger_refuses(tmp_path: Path, jaeger, kind: str) -> None:
     """The bad request is put straight into the exporter's queue (past the receiver's check)."""
     factory = otlp_factory if kind == "otlp" else otlphttp_factory
-    settings = CreateSettings(ComponentId(kind, "jaeger"), Signal.TRACES)
+    telemetry = Telemetry()
+    settings = CreateSettings(ComponentId(kind, "jaeger"), Signal.TRACES, telemetry)
     common = {
         "sending_queue": {"num_consumers": 1, "fsync": "never"},
         "batch": {"linger": "1s"},
@@ -136,7 +138,7 @@ def test_exporter_dead_letters_only_the_request_jaeger_refuses(tmp_path: Path, j
         assert "TraceID" in letters[0]["error"], letters[0]["error"]  # Jaeger's own words
         assert base64.b64decode(letters[0]["request_protobuf_base64"]) == bad
         labels = {"exporter": f"{kind}/jaeger", "signal": "traces"}
-        registry = host.telemetry().registry
+        registry = telemetry.registry
         dropped = registry.get_sample_value("meshwatch_exporter_dropped_items_total", {**labels, "reason": "rejected"})
         assert dropped == 1
         assert registry.get_sample_value("meshwatch_exporter_sent_items_total", labels) == GOOD

@@ -36,6 +36,7 @@ from meshwatch.collector.graph import Graph
 from meshwatch.collector.otlp_sink import otlp_sink
 from meshwatch.collector.registry import Registry
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 
 THIRD_PARTY = Path(__file__).parent / "thirdparty"
 
@@ -132,7 +133,7 @@ def _registry(*, renamer_mutates: bool = True) -> Registry:
 def _graph(tmp_path: Path, text: str, registry: Registry) -> Graph:
     path = tmp_path / "collector.yaml"
     path.write_text(f"receivers:\n  otlp:\n    protocols:\n      grpc: {{}}\n{text}")
-    return Graph.build(load_config(path, registry))
+    return Graph.build(load_config(path, registry), Telemetry())
 
 
 def _span_batch(name: str = "original") -> Batch:

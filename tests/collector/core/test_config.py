@@ -12,6 +12,7 @@ from meshwatch.collector.component import Kind
 from meshwatch.collector.config import ConfigError, load_config
 from meshwatch.collector.graph import Graph
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 
 DEFAULT_CONFIG = Path(__file__).parents[3] / "collector" / "collector.yaml"
 
@@ -182,7 +183,7 @@ def test_fan_out_copies_only_for_a_pipeline_that_changes_data(tmp_path: Path) ->
 
 def test_graph_wires_connectors_and_shares_exporters_per_signal(tmp_path: Path) -> None:
     config = load_config(DEFAULT_CONFIG)
-    graph = Graph.build(config)
+    graph = Graph.build(config, Telemetry())
     assert {(str(c), str(s)) for c, s in graph.exporters} == {
         ("otlp/jaeger", "traces"),
         ("prometheus", "metrics"),

@@ -12,11 +12,10 @@ from meshwatch.collector.telemetry import Telemetry
 
 
 class _Host:
-    def __init__(self) -> None:
-        self._telemetry = Telemetry()
+    """What the limiter is started with (it reads nothing of it), and the self-telemetry it was created with."""
 
-    def telemetry(self) -> Telemetry:
-        return self._telemetry
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
 
 
 class _Sink:
@@ -29,8 +28,9 @@ class _Sink:
 
 def _limiter(limit_mib: int, spike_mib: int, sink: _Sink) -> tuple[MemoryLimiter, _Host]:
     config = MemoryLimiterConfig(limit_mib=limit_mib, spike_limit_mib=spike_mib, check_interval="50ms")
-    limiter = MemoryLimiter(CreateSettings(ComponentId("memory_limiter"), Signal.TRACES), config, sink)
-    host = _Host()
+    telemetry = Telemetry()
+    limiter = MemoryLimiter(CreateSettings(ComponentId("memory_limiter"), Signal.TRACES, telemetry), config, sink)
+    host = _Host(telemetry)
     limiter.start(host)
     return limiter, host
 
@@ -43,16 +43,16 @@ def test_refuses_above_the_soft_limit_while_data_is_held_and_reports_its_limit()
     limiter, host = _limiter(limit_mib, 20, sink)
     try:
         held = {"bytes": limiter.soft // 2}  # under the soft limit by itself: refused for the RSS
-        host.telemetry().register_held("exporter test", lambda: held["bytes"])
+        host.telemetry.register_held("exporter test", lambda: held["bytes"])
         limiter.check()
         assert limiter.rss_over
         with pytest.raises(Refused) as refused:
             limiter.consume(Batch.from_bytes(Signal.TRACES, b""))
         assert refused.value.reason == "memory_limit" and refused.value.retryable
         assert sink.batches == 0
-        gauge = host.telemetry().registry.get_sample_value("meshwatch_collector_memory_limit_bytes")
+        gauge = host.telemetry.registry.get_sample_value("meshwatch_collector_memory_limit_bytes")
         assert gauge == limit_mib * 2**20
-        held_gauge = host.telemetry().registry.get_sample_value(
+        held_gauge = host.telemetry.registry.get_sample_value(
             "meshwatch_collector_held_bytes", {"component": "exporter test"}
         )
         assert held_gauge == limiter.soft // 2
@@ -72,7 +72,7 @@ def test_refuses_when_what_is_held_passes_the_soft_limit_whatever_the_rss() -> N
     sink = _Sink()
     limiter, host = _limiter(rss_bytes() // 2**20 + 1000, 100, sink)  # RSS far under the soft limit
     try:
-        host.telemetry().register_held("exporter test", lambda: limiter.soft - 20 * 2**20)
+        host.telemetry.register_held("exporter test", lambda: limiter.soft - 20 * 2**20)
         limiter.check()
         assert not limiter.rss_over
         limiter.consume(Batch.from_bytes(Signal.TRACES, b"\n\x00"))  # 20 MiB under the soft limit: a tiny batch fits
@@ -155,7 +155,7 @@ def test_requests_being_decoded_are_admitted_by_their_size_on_the_wire() -> None
     """The receivers reserve a request's bytes before decoding it (``Telemetry.reserve_decoding``):
     concurrent large requests see each other before any of them is decoded."""
     limiter, host = _limiter(4096, 1024, _Sink())  # soft limit 3 GiB: the RSS plays no part
-    telemetry = host.telemetry()
+    telemetry = host.telemetry
     request = limiter.soft // 8  # counted at 3 times its size while decoded: two fit, a third does not
     try:
         assert telemetry.reserve_decoding(request)

@@ -22,6 +22,7 @@ from meshwatch.collector.host import CollectorHost
 from meshwatch.collector.queued_exporter import queued_exporter
 from meshwatch.collector.sender import ExporterSettings, PermanentError, SendResult, TransientError
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 from meshwatch.stack.testing import eventually
 
 
@@ -44,6 +45,8 @@ class ScriptedSender:
         self.sent: list[Batch] = []
         self.calls = 0
         self.lock = threading.Lock()
+
+    thread_safe = False
 
     def start(self, host) -> None:
         pass
@@ -78,14 +81,16 @@ def _settings(**overrides) -> ExporterSettings:
 
 
 def _exporter(tmp_path: Path, sender, **overrides):
-    host = CollectorHost(tmp_path)
-    exporter = queued_exporter(CreateSettings(ComponentId("test", "x"), Signal.TRACES), _settings(**overrides), sender)
-    exporter.start(host)
-    return exporter, host
+    """The exporter, started, and the self-telemetry it was created with."""
+    telemetry = Telemetry()
+    settings = CreateSettings(ComponentId("test", "x"), Signal.TRACES, telemetry)
+    exporter = queued_exporter(settings, _settings(**overrides), sender)
+    exporter.start(CollectorHost(tmp_path))
+    return exporter, telemetry
 
 
-def _value(host: CollectorHost, name: str, **labels) -> float:
-    return host.telemetry().registry.get_sample_value(name, labels) or 0.0
+def _value(telemetry: Telemetry, name: str, **labels) -> float:
+    return telemetry.registry.get_sample_value(name, labels) or 0.0
 
 
 def test_batches_are_merged_delivered_and_counted(tmp_path: Path) -> None:
@@ -95,7 +100,7 @@ def test_batches_are_merged_delivered_and_counted(tmp_path: Path) -> None:
         return SendResult()
 
     sender = ScriptedSender([slow])
-    exporter, host = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1})
+    exporter, telemetry = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1})
     for tag in range(20):
         exporter.consume(Batch.from_bytes(Signal.TRACES, _request(10, tag)))
     eventually(lambda: sender.spans() == 200, timeout=10, what="all 200 spans sent")
@@ -104,9 +109,9 @@ def test_batches_are_merged_delivered_and_counted(tmp_path: Path) -> None:
     merged = ExportTraceServiceRequest.FromString(max(sender.sent, key=lambda b: b.items).raw)
     assert len(merged.resource_spans) > 1
     labels = {"exporter": "test/x", "signal": "traces"}
-    assert _value(host, "meshwatch_exporter_queued_items_total", **labels) == 200
-    eventually(lambda: _value(host, "meshwatch_exporter_sent_items_total", **labels) == 200, timeout=5)
-    eventually(lambda: _value(host, "meshwatch_queue_size_items", **labels) == 0, timeout=5, what="queue empty")
+    assert _value(telemetry, "meshwatch_exporter_queued_items_total", **labels) == 200
+    eventually(lambda: _value(telemetry, "meshwatch_exporter_sent_items_total", **labels) == 200, timeout=5)
+    eventually(lambda: _value(telemetry, "meshwatch_queue_size_items", **labels) == 0, timeout=5, what="queue empty")
     exporter.shutdown(5)
 
 
@@ -114,14 +119,14 @@ def test_transient_errors_are_retried_with_the_backends_retry_after(tmp_path: Pa
     sender = ScriptedSender(
         [TransientError("unavailable", "down", retry_after=0.3), TransientError("unavailable", "down")]
     )
-    exporter, host = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1})
+    exporter, telemetry = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1})
     start = time.monotonic()
     exporter.consume(Batch.from_bytes(Signal.TRACES, _request(5, 1)))
     eventually(lambda: sender.spans() == 5, timeout=10, what="delivered after retries")
     assert time.monotonic() - start >= 0.3  # the hint was honoured
     labels = {"exporter": "test/x", "signal": "traces"}
-    assert _value(host, "meshwatch_exporter_failed_items_total", reason="unavailable", **labels) == 10
-    eventually(lambda: _value(host, "meshwatch_exporter_backend_up", **labels) == 1, timeout=5)
+    assert _value(telemetry, "meshwatch_exporter_failed_items_total", reason="unavailable", **labels) == 10
+    eventually(lambda: _value(telemetry, "meshwatch_exporter_backend_up", **labels) == 1, timeout=5)
     exporter.shutdown(5)
 
 
@@ -134,13 +139,13 @@ def test_permanent_errors_and_rejected_items_go_to_the_dead_letter_file(tmp_path
         )
 
     sender = ScriptedSender([PermanentError("invalid_argument", "the backend refused the request"), partly])
-    exporter, host = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1})
+    exporter, telemetry = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1})
     exporter.consume(Batch.from_bytes(Signal.TRACES, _request(3, 1)))
     labels = {"exporter": "test/x", "signal": "traces"}
-    eventually(lambda: _value(host, "meshwatch_exporter_dropped_items_total", reason="rejected", **labels) == 3)
+    eventually(lambda: _value(telemetry, "meshwatch_exporter_dropped_items_total", reason="rejected", **labels) == 3)
     exporter.consume(Batch.from_bytes(Signal.TRACES, _request(7, 2)))
-    eventually(lambda: _value(host, "meshwatch_exporter_dropped_items_total", reason="rejected", **labels) == 5)
-    assert _value(host, "meshwatch_exporter_sent_items_total", **labels) == 5
+    eventually(lambda: _value(telemetry, "meshwatch_exporter_dropped_items_total", reason="rejected", **labels) == 5)
+    assert _value(telemetry, "meshwatch_exporter_sent_items_total", **labels) == 5
     lines = [json.loads(line) for line in (tmp_path / "deadletter" / "test-x.jsonl").read_text().splitlines()]
     assert lines[0]["reason"] == "invalid_argument" and lines[0]["items"] == 3
     replay = ExportTraceServiceRequest.FromString(__import__("base64").b64decode(lines[0]["request_protobuf_base64"]))
@@ -157,22 +162,22 @@ def test_partial_retry_resends_only_the_failed_items(tmp_path: Path) -> None:
         return SendResult(retry=retry_part, retry_after=0.05)
 
     sender = ScriptedSender([half])
-    exporter, host = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1})
+    exporter, telemetry = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1})
     exporter.consume(Batch.from_bytes(Signal.TRACES, _request(6, 1)))
     eventually(lambda: sender.spans() == 2, what="the two retried spans sent")
     labels = {"exporter": "test/x", "signal": "traces"}
-    eventually(lambda: _value(host, "meshwatch_exporter_sent_items_total", **labels) == 6)
-    assert _value(host, "meshwatch_exporter_failed_items_total", reason="partial", **labels) == 2
+    eventually(lambda: _value(telemetry, "meshwatch_exporter_sent_items_total", **labels) == 6)
+    assert _value(telemetry, "meshwatch_exporter_failed_items_total", reason="partial", **labels) == 2
     exporter.shutdown(5)
 
 
 def test_max_elapsed_time_expires_a_batch_and_counts_it(tmp_path: Path) -> None:
     sender = ScriptedSender([TransientError("unavailable", "down")] * 1000)
-    exporter, host = _exporter(tmp_path, sender, retry_on_failure={"max_elapsed_time": 0.3})
+    exporter, telemetry = _exporter(tmp_path, sender, retry_on_failure={"max_elapsed_time": 0.3})
     exporter.consume(Batch.from_bytes(Signal.TRACES, _request(4, 1)))
     labels = {"exporter": "test/x", "signal": "traces"}
-    eventually(lambda: _value(host, "meshwatch_exporter_dropped_items_total", reason="expired", **labels) == 4)
-    assert _value(host, "meshwatch_exporter_backend_up", **labels) == 0
+    eventually(lambda: _value(telemetry, "meshwatch_exporter_dropped_items_total", reason="expired", **labels) == 4)
+    assert _value(telemetry, "meshwatch_exporter_backend_up", **labels) == 0
     exporter.shutdown(5)
 
 
@@ -221,6 +226,8 @@ class PoisonRefuser:
         self.calls = 0
         self.lock = threading.Lock()
 
+    thread_safe = False
+
     def start(self, host) -> None:
         pass
 
@@ -249,7 +256,7 @@ def test_a_refused_merged_send_is_split_so_only_the_bad_requests_are_dead_letter
     tmp_path: Path, poisoned: set[int]
 ) -> None:
     sender = PoisonRefuser()
-    exporter, host = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1}, batch={"linger": 0.5})
+    exporter, telemetry = _exporter(tmp_path, sender, sending_queue={"num_consumers": 1}, batch={"linger": 0.5})
     bad: dict[int, bytes] = {}
     for tag in range(32):
         body = _poisoned(10, tag) if tag in poisoned else _request(10, tag)
@@ -260,11 +267,13 @@ def test_a_refused_merged_send_is_split_so_only_the_bad_requests_are_dead_letter
     labels = {"exporter": "test/x", "signal": "traces"}
     expected_dropped = 10 * len(poisoned)
     eventually(
-        lambda: _value(host, "meshwatch_exporter_dropped_items_total", reason="rejected", **labels) == expected_dropped
+        lambda: (
+            _value(telemetry, "meshwatch_exporter_dropped_items_total", reason="rejected", **labels) == expected_dropped
+        )
     )
-    eventually(lambda: _value(host, "meshwatch_queue_size_items", **labels) == 0, timeout=5, what="queue empty")
+    eventually(lambda: _value(telemetry, "meshwatch_queue_size_items", **labels) == 0, timeout=5, what="queue empty")
     assert len(sender.delivered) == 10 * len(good)  # every good span once: a refused send delivered nothing
-    assert _value(host, "meshwatch_exporter_sent_items_total", **labels) == 10 * len(good)
+    assert _value(telemetry, "meshwatch_exporter_sent_items_total", **labels) == 10 * len(good)
     lines = [json.loads(line) for line in (tmp_path / "deadletter" / "test-x.jsonl").read_text().splitlines()]
     replayed = sorted(base64.b64decode(line["request_protobuf_base64"]) for line in lines)
     assert replayed == sorted(bad.values())  # exactly the poisoned requests, each whole, nothing else

@@ -19,6 +19,7 @@ from meshwatch.collector.component import Refused
 from meshwatch.collector.config import ConfigError, load_config
 from meshwatch.collector.graph import Graph
 from meshwatch.collector.signals import Signal
+from meshwatch.collector.telemetry import Telemetry
 
 SHIPPED = Path(__file__).parents[3] / "collector" / "collector.yaml"
 
@@ -100,12 +101,16 @@ def test_forward_hands_the_batch_on_unchanged_and_passes_refusals_back() -> None
     from meshwatch.collector.connectors.forward import factory
 
     downstream = _Recorder()
-    connector = factory.create(CreateSettings(ComponentId("forward"), Signal.TRACES), None, {Signal.TRACES: downstream})
+    connector = factory.create(
+        CreateSettings(ComponentId("forward"), Signal.TRACES, Telemetry()), None, {Signal.TRACES: downstream}
+    )
     batch = _batch()
     connector.consume(batch)  # type: ignore[attr-defined]
     assert downstream.batches == [batch]
     refusing = factory.create(
-        CreateSettings(ComponentId("forward"), Signal.TRACES), None, {Signal.TRACES: _Recorder(refuse=True)}
+        CreateSettings(ComponentId("forward"), Signal.TRACES, Telemetry()),
+        None,
+        {Signal.TRACES: _Recorder(refuse=True)},
     )
     with pytest.raises(Refused):
         refusing.consume(_batch())  # type: ignore[attr-defined]
@@ -125,7 +130,7 @@ def test_forward_feeds_only_pipelines_of_its_own_signal(tmp_path: Path) -> None:
             }
         },
     }
-    graph = Graph.build(_load(tmp_path, base))  # type: ignore[arg-type]
+    graph = Graph.build(_load(tmp_path, base), Telemetry())  # type: ignore[arg-type]
     traces = graph.connectors[(next(c for c, _ in graph.connectors), Signal.TRACES)]
     assert traces.next is graph.heads["traces/next"]  # type: ignore[attr-defined]
     metrics = graph.connectors[(next(c for c, _ in graph.connectors), Signal.METRICS)]

@@ -510,6 +510,7 @@ def test_plaintext_beyond_loopback_is_one_warning_line(caplog):
     from meshwatch.collector.component import ComponentId, CreateSettings
     from meshwatch.collector.receivers._tls import is_loopback
     from meshwatch.collector.receivers.otlp import OtlpReceiver, OtlpReceiverConfig
+    from meshwatch.collector.telemetry import Telemetry
 
     assert is_loopback("127.0.0.1:4317") and is_loopback("[::1]:4317") and is_loopback("localhost:4318")
     assert not is_loopback("0.0.0.0:4317") and not is_loopback("[::]:4317") and not is_loopback("10.0.0.7:4318")
@@ -517,7 +518,7 @@ def test_plaintext_beyond_loopback_is_one_warning_line(caplog):
 
     def warnings(protocols: dict, auth: dict | None = None) -> list[str]:
         config = OtlpReceiverConfig.model_validate({"protocols": protocols, "auth": auth or {}})
-        receiver = OtlpReceiver(CreateSettings(ComponentId.parse("otlp"), None), config, {})
+        receiver = OtlpReceiver(CreateSettings(ComponentId.parse("otlp"), None, Telemetry()), config, {})
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="meshwatch.collector.receiver"):
             receiver._warn_plaintext()

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from .batch import Batch
 from .signals import Signal
+from .telemetry import Telemetry
 
 __all__ = [
     "Kind",
@@ -103,15 +104,15 @@ class Consumer(Protocol):
 
 
 class Host(Protocol):
-    """What a running component may use from the collector around it."""
+    """What a running component may use from the collector around it.
+
+    Not its self-telemetry: that is ``CreateSettings.telemetry``, given at creation, so a
+    component's instruments exist (and count) from the moment it is built.
+    """
 
     #: Folder for this collector's durable state (queues, dead letters).
     storage_dir: Path
     logger: logging.Logger
-
-    def telemetry(self) -> Any:
-        """The self-telemetry registry (see ``meshwatch.collector.telemetry``)."""
-        ...
 
     def report_fatal(self, component: ComponentId, error: BaseException) -> None:
         """A component that cannot go on (e.g. a port in use) stops the collector with this error."""
@@ -133,8 +134,14 @@ class Component(Protocol):
 
 @dataclass(frozen=True)
 class CreateSettings:
+    """What the graph tells a factory about the component it creates."""
+
     id: ComponentId
     signal: Signal | None  # the pipeline's signal (None for receivers serving several)
+    #: The collector's self-telemetry, the one owner of every metric it serves on :8888: count
+    #: through its contract instruments, register your own with ``telemetry.counter(...)`` (or
+    #: ``gauge``/``histogram``). One per collector, so two collectors in a process never share series.
+    telemetry: Telemetry
     host_name: str = "meshwatch-collector"
 
 

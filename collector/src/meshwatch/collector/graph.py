@@ -23,6 +23,7 @@ from .batch import Batch
 from .component import Component, ComponentId, Consumer, CreateSettings, Host, Kind, PartiallyAccepted, Refused
 from .config import Config, Pipeline
 from .signals import Signal
+from .telemetry import Telemetry
 
 __all__ = ["Graph", "FanOut", "GraphError"]
 
@@ -88,6 +89,8 @@ class Graph:
     """Every built component, in start order, plus what each receiver feeds."""
 
     config: Config
+    #: The collector's self-telemetry, handed to every component in its ``CreateSettings``.
+    telemetry: Telemetry
     exporters: dict[tuple[ComponentId, Signal], Component] = field(default_factory=dict)
     connectors: dict[tuple[ComponentId, Signal], Component] = field(default_factory=dict)
     processors: list[Component] = field(default_factory=list)
@@ -99,8 +102,8 @@ class Graph:
     started: list[Component] = field(default_factory=list)
 
     @classmethod
-    def build(cls, config: Config) -> Graph:
-        graph = cls(config)
+    def build(cls, config: Config, telemetry: Telemetry) -> Graph:
+        graph = cls(config, telemetry)
         graph._build()
         return graph
 
@@ -111,11 +114,13 @@ class Graph:
         processor, a ``Mapping[Signal, Consumer]`` for a receiver or a connector."""
         spec = self.config.component(kind, cid)
         try:
-            component = spec.factory.create(CreateSettings(cid, signal), spec.config, *next)
+            component = spec.factory.create(CreateSettings(cid, signal, self.telemetry), spec.config, *next)
         except Exception as exc:
             raise GraphError(f"cannot create {kind.value} {cid}: {exc}") from exc
-        if getattr(component, "id", None) is None:
-            component.id = cid
+        if not isinstance(component, Component):  # the Protocol: ``id``, ``start``, ``shutdown``
+            raise GraphError(
+                f"cannot create {kind.value} {cid}: {type(component).__name__} has no id, start or shutdown"
+            )
         return component
 
     def _build(self) -> None:

@@ -1,4 +1,7 @@
-"""The ``Host`` a running collector gives its components: storage, logger, telemetry, fatal errors."""
+"""The ``Host`` a running collector gives its components: storage, logger, fatal errors.
+
+(Self-telemetry is not the host's: each component is handed it in ``CreateSettings.telemetry``.)
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import threading
 from pathlib import Path
 
 from .component import ComponentId
-from .telemetry import Telemetry
 
 __all__ = ["CollectorHost"]
 
@@ -15,18 +17,14 @@ __all__ = ["CollectorHost"]
 class CollectorHost:
     """Concrete ``component.Host``; ``fatal`` is set when a component reports it cannot go on."""
 
-    def __init__(self, storage_dir: Path, telemetry: Telemetry | None = None, logger: logging.Logger | None = None):
+    def __init__(self, storage_dir: Path, logger: logging.Logger | None = None):
         self.storage_dir = Path(storage_dir)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.logger = logger or logging.getLogger("meshwatch.collector")
-        self._telemetry = telemetry or Telemetry()
         self.fatal = threading.Event()
         self.fatal_error: tuple[ComponentId, BaseException] | None = None
         #: Components that failed (for /healthz): id -> message.
         self.failed: dict[str, str] = {}
-
-    def telemetry(self) -> Telemetry:
-        return self._telemetry
 
     def report_fatal(self, component: ComponentId, error: BaseException) -> None:
         self.logger.error("component %s cannot go on: %s", component, error)

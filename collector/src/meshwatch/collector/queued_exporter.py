@@ -20,7 +20,7 @@ to send one batch) into a component the pipeline hands batches to:
 * A restart resumes from disk; records being sent at a crash are sent again
   (at-least-once; duplicates are rare, loss of acknowledged data does not happen).
 
-Senders are called from one worker thread at a time unless they set ``thread_safe = True``.
+Senders are called from one worker thread at a time unless they say ``thread_safe = True``.
 """
 
 from __future__ import annotations
@@ -77,8 +77,6 @@ class _DeadLetters:
 class QueuedExporter:
     """A push exporter: durable queue in front, ``Sender`` behind (see module docstring)."""
 
-    mutates_data = False
-
     def __init__(self, settings: CreateSettings, config: ExporterSettings, sender: Sender) -> None:
         if settings.signal is None:
             raise ValueError("a queued exporter serves exactly one signal")
@@ -94,8 +92,8 @@ class QueuedExporter:
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._accepting = False
-        self._send_lock: threading.Lock | None = None if getattr(sender, "thread_safe", False) else threading.Lock()
-        self._telemetry: Telemetry | None = None
+        self._send_lock: threading.Lock | None = None if sender.thread_safe else threading.Lock()
+        self._telemetry: Telemetry = settings.telemetry
         self._dead: _DeadLetters | None = None
         self._host: Host | None = None
         #: Bytes of the batches being sent right now (read from the queue, merged, decoded by the sender).
@@ -118,7 +116,6 @@ class QueuedExporter:
 
     def start(self, host: Host) -> None:
         self._host = host
-        self._telemetry = host.telemetry()
         self._telemetry.known_exporter(*self._labels)
         # The per-send series, looked up once (``labels()`` costs a lock and a hash per call).
         self._queued_items = self._telemetry.exporter_queued.labels(*self._labels)
@@ -176,9 +173,8 @@ class QueuedExporter:
             elif left:
                 log.info("%s: %d items stay queued on disk for the next start", self.id, left)
             self._queue.close()
-            if self._telemetry is not None:
-                self._telemetry.unregister_queue(*self._labels)
-                self._telemetry.unregister_held(f"exporter {self.id}/{self.signal}")
+            self._telemetry.unregister_queue(*self._labels)
+            self._telemetry.unregister_held(f"exporter {self.id}/{self.signal}")
         self.sender.shutdown()
 
     # --- the pipeline side ----------------------------------------------------------------
@@ -361,7 +357,6 @@ class QueuedExporter:
     # --- outcomes ---------------------------------------------------------------------------
 
     def _timed_send(self, batch: Batch) -> SendResult:
-        assert self._telemetry is not None
         start = time.perf_counter()
         try:
             if self._send_lock is None:
@@ -372,7 +367,6 @@ class QueuedExporter:
             self._send_seconds.observe(time.perf_counter() - start)
 
     def _settle(self, batch: Batch, result: SendResult) -> None:
-        assert self._telemetry is not None
         retried = result.retry.items if result.retry is not None else 0
         sent = batch.items - retried - result.rejected
         if sent > 0:
@@ -413,11 +407,9 @@ class QueuedExporter:
         }
 
     def _count_failed(self, reason: str, items: int) -> None:
-        assert self._telemetry is not None
         self._telemetry.exporter_failed.labels(*self._labels, reason).inc(items)
 
     def _count_dropped(self, reason: str, items: int) -> None:
-        assert self._telemetry is not None
         self._telemetry.dropped(*self._labels, reason, items)
 
     def _set_up(self, value: int) -> None:

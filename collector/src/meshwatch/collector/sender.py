@@ -73,13 +73,14 @@ class PermanentError(Exception):
 
 
 class Sender(Protocol):
-    """Sends one batch to a backend. Called from one worker thread at a time per sender.
-
-    A sender whose client is thread-safe (a gRPC channel, the Elasticsearch client)
-    may set the class attribute ``thread_safe = True``; the queued exporter then lets
-    its ``num_consumers`` workers send concurrently. ``TransientError`` sets the
-    exporter's ``backend_up`` gauge to 0, any other outcome to 1.
+    """Sends one batch to a backend. Called from one worker thread at a time per sender,
+    unless it says ``thread_safe``. ``TransientError`` sets the exporter's ``backend_up``
+    gauge to 0, any other outcome to 1.
     """
+
+    #: True when its client is thread-safe (a gRPC channel, the Elasticsearch client): the queued
+    #: exporter then lets its ``num_consumers`` workers send concurrently. A class attribute.
+    thread_safe: bool
 
     def start(self, host: Host) -> None: ...
 

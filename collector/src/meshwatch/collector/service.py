@@ -26,9 +26,10 @@ class Collector:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        #: The one owner of this collector's self-telemetry: every component gets it in its create settings.
         self.telemetry = Telemetry()
-        self.host = CollectorHost(config.storage_dir, self.telemetry, log)
-        self.graph = Graph.build(config)
+        self.host = CollectorHost(config.storage_dir, log)
+        self.graph = Graph.build(config, self.telemetry)
         self.health: HealthServer | None = None
         self._stop = threading.Event()
         self.stop_reason = ""

@@ -1,9 +1,12 @@
 """The collector's self-telemetry: the metric names of docs/telemetry-contract.md, in one place.
 
-Components get this object from ``host.telemetry()`` and count through it; nothing
-else in the collector creates a metric, so the names cannot drift from the contract.
-The registry is a private ``prometheus_client.CollectorRegistry`` (not the global
-one), so several collectors in one test process do not collide.
+One ``Telemetry`` per running collector, created by the service and handed to every
+component in its ``CreateSettings.telemetry``. Components count through its contract
+instruments, and register any instrument of their own with ``counter``/``gauge``/
+``histogram`` on it: nothing else in the collector creates a metric, so the names
+cannot drift from the contract, and the registry (a private
+``prometheus_client.CollectorRegistry``, not the global one) is the only place its
+series live, so two collectors in one process never share or clash series.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import contextlib
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -21,10 +24,14 @@ from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
 
-__all__ = ["Telemetry", "QueueStats", "MemoryGate"]
+__all__ = ["Telemetry", "QueueStats", "MemoryGate", "TelemetryClash"]
 
 #: Export call durations: from a local sub-millisecond send to a backend timing out.
 SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class TelemetryClash(ValueError):
+    """A metric name asked for again with another kind or other labels (it would be a second family)."""
 
 
 class MemoryGate(Protocol):
@@ -143,59 +150,51 @@ class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
+        #: name (without ``_total``) -> (kind, label names, instrument): every instrument on ``registry``,
+        #: the contract's and the components' own, so one name is one family whoever asks for it.
+        self._instruments: dict[str, tuple[type, tuple[str, ...], Any]] = {}
         #: ``receiver_accepted`` children by label values (see ``accepted``).
         self._accepted_children: dict[tuple[str, str, str], Any] = {}
         r = self.registry
-        self.receiver_accepted = Counter(
+        self.receiver_accepted = self.counter(
             "meshwatch_receiver_accepted_items",
             "Items acknowledged to the sender (durably queued)",
             ["receiver", "transport", "signal"],
-            registry=r,
         )
-        self.receiver_refused = Counter(
+        self.receiver_refused = self.counter(
             "meshwatch_receiver_refused_items",
             "Items answered with an error",
             ["receiver", "transport", "signal", "reason"],
-            registry=r,
         )
-        self.exporter_queued = Counter(
-            "meshwatch_exporter_queued_items",
-            "Items written to the exporter's queue",
-            ["exporter", "signal"],
-            registry=r,
+        self.exporter_queued = self.counter(
+            "meshwatch_exporter_queued_items", "Items written to the exporter's queue", ["exporter", "signal"]
         )
-        self.exporter_sent = Counter(
-            "meshwatch_exporter_sent_items", "Items accepted by the backend", ["exporter", "signal"], registry=r
+        self.exporter_sent = self.counter(
+            "meshwatch_exporter_sent_items", "Items accepted by the backend", ["exporter", "signal"]
         )
-        self.exporter_failed = Counter(
+        self.exporter_failed = self.counter(
             "meshwatch_exporter_failed_items",
             "Items of a failed send attempt (still queued, retried)",
             ["exporter", "signal", "reason"],
-            registry=r,
         )
-        self.exporter_dropped = Counter(
-            "meshwatch_exporter_dropped_items",
-            "Items that will never be delivered",
-            ["exporter", "signal", "reason"],
-            registry=r,
+        self.exporter_dropped = self.counter(
+            "meshwatch_exporter_dropped_items", "Items that will never be delivered", ["exporter", "signal", "reason"]
         )
-        self.exporter_send_duration = Histogram(
+        self.exporter_send_duration = self.histogram(
             "meshwatch_exporter_send_duration_seconds",
             "One export call, success or not",
             ["exporter", "signal"],
             buckets=SEND_BUCKETS,
-            registry=r,
         )
-        self.exporter_backend_up = Gauge(
+        self.exporter_backend_up = self.gauge(
             "meshwatch_exporter_backend_up",
             "1 if the last export attempt reached the backend, else 0",
             ["exporter", "signal"],
-            registry=r,
         )
-        self.collector_info = Gauge("meshwatch_collector_info", "Always 1", ["version"], registry=r)
+        self.collector_info = self.gauge("meshwatch_collector_info", "Always 1", ["version"])
         self.collector_info.labels(__version__).set(1)
-        self.memory_limit = Gauge(
-            "meshwatch_collector_memory_limit_bytes", "The memory limiter's limit (0: no limiter)", registry=r
+        self.memory_limit = self.gauge(
+            "meshwatch_collector_memory_limit_bytes", "The memory limiter's limit (0: no limiter)", []
         )
         self._queues = _QueueCollector()
         r.register(self._queues)
@@ -205,51 +204,51 @@ class Telemetry:
         #: Bytes of the requests being decoded by the receivers (``reserve_decoding``).
         self.decoding_bytes = 0
         self._decoding_lock = threading.Lock()
-        self.kafka_rebalances = Counter(
+        self.kafka_rebalances = self.counter(
             "meshwatch_kafka_receiver_rebalances",
             "Partition assignment changes of a kafka receiver's consumer",
             ["receiver", "event"],  # assigned, revoked, lost
-            registry=r,
         )
-        self.kafka_paused = Gauge(
+        self.kafka_paused = self.gauge(
             "meshwatch_kafka_receiver_paused",
             "1 while a kafka receiver has paused consumption because the pipeline pushes back",
             ["receiver"],
-            registry=r,
         )
-        self.kafka_pauses = Counter(
-            "meshwatch_kafka_receiver_pauses", "Times a kafka receiver paused consumption", ["receiver"], registry=r
+        self.kafka_pauses = self.counter(
+            "meshwatch_kafka_receiver_pauses", "Times a kafka receiver paused consumption", ["receiver"]
         )
-        self.kafka_committed = Counter(
+        self.kafka_committed = self.counter(
             "meshwatch_kafka_receiver_committed_records",
             "Records whose offsets a kafka receiver marked for commit, after the pipeline accepted them",
             ["receiver", "topic"],
-            registry=r,
         )
         self._kafka_lag = _KafkaLagCollector()
         r.register(self._kafka_lag)
-        self.lb_backend_up = Gauge(
+        self.lb_backend_up = self.gauge(
             "meshwatch_loadbalancer_backend_up",
             "1 while a loadbalancing exporter's backend is in its hash ring, 0 while it is out (unhealthy)",
             ["exporter", "signal", "backend"],
-            registry=r,
         )
-        self.lb_rerouted = Counter(
+        self.lb_rerouted = self.counter(
             "meshwatch_loadbalancer_rerouted_items",
             "Items moved from a backend's queue to the other backends (it became unhealthy or was removed)",
             ["exporter", "signal", "backend", "reason"],  # unhealthy, removed
-            registry=r,
         )
-        self.lb_backend_changes = Counter(
+        self.lb_backend_changes = self.counter(
             "meshwatch_loadbalancer_backend_changes",
             "Changes of a loadbalancing exporter's backend set",
             ["exporter", "signal", "event"],  # added, removed, unhealthy, healthy
-            registry=r,
         )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         # Declared from the start (HELP and TYPE, no series until a processor filters), so the
         # family a dashboard reads is known to Prometheus whether or not a filtering processor runs.
-        self.processor_filtered  # noqa: B018 (the property creates it)
+        self.processor_filtered = self.counter(
+            "meshwatch_processor_filtered_items",
+            "Items removed on purpose by configuration (not a loss)",
+            ["processor", "signal", "reason"],
+        )
+        #: Bytes of the batches inside the memory limiters' ``consume`` right now (``pass_through``).
+        self.limiter_inflight_bytes = 0
         self.started_at = time.time()
 
     # --- small helpers, so call sites read as sentences ------------------------------------
@@ -286,24 +285,41 @@ class Telemetry:
     def refused(self, receiver: str, transport: str, signal: str, reason: str, items: int) -> None:
         self.receiver_refused.labels(receiver, transport, signal, reason).inc(items)
 
-    @property
-    def processor_filtered(self) -> Counter:
-        """``meshwatch_processor_filtered_items_total`` (declared in ``__init__``; series on first use).
+    # --- instruments: the contract's and the components' own, all on ``registry`` --------------
 
-        Looked up by name, so a component that registers the same
-        family on ``self.registry`` itself (as the processors' own helper does) shares
-        it instead of colliding with it.
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str]) -> Counter:
+        """The counter ``name`` (without ``_total``; prometheus_client adds it), created on first ask.
+
+        Every component that asks for one name gets the one instrument (a component of type
+        ``x`` used in two pipelines shares its family, each with its own labels; a component
+        asking for a contract name gets the contract's instrument). Asking again with another
+        kind or other labels raises ``TelemetryClash``, naming both.
         """
+        return self._instrument(Counter, name.removesuffix("_total"), documentation, labelnames)
+
+    def gauge(self, name: str, documentation: str, labelnames: Sequence[str]) -> Gauge:
+        return self._instrument(Gauge, name, documentation, labelnames)
+
+    def histogram(
+        self, name: str, documentation: str, labelnames: Sequence[str], *, buckets: Sequence[float]
+    ) -> Histogram:
+        return self._instrument(Histogram, name, documentation, labelnames, buckets=tuple(buckets))
+
+    def _instrument(self, kind: type, name: str, documentation: str, labelnames: Sequence[str], **extra: Any) -> Any:
+        labels = tuple(labelnames)
         with self._lock:
-            existing = self.registry._names_to_collectors.get("meshwatch_processor_filtered_items_total")
-            if existing is None:
-                existing = Counter(
-                    "meshwatch_processor_filtered_items",
-                    "Items removed on purpose by configuration (not a loss)",
-                    ["processor", "signal", "reason"],
-                    registry=self.registry,
+            known = self._instruments.get(name)
+            if known is None:
+                instrument = kind(name, documentation, labels, registry=self.registry, **extra)
+                self._instruments[name] = (kind, labels, instrument)
+                return instrument
+            known_kind, known_labels, instrument = known
+            if known_kind is not kind or known_labels != labels:
+                raise TelemetryClash(
+                    f"self-telemetry metric {name} is a {known_kind.__name__.lower()} with labels "
+                    f"{list(known_labels)}; asked for as a {kind.__name__.lower()} with labels {list(labels)}"
                 )
-            return existing
+            return instrument
 
     def filtered(self, processor: str, signal: str, reason: str, items: int) -> None:
         """For processors that drop items on purpose (sampling, filtering)."""
@@ -366,6 +382,12 @@ class Telemetry:
     def release_decoding(self, nbytes: int) -> None:
         with self._decoding_lock:
             self.decoding_bytes -= nbytes
+
+    def pass_through(self, nbytes: int) -> None:
+        """A memory limiter hands on a batch of ``nbytes`` (negative: it came back); every limiter
+        of this collector reads the sum, ``limiter_inflight_bytes``."""
+        with self._decoding_lock:
+            self.limiter_inflight_bytes += nbytes
 
     def memory_refuses(self, nbytes: int = 0) -> bool:
         """Whether a memory gate would refuse ``nbytes`` more now (0: refusing already)."""

@@ -22,9 +22,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from ..batch import Batch
 from ..component import Refused
-from ..component_telemetry import ComponentTelemetry
 from ..duration import parse_duration
 from ..signals import Signal
+from ..telemetry import Telemetry
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -168,7 +168,7 @@ class Flusher:
             self._thread.join(timeout)
 
 
-def flush_failures(telemetry: ComponentTelemetry, connector: str) -> Callable[[int], None]:
+def flush_failures(telemetry: Telemetry, connector: str) -> Callable[[int], None]:
     counter = telemetry.counter(
         "meshwatch_connector_flush_refused_points",
         "Metric points a connector's flush could not hand to its metrics pipeline (repeated at the next flush)",

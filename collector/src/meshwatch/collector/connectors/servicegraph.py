@@ -46,10 +46,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..component import Capabilities, Component, Consumer, CreateSettings, Host, Kind, make_factory
-from ..component_telemetry import ComponentTelemetry
 from ..duration import parse_duration
 from ..otlp_values import any_to_string
 from ..signals import Signal
+from ..telemetry import Telemetry
 from ._common import (
     DEFAULT_BUCKETS,
     Flusher,
@@ -133,8 +133,6 @@ class _Edge:
 
 
 class ServiceGraphConnector:
-    mutates_data = False
-
     def __init__(self, settings: CreateSettings, config: ServiceGraphConfig, next_consumer: Consumer) -> None:
         self.id = settings.id
         self.config = config
@@ -155,11 +153,11 @@ class ServiceGraphConnector:
             f"{self.id} flush",
             [(config.store_expiration_loop, self.expire), (config.metrics_flush_interval, self.flush)],
         )
-        self._bind(ComponentTelemetry())
+        self._bind(settings.telemetry)
         #: Counts for tests and the docs: edges completed, expired, spans dropped.
         self.completed = 0
 
-    def _bind(self, telemetry: ComponentTelemetry) -> None:
+    def _bind(self, telemetry: Telemetry) -> None:
         self._expired = telemetry.counter(
             "meshwatch_connector_servicegraph_expired_edges",
             "Half edges (a client or server span) whose other half did not arrive within store.ttl",
@@ -173,7 +171,6 @@ class ServiceGraphConnector:
         self._failed = flush_failures(telemetry, str(self.id))
 
     def start(self, host: Host) -> None:
-        self._bind(ComponentTelemetry.of(host))
         self._flusher.start()
 
     def shutdown(self, timeout: float) -> None:

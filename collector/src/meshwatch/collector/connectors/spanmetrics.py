@@ -44,7 +44,6 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..component import Capabilities, Component, Consumer, CreateSettings, Host, Kind, make_factory
-from ..component_telemetry import ComponentTelemetry
 from ..duration import parse_duration
 from ..otlp_values import any_to_string
 from ..signals import Signal
@@ -131,8 +130,6 @@ class _Resource:
 
 
 class SpanMetricsConnector:
-    mutates_data = False
-
     def __init__(self, settings: CreateSettings, config: SpanMetricsConfig, next_consumer: Consumer) -> None:
         self.id = settings.id
         self.config = config
@@ -145,7 +142,7 @@ class SpanMetricsConnector:
         self._resources: dict[tuple[tuple[str, str], ...], _Resource] = {}
         self._lock = threading.Lock()
         self._flusher = Flusher(f"{self.id} flush", [(config.metrics_flush_interval, self.flush)])
-        self._failed = flush_failures(ComponentTelemetry(), str(self.id))
+        self._failed = flush_failures(settings.telemetry, str(self.id))
         prefix = config.namespace + "." if config.namespace else ""
         self._calls_name = f"{prefix}calls"
         self._duration_name = f"{prefix}duration"
@@ -153,7 +150,6 @@ class SpanMetricsConnector:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self, host: Host) -> None:
-        self._failed = flush_failures(ComponentTelemetry.of(host), str(self.id))
         self._flusher.start()
 
     def shutdown(self, timeout: float) -> None:

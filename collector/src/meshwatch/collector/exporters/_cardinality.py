@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from ..component_telemetry import ComponentTelemetry
+from ..telemetry import Telemetry
 
 __all__ = ["OVERFLOW_LABEL", "DEFAULT_LIMIT", "TRACKED_PER_LIMIT", "Generations", "OverflowReport"]
 
@@ -75,27 +75,23 @@ class Generations:
 class OverflowReport:
     """Counts overflowed points per exporter and warns, rate-limited, naming the metric."""
 
-    def __init__(self, exporter: str, log: logging.Logger, interval: float = 60.0) -> None:
+    def __init__(self, exporter: str, telemetry: Telemetry, log: logging.Logger, interval: float = 60.0) -> None:
         self.exporter = exporter
         self.log = log
         self.interval = interval
-        self._counter: Any = None
-        self._warned: dict[str, float] = {}
-        self._pending: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def bind(self, host: Any) -> None:
-        self._counter = ComponentTelemetry.of(host).counter(
+        self._counter = telemetry.counter(
             "meshwatch_exporter_overflowed_points",
             "Metric points folded into the otel_metric_overflow series (the metric had cardinality_limit series)",
             ("exporter", "signal"),
         )
+        self._warned: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, metric: str, points: int, limit: int, now: float | None = None) -> None:
         if not points:
             return
-        if self._counter is not None:
-            self._counter.labels(self.exporter, "metrics").inc(points)
+        self._counter.labels(self.exporter, "metrics").inc(points)
         now = time.monotonic() if now is None else now
         with self._lock:
             self._pending[metric] = self._pending.get(metric, 0) + points

@@ -33,7 +33,6 @@ def _attr(attributes: Any, key: str) -> str:
 
 
 class DebugExporter:
-    mutates_data = False
     _lock = threading.Lock()
 
     def __init__(self, settings: CreateSettings, config: DebugExporterConfig) -> None:

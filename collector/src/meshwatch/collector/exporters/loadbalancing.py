@@ -190,7 +190,7 @@ class LoadBalancingExporter:
         self._ring = HashRing([])
         self._orphans: list[Path] = []  # queue folders of backends no longer configured, to reroute
         self._host: Host | None = None
-        self._telemetry: Telemetry | None = None
+        self._telemetry: Telemetry = settings.telemetry
         self._base: Path | None = None
         self._accepting = False
         self._stop = threading.Event()
@@ -202,7 +202,6 @@ class LoadBalancingExporter:
 
     def start(self, host: Host) -> None:
         self._host = host
-        self._telemetry = host.telemetry()
         queue = self.config.protocol.otlp.sending_queue
         self._base = Path(queue.directory) if queue.directory else host.storage_dir / "queues" / safe_name(self.id)
         endpoints = self._resolve() or []
@@ -293,7 +292,7 @@ class LoadBalancingExporter:
             return None
 
     def _add(self, endpoint: str) -> None:
-        assert self._base is not None and self._telemetry is not None
+        assert self._base is not None
         backend = self._backends.get(endpoint)
         if backend is not None:  # removed but not yet drained: it comes back through the probes
             backend.removed = False
@@ -321,7 +320,7 @@ class LoadBalancingExporter:
         )
         sender = _WatchedSender(GrpcSender(config, self.signal))
         exporter = queued_exporter(
-            CreateSettings(ComponentId(str(self.id), backend.endpoint), self.signal), config, sender
+            CreateSettings(ComponentId(str(self.id), backend.endpoint), self.signal, self._telemetry), config, sender
         )
         exporter.start(self._host)
         backend.exporter, backend.sender = exporter, sender
@@ -333,7 +332,6 @@ class LoadBalancingExporter:
             backend.exporter = backend.sender = None
 
     def _publish_ring(self) -> None:
-        assert self._telemetry is not None
         members = [e for e, b in self._backends.items() if b.healthy and not b.removed and b.exporter is not None]
         if set(members) != set(self._ring.members):
             self._ring = HashRing(members)
@@ -425,7 +423,6 @@ class LoadBalancingExporter:
                 backend.to_drain = ""
                 if backend.removed:
                     del self._backends[endpoint]
-                    assert self._telemetry is not None
                     self._telemetry.lb_backend_up.remove(*self._labels, endpoint)
         for folder in list(self._orphans):
             try:
@@ -437,7 +434,6 @@ class LoadBalancingExporter:
 
     def _drain(self, folder: Path, backend: str, reason: str) -> bool:
         """Read ``folder``'s queue back and route every record through the ring; True once it is empty."""
-        assert self._telemetry is not None
         settings = self.config.protocol.otlp.sending_queue
         limits = self.config.protocol.otlp.batch
         queue = DiskQueue(
@@ -476,7 +472,6 @@ class LoadBalancingExporter:
                 log.warning("%s: rerouted %d %s queued for %s (%s)", self.id, moved, self.signal, backend, reason)
 
     def _count_change(self, event: str) -> None:
-        assert self._telemetry is not None
         self._telemetry.lb_backend_changes.labels(*self._labels, event).inc()
 
     # --- for tests ------------------------------------------------------------------------------

@@ -102,12 +102,10 @@ class _StoreCollector:
 
 
 class PrometheusExporter:
-    mutates_data = False
-
     def __init__(self, settings: CreateSettings, config: PrometheusConfig) -> None:
         self.id = settings.id
         self.config = config
-        self.overflow = OverflowReport(str(self.id), log)
+        self.overflow = OverflowReport(str(self.id), settings.telemetry, log)
         self.store = SeriesStore(
             namespace=config.namespace,
             expiration=config.metric_expiration,
@@ -128,9 +126,9 @@ class PrometheusExporter:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._server: Any = None
-        self._counters = ExporterCounters(str(self.id), "metrics")
+        self._counters = ExporterCounters(settings.telemetry, str(self.id), "metrics")
         self._accepting = False
-        self._telemetry: Any = None
+        self._telemetry = settings.telemetry
         self.port = 0
 
     def held_bytes(self) -> int:
@@ -141,9 +139,6 @@ class PrometheusExporter:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self, host: Host) -> None:
-        self._counters.bind(host)
-        self.overflow.bind(host)
-        self._telemetry = host.telemetry()
         self._telemetry.register_held(f"exporter {self.id}/metrics", self.held_bytes)
         address, _, port = self.config.endpoint.rpartition(":")
         address = address.strip("[]") or "127.0.0.1"
@@ -160,8 +155,7 @@ class PrometheusExporter:
 
     def shutdown(self, timeout: float) -> None:
         self._accepting = False
-        if self._telemetry is not None:
-            self._telemetry.unregister_held(f"exporter {self.id}/metrics")
+        self._telemetry.unregister_held(f"exporter {self.id}/metrics")
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

@@ -54,6 +54,7 @@ from ..duration import parse_duration
 from ..otlp_values import any_to_string, format_float
 from ..sender import ExporterSettings, PermanentError, SendResult, TransientError
 from ..signals import Signal
+from ..telemetry import Telemetry
 from ._cardinality import DEFAULT_LIMIT, TRACKED_PER_LIMIT, Generations, OverflowReport
 from ._prom_names import GAUGE, MONOTONIC, NON_MONOTONIC, OTHER, label_name, metric_name, resource_identity
 from ._prom_store import Overflow, _Exp, _Series
@@ -397,18 +398,18 @@ def _retry_after(value: str | None) -> float | None:
 class RemoteWriteSender:
     thread_safe = True
 
-    def __init__(self, config: RemoteWriteConfig, exporter: str = "prometheusremotewrite") -> None:
+    def __init__(
+        self, config: RemoteWriteConfig, telemetry: Telemetry, exporter: str = "prometheusremotewrite"
+    ) -> None:
         self.config = config
         self.url = str(config.endpoint)
         self._pool: urllib3.PoolManager | None = None
         self.limit = SeriesLimit(config.cardinality_limit, config.metric_expiration)
-        self.overflow = OverflowReport(exporter, log)
+        self.overflow = OverflowReport(exporter, telemetry, log)
         self._overflow_warned = -60.0
 
     def start(self, host: Host | None = None) -> None:
         self._pool = urllib3.PoolManager(num_pools=2, maxsize=4, retries=False)
-        if host is not None:
-            self.overflow.bind(host)
 
     def shutdown(self) -> None:
         if self._pool is not None:
@@ -483,7 +484,7 @@ class RemoteWriteSender:
 def _create(settings: CreateSettings, config: RemoteWriteConfig) -> Component:
     from ..queued_exporter import queued_exporter
 
-    return queued_exporter(settings, config, RemoteWriteSender(config, str(settings.id)))
+    return queued_exporter(settings, config, RemoteWriteSender(config, settings.telemetry, str(settings.id)))
 
 
 factory = make_factory(

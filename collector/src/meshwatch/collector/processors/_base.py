@@ -12,8 +12,8 @@ import logging
 from typing import Any
 
 from ..component import ComponentId, Consumer, CreateSettings, Host
-from ..component_telemetry import ComponentTelemetry
 from ..signals import Signal
+from ..telemetry import Telemetry
 
 __all__ = ["InPlaceProcessor"]
 
@@ -28,16 +28,11 @@ class InPlaceProcessor:
         self.id: ComponentId = settings.id
         self.signal: Signal | None = settings.signal
         self.next = next_consumer
-        self.telemetry = ComponentTelemetry()
+        self.telemetry: Telemetry = settings.telemetry
         self.logger = logging.getLogger(f"meshwatch.collector.processor.{settings.id}")
 
     def start(self, host: Host) -> None:
-        self.telemetry = ComponentTelemetry.of(host)
-        self.logger = getattr(host, "logger", self.logger)
-        self.on_start()
-
-    def on_start(self) -> None:
-        """Hook for subclasses that bind instruments."""
+        self.logger = host.logger
 
     def shutdown(self, timeout: float) -> None:
         return None

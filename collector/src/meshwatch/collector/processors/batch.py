@@ -32,8 +32,6 @@ class BatchProcessorConfig(BaseModel):
 
 
 class BatchPassThrough:
-    mutates_data = False
-
     def __init__(self, settings: CreateSettings, config: BatchProcessorConfig, next_consumer: Consumer) -> None:
         self.id: ComponentId = settings.id
         self.config = config

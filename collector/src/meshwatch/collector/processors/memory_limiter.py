@@ -46,9 +46,7 @@ import platform
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -123,34 +121,6 @@ def reclaim() -> None:
         _TRIM(0)
 
 
-class _InFlight:
-    """Bytes of the batches inside the memory limiters' ``consume`` right now, one per collector."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._lock = threading.Lock()
-
-    def add(self, size: int) -> None:
-        with self._lock:
-            self.total += size
-
-    def read(self) -> int:
-        return INFLIGHT_FACTOR * self.total
-
-
-_inflight: weakref.WeakKeyDictionary[Any, _InFlight] = weakref.WeakKeyDictionary()
-_inflight_lock = threading.Lock()
-
-
-def _inflight_of(telemetry: Any) -> _InFlight:
-    with _inflight_lock:
-        shared = _inflight.get(telemetry)
-        if shared is None:
-            shared = _inflight[telemetry] = _InFlight()
-            telemetry.register_held(INFLIGHT_NAME, shared.read)
-        return shared
-
-
 class MemoryLimiterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     check_interval: Duration = Field(1.0, gt=0)
@@ -179,8 +149,6 @@ class MemoryLimiterConfig(BaseModel):
 
 
 class MemoryLimiter:
-    mutates_data = False
-
     def __init__(self, settings: CreateSettings, config: MemoryLimiterConfig, next_consumer: Consumer) -> None:
         self.id: ComponentId = settings.id
         self.config = config
@@ -193,17 +161,17 @@ class MemoryLimiter:
         self.others = 0
         self.over = False
         self.rss = 0
-        self._telemetry: Any = None
-        self._inflight = _InFlight()
+        #: The collector's self-telemetry; it also holds what every limiter of this collector has in flight.
+        self._telemetry = settings.telemetry
         self._reclaimed = 0.0
         self._logged = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self, host: Host) -> None:
-        self._telemetry = host.telemetry()
         self._telemetry.memory_limit.set(self.hard)
-        self._inflight = _inflight_of(self._telemetry)
+        # One reader for every limiter of this collector (registered again by each: the same name).
+        self._telemetry.register_held(INFLIGHT_NAME, self._inflight_bytes)
         self._telemetry.register_memory_gate(self)
         fix_mmap_threshold()
         self.check()
@@ -220,8 +188,10 @@ class MemoryLimiter:
     def held(self) -> int:
         """Bytes the collector holds now: the other components' (last check), what is in flight
         through the limiters and what the receivers are decoding (both live)."""
-        decoding = self._telemetry.decoding_bytes if self._telemetry is not None else 0
-        return self.others + self._inflight.read() + INFLIGHT_FACTOR * decoding
+        return self.others + self._inflight_bytes() + INFLIGHT_FACTOR * self._telemetry.decoding_bytes
+
+    def _inflight_bytes(self) -> int:
+        return INFLIGHT_FACTOR * self._telemetry.limiter_inflight_bytes
 
     def refuses(self, nbytes: int) -> bool:
         """``MemoryGate``: the receivers ask before decoding a request of ``nbytes``."""
@@ -235,9 +205,8 @@ class MemoryLimiter:
             self._reclaimed = now
             before, used = used, rss_bytes()
             log.debug("%s: reclaimed memory: RSS %.0f -> %.0f MiB", self.id, before / 2**20, used / 2**20)
-        if self._telemetry is not None:
-            held = self._telemetry.held_bytes()
-            self.others = sum(value for name, value in held.items() if name != INFLIGHT_NAME)
+        held = self._telemetry.held_bytes()
+        self.others = sum(value for name, value in held.items() if name != INFLIGHT_NAME)
         self.rss = used
         self.rss_over = used >= self.soft
         over = self._refusing(0)
@@ -261,8 +230,7 @@ class MemoryLimiter:
 
     def shutdown(self, timeout: float) -> None:
         self._stop.set()
-        if self._telemetry is not None:
-            self._telemetry.unregister_memory_gate(self)
+        self._telemetry.unregister_memory_gate(self)
 
     def consume(self, batch: Batch) -> None:
         size = batch.nbytes
@@ -273,11 +241,11 @@ class MemoryLimiter:
                 retryable=True,
                 retry_after=max(1.0, self.config.check_interval),
             )
-        self._inflight.add(size)
+        self._telemetry.pass_through(size)
         try:
             self.next.consume(batch)
         finally:
-            self._inflight.add(-size)
+            self._telemetry.pass_through(-size)
 
 
 factory = make_factory(

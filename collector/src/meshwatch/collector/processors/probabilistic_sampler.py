@@ -74,10 +74,7 @@ class ProbabilisticSampler(InPlaceProcessor):
         self.config = config
         self._threshold = int(config.sampling_percentage * _NUM_BUCKETS / 100)
         self._state = _seeded_state(config.hash_seed)
-        self._counter: Any = None
-
-    def on_start(self) -> None:
-        self._counter = self.telemetry.filtered_items()
+        self._counter = self.telemetry.processor_filtered
 
     def _keep(self, trace_id: bytes, decided: dict[bytes, bool]) -> bool:
         decision = decided.get(trace_id)
@@ -91,8 +88,6 @@ class ProbabilisticSampler(InPlaceProcessor):
 
     def _count(self, signal: Signal, reason: str, items: int) -> None:
         if items:
-            if self._counter is None:
-                self.on_start()
             self._counter.labels(str(self.id), str(signal), reason).inc(items)
 
     def process(self, batch: Any) -> bool:

@@ -110,10 +110,11 @@ class RedactionProcessor(InPlaceProcessor):
         self._ignored = frozenset(config.ignored_keys)
         self._key_cache: dict[str, bool] = {}
         self._hash = config.action == "hash"
-        self._counter: Any = None
-
-    def on_start(self) -> None:
-        self._counter = self.telemetry.redactions()
+        self._counter = self.telemetry.counter(
+            "meshwatch_processor_redactions",
+            "Attribute values and log bodies masked or hashed by a redaction processor",
+            ("processor", "signal", "reason"),
+        )
 
     # --- decisions ---------------------------------------------------------------------
 
@@ -197,8 +198,6 @@ class RedactionProcessor(InPlaceProcessor):
                         self._walk_value(record.body, counts)
         if counts[0] or counts[1]:
             batch.mark_modified()
-            if self._counter is None:
-                self.on_start()
             signal = str(batch.signal)
             if counts[0]:
                 self._counter.labels(str(self.id), signal, "key").inc(counts[0])

@@ -52,8 +52,8 @@ from ..component import (
     Refused,
     make_factory,
 )
-from ..component_telemetry import ComponentTelemetry
 from ..signals import Signal
+from ..telemetry import Telemetry
 from ._tail_config import TailSamplingConfig
 from ._tail_policies import DROPPED, SAMPLED, Decision, TraceView, build_policies
 from ._tail_store import (
@@ -83,8 +83,6 @@ _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 
 class TailSamplingProcessor:
-    mutates_data = False
-
     def __init__(
         self,
         settings: CreateSettings,
@@ -120,13 +118,13 @@ class TailSamplingProcessor:
         self._tick = max(0.01, min(0.5, self._wait / 10, self._quiet / 4 if self._quiet else 0.5))
         self._tally: Tally[tuple[str, ...]] = Tally()
         self._observations: list[tuple[str, float, float]] = []
-        self._core: Any = None
+        self._telemetry = settings.telemetry
         self.logger = logging.getLogger(f"meshwatch.collector.processor.{self.id}")
-        self._bind(ComponentTelemetry())
+        self._bind(settings.telemetry)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _bind(self, telemetry: ComponentTelemetry) -> None:
+    def _bind(self, telemetry: Telemetry) -> None:
         p = "meshwatch_processor_tail_sampling"
         name = str(self.id)
         self._m_traces = telemetry.counter(
@@ -159,24 +157,22 @@ class TailSamplingProcessor:
             f"{p}_decision_latency_seconds",
             "From a trace's first span to its decision, by what triggered it",
             ("processor", "trigger"),
-            _LATENCY_BUCKETS,
+            buckets=_LATENCY_BUCKETS,
         )
         self._m_lag = telemetry.histogram(
             f"{p}_decision_lag_seconds",
             "How long after it was due a trace was decided (grows if the decision loop falls behind)",
             ("processor",),
-            _LAG_BUCKETS,
+            buckets=_LAG_BUCKETS,
         )
         telemetry.gauge(f"{p}_traces_held", "Undecided traces in memory", ("processor",)).labels(name).set_function(
             lambda: len(self.store)
         )
-        self._m_filtered = telemetry.filtered_items().labels(name, "traces", "sampled_out")
+        self._m_filtered = telemetry.processor_filtered.labels(name, "traces", "sampled_out")
 
     def start(self, host: Host) -> None:
         self.logger = host.logger
-        self._bind(ComponentTelemetry.of(host))
-        self._core = host.telemetry()
-        self._core.register_held(str(self.id), self.held_bytes)  # the memory limiter counts it
+        self._telemetry.register_held(str(self.id), self.held_bytes)  # the memory limiter counts it
         self._thread = threading.Thread(target=self._run, name=f"{self.id} decisions", daemon=True)
         self._thread.start()
 
@@ -207,8 +203,7 @@ class TailSamplingProcessor:
             self._outbox_bytes = 0
         if lost:
             self._m_dropped.labels(str(self.id), "shutdown").inc(lost)
-        if self._core is not None:
-            self._core.unregister_held(str(self.id))
+        self._telemetry.unregister_held(str(self.id))
 
     def held_bytes(self) -> int:
         """Bytes of span data held: undecided traces and kept output not yet handed on."""

@@ -208,7 +208,7 @@ class KafkaReceiver:
         self._consumer: Consumer | None = None
         self._host: Host | None = None
         self._ingest: Ingest | None = None
-        self._telemetry: Telemetry | None = None
+        self._telemetry: Telemetry = settings.telemetry
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         #: Records read but not yet accepted, in the order read; owned by the consumer thread.
@@ -223,7 +223,6 @@ class KafkaReceiver:
 
     def start(self, host: Host) -> None:
         self._host = host
-        self._telemetry = host.telemetry()
         self._ingest = Ingest(str(self.id), self.consumers, self._telemetry)
         self._consumer = Consumer(consumer_config(self.config), logger=logging.getLogger("meshwatch.kafka"))
         self._consumer.subscribe(
@@ -247,9 +246,8 @@ class KafkaReceiver:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(max(1.0, timeout))
-        if self._telemetry is not None:
-            self._telemetry.unregister_kafka_lag(str(self.id))
-            self._telemetry.unregister_held(f"receiver {self.id}")
+        self._telemetry.unregister_kafka_lag(str(self.id))
+        self._telemetry.unregister_held(f"receiver {self.id}")
 
     def held_bytes(self) -> int:
         """Bytes of the records in hand (read, not yet accepted), for the memory limiter and a gauge.
@@ -309,7 +307,7 @@ class KafkaReceiver:
             self._measure_lag()
 
     def _set_paused(self, paused: bool) -> None:
-        assert self._consumer is not None and self._telemetry is not None
+        assert self._consumer is not None
         assignment = self._consumer.assignment()
         if paused:
             if assignment:
@@ -417,7 +415,7 @@ class KafkaReceiver:
 
     def _mark(self, messages: list[Message]) -> None:
         """Mark the records accepted: their offsets are committed (now, or at the next auto-commit)."""
-        assert self._consumer is not None and self._telemetry is not None
+        assert self._consumer is not None
         last: dict[tuple[str, int], int] = {}
         for message in messages:
             key = (message.topic(), message.partition())
@@ -444,7 +442,6 @@ class KafkaReceiver:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not partitions:
             return
-        assert self._telemetry is not None
         self._telemetry.kafka_rebalances.labels(str(self.id), "assigned").inc()
         log.info("%s: partitions assigned: %s", self.id, _names(partitions))
 
@@ -458,7 +455,7 @@ class KafkaReceiver:
         """Forget the records in hand of partitions that are no longer ours: their next owner reads them."""
         if not partitions:
             return
-        assert self._telemetry is not None and self._consumer is not None
+        assert self._consumer is not None
         self._telemetry.kafka_rebalances.labels(str(self.id), event).inc()
         gone = {(p.topic, p.partition) for p in partitions}
         before = len(self._pending)

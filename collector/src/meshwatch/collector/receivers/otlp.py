@@ -148,14 +148,15 @@ class OtlpReceiver:
         self.id: ComponentId = settings.id
         self.config = config
         self.consumers = consumers
+        self.telemetry = settings.telemetry
         self.grpc: GrpcTransport | None = None
         self.http: HttpTransport | None = None
 
     def start(self, host: Host) -> None:
-        ingest = Ingest(str(self.id), self.consumers, host.telemetry())
+        ingest = Ingest(str(self.id), self.consumers, self.telemetry)
         served = (("grpc", self.config.protocols.grpc), ("http", self.config.protocols.http))
         transports = [name for name, protocol in served if protocol is not None]
-        host.telemetry().known_receiver(str(self.id), transports, [signal.value for signal in self.consumers])
+        self.telemetry.known_receiver(str(self.id), transports, [signal.value for signal in self.consumers])
         token = self.config.auth.bearer_token.get_secret_value() if self.config.auth.bearer_token else None
         size = self.config.max_request_body_size
         protocols = self.config.protocols
