@@ -261,3 +261,5 @@ def test_a_third_party_component_installed_by_entry_point_runs_in_a_real_collect
         eventually(lambda: sink.spans, timeout=30, what="the stamped span at the sink")
         assert sink.spans[0].name == "third-party"
         assert sink.spans[0].attributes["stamped.by"] == "from-a-third-party"
+        # It counted through the telemetry its create settings handed it: served with the collector's own.
+        assert collector.metric("example_stamped_spans_total", processor="stamp") == 1

@@ -1,7 +1,8 @@
 """A third-party collector component, written only against the documented contract.
 
 It lives outside the meshwatch packages and is found by its entry point (see the
-``.dist-info`` beside it): a processor ``stamp`` that sets one attribute on every span.
+``.dist-info`` beside it): a processor ``stamp`` that sets one attribute on every span
+and counts them on the collector's self-telemetry (``settings.telemetry``).
 ``tests/collector/core/test_component_model.py`` runs it in a real collector.
 """
 
@@ -34,6 +35,10 @@ class Stamp:
         self.id: ComponentId = settings.id
         self.config = config
         self.next = next
+        # On the collector's own registry (served on its metrics address with the rest).
+        self.stamped = settings.telemetry.counter(
+            "example_stamped_spans", "Spans the stamp processor set its attribute on", ["processor"]
+        ).labels(str(settings.id))
 
     def start(self, host: Host) -> None:
         pass
@@ -46,6 +51,7 @@ class Stamp:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     span.attributes.add(key=self.config.key).value.string_value = self.config.value
+                self.stamped.inc(len(scope_spans.spans))
         batch.mark_modified()
         self.next.consume(batch)
 
