@@ -22,7 +22,7 @@ from typing import Any
 
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from ._span import UNSET_STATUS as _SHARED_UNSET
+from ._span import UNSET_STATUS
 
 __all__ = ["encode_logs", "encode_spans"]
 
@@ -231,7 +231,6 @@ def _envelope(groups: list[tuple[Any, list[Any]]], items_tag: bytes) -> bytes:
 
 _NAME_CACHE: dict[str, bytes] = {}
 _NO_TRACE_STATE = DEFAULT_TRACE_STATE  # the shared empty TraceState most spans carry
-_UNSET_STATUS = b"\x7a\x00"  # Status {} (code UNSET, no message)
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 _FLAGS_LOCAL = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
@@ -252,6 +251,9 @@ def _trace_state(state: Any) -> str:
     return ",".join(f"{k}={v}" for k, v in state.items())
 
 
+_EMPTY_STATUS = b"\x7a\x00"  # Status {} (code UNSET, no message), field 15 of Span
+
+
 def _status(status: Any) -> bytes:
     """Status { message = 2; code = 3 } (always present, as the official encoder writes it)."""
     if status is None:
@@ -259,7 +261,7 @@ def _status(status: Any) -> bytes:
     description = status.description
     code = status.status_code._value_  # the plain attribute, not Enum's descriptor
     if not code and not description:
-        return b"\x7a\x00"
+        return _EMPTY_STATUS
     body = b""
     if description:
         body += _string(b"\x12", description)
@@ -335,7 +337,7 @@ def _span(span: Any) -> bytes:
         if dropped:
             parts.append(b"\x70" + _varint(dropped))
     status = span._status
-    parts.append(_UNSET_STATUS if status is _SHARED_UNSET else _status(status))
+    parts.append(_EMPTY_STATUS if status is UNSET_STATUS else _status(status))
     parts.append(_FLAGS_REMOTE if parent is not None and parent[_IS_REMOTE_AT] else _FLAGS_LOCAL)
     return b"".join(parts)
 
