@@ -47,7 +47,7 @@ def _walk(value: Any, name: str = "") -> Iterable[str]:
         yield value.get_secret_value()
     elif isinstance(value, BaseModel):
         for field in type(value).model_fields:
-            yield from _walk(getattr(value, field), field)
+            yield from _walk(getattr(value, field), field)  # getattr: a pydantic model's declared fields
     elif isinstance(value, dict):
         for key, item in value.items():
             if "header" in name.lower() and isinstance(item, str):

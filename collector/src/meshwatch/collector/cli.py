@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
+    # getattr: argparse sets ``sub_config`` only when the subcommand that defines it was given.
     chosen = getattr(args, "sub_config", None) or args.config
     if chosen:
         return chosen
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from .workers.supervisor import Supervisor, resolve_workers
 
     try:
+        # getattr: ``sub_workers`` exists only when the ``run`` subcommand was given (argparse).
         count, reason = resolve_workers(getattr(args, "sub_workers", None) or args.workers, config)
     except ValueError as exc:
         print(f"meshwatch-collector: {exc}", file=sys.stderr)

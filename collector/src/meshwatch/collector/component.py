@@ -33,6 +33,7 @@ __all__ = [
     "ConnectorFactory",
     "Capabilities",
     "make_factory",
+    "is_factory",
     "Host",
     "CreateSettings",
 ]
@@ -297,3 +298,9 @@ def make_factory(
     return _BuiltFactory(
         type, kind, inputs, frozenset(output_signals) if output_signals else inputs, config_model, capabilities, create
     )
+
+
+def is_factory(obj: object) -> bool:
+    """Whether ``obj`` was made by ``make_factory``: the registry refuses anything else, by this
+    test rather than by looking for a factory's attributes on whatever an entry point holds."""
+    return isinstance(obj, _BuiltFactory)

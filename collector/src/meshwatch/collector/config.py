@@ -161,6 +161,7 @@ class _Source:
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
+            # getattr: PyYAML's MarkedYAMLError has these; a bare YAMLError does not.
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError([f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
@@ -233,7 +234,11 @@ def _substitute(value: Any, path: tuple[str, ...], source: _Source, problems: li
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The field names valid at ``loc`` inside ``model`` (for 'did you mean')."""
+    """The field names valid at ``loc`` inside ``model`` (for 'did you mean').
+
+    getattr: ``current`` is a pydantic model class or any annotation (``int``, ``list[str]``),
+    and only models have ``model_fields``, only generic aliases ``__args__``.
+    """
     current: Any = model
     for part in loc:
         fields = getattr(current, "model_fields", None)

@@ -42,13 +42,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # getattr: a stdlib LogRecord; ``RepeatFilter`` below sets ``suppressed`` on the ones it lets through.
         suppressed = getattr(record, "suppressed", 0)
         if suppressed:
             entry["suppressed"] = suppressed
         if record.exc_info:
             exc_type, exc, tb = record.exc_info
             entry["exception"] = {
-                "type": getattr(exc_type, "__name__", str(exc_type)),
+                "type": getattr(exc_type, "__name__", str(exc_type)),  # getattr: exc_info's type may be None
                 "message": str(exc),
                 "stack_trace": "".join(traceback.format_tb(tb)),
             }

@@ -28,7 +28,7 @@ def _value(value: AnyValue) -> Any:
         return [_value(v) for v in value.array_value.values]
     if kind == "kvlist_value":
         return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind) if kind else None
+    return getattr(value, kind) if kind else None  # getattr: the protobuf oneof's member
 
 
 def _attrs(attributes: Any) -> dict[str, Any]:
@@ -140,7 +140,7 @@ class OtlpSink:
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
                     kind = m.WhichOneof("data")
-                    for p in getattr(m, kind).data_points:
+                    for p in getattr(m, kind).data_points:  # getattr: the protobuf oneof's member
                         count = p.count if kind in ("histogram", "exponential_histogram") else None
                         value = None
                         if kind in ("sum", "gauge"):

@@ -152,7 +152,7 @@ def attribute_lists(signal: Signal, message: Any) -> Iterator[Any]:
                     kind = metric.WhichOneof("data")
                     if kind is None:
                         continue
-                    for point in getattr(metric, kind).data_points:
+                    for point in getattr(metric, kind).data_points:  # getattr: the protobuf oneof's member
                         yield point.attributes
 
 

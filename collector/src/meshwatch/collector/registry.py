@@ -16,7 +16,7 @@ import threading
 from importlib.metadata import entry_points
 from typing import Any
 
-from .component import Capabilities, Factory, Kind
+from .component import Factory, Kind, is_factory
 
 __all__ = ["Registry", "FactoryNotFound", "ENTRY_POINT_GROUP"]
 
@@ -57,9 +57,12 @@ class Registry:
             if exc.name == module_name:
                 return None
             raise FactoryNotFound(f"{kind.value} '{type_}' needs a module that is not installed: {exc.name}") from exc
+        # getattr: the convention of the module docstring (a module-level ``factory``), checked below.
         factory: Any = getattr(module, "factory", None)
         if factory is None:
             raise FactoryNotFound(f"{module_name} has no module-level `factory`")
+        if not is_factory(factory):
+            raise FactoryNotFound(f"{module_name}.factory is not built with make_factory(...)")
         return factory
 
     def _entry_point(self, kind: Kind, type_: str) -> Factory | None:
@@ -67,9 +70,7 @@ class Registry:
             if ep.name != type_:
                 continue
             factory = ep.load()
-            if not isinstance(getattr(factory, "capabilities", None), Capabilities) or not isinstance(
-                getattr(factory, "kind", None), Kind
-            ):
+            if not is_factory(factory):
                 raise FactoryNotFound(
                     f"entry point '{ep.name}' ({ep.value}) is not a meshwatch component factory: "
                     "build it with meshwatch.collector.component.make_factory(...)"

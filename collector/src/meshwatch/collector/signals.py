@@ -76,5 +76,5 @@ def count_items(signal: Signal, message: Any) -> int:
             for metric in sm.metrics:
                 kind = metric.WhichOneof("data")
                 if kind is not None:
-                    total += len(getattr(metric, kind).data_points)
+                    total += len(getattr(metric, kind).data_points)  # getattr: the protobuf oneof's member
     return total

@@ -100,6 +100,7 @@ def split_by_trace(request: Any) -> list[tuple[bytes, Any]]:
 
 def _leaves(signal: Signal, request: Any) -> list[tuple[int, int, Any]]:
     resources, scopes, items = _FIELDS[signal]
+    # getattr: protobuf messages, by the field names of the signal (``_FIELDS``).
     return [
         (r, s, item)
         for r, resource in enumerate(getattr(request, resources))
@@ -112,6 +113,7 @@ def _rebuild(signal: Signal, request: Any, leaves: list[tuple[int, int, Any]]) -
     resources, scopes, items = _FIELDS[signal]
     out = REQUEST_TYPES[signal]()
     last: tuple[int, int] | None = None
+    # getattr below: protobuf messages, by the field names of the signal (``_FIELDS``).
     last_r: int | None = None
     target_scope: Any = None
     for r, s, item in leaves:

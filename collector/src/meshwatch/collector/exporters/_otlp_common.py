@@ -67,7 +67,7 @@ def partial_rejections(signal: Signal, response: bytes, batch: Batch) -> SendRes
         return SendResult()
     if not parsed.HasField("partial_success"):
         return SendResult()
-    rejected = getattr(parsed.partial_success, REJECTED_FIELDS[signal])
+    rejected = getattr(parsed.partial_success, REJECTED_FIELDS[signal])  # getattr: protobuf field, by signal
     if rejected <= 0:
         return SendResult()
     return SendResult(

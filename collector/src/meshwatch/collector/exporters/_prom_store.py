@@ -372,7 +372,7 @@ class SeriesStore:
         data = metric.WhichOneof("data")
         if data is None:
             return 0
-        body = getattr(metric, data)
+        body = getattr(metric, data)  # getattr: the protobuf oneof's member
         points = body.data_points
         if not len(points):
             return 0

@@ -82,6 +82,7 @@ class DebugExporter:
                 for sm in rm.scope_metrics:
                     for metric in sm.metrics:
                         kind = metric.WhichOneof("data") or "empty"
+                        # getattr: the protobuf oneof's member
                         points = len(getattr(metric, kind).data_points) if kind != "empty" else 0
                         out.append(f"  {service} {metric.name} {kind} points={points}")
         return out

@@ -80,7 +80,8 @@ class TlsSettings(ClientTls):
 
     @model_validator(mode="after")
     def _plaintext_has_no_files(self) -> TlsSettings:
-        given = [key for key in ("ca_file", "cert_file", "key_file") if getattr(self, key)]
+        files = (("ca_file", self.ca_file), ("cert_file", self.cert_file), ("key_file", self.key_file))
+        given = [key for key, value in files if value]
         if self.insecure and given:
             raise ValueError(f"insecure: true is plaintext gRPC, so {', '.join(given)} would be ignored: drop one")
         return self

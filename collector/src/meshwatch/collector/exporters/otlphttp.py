@@ -60,7 +60,11 @@ class OtlpHttpExporterConfig(ExporterSettings):
     tls: HttpTls = Field(default_factory=HttpTls)
 
     def url_for(self, signal: Signal) -> str:
-        explicit = getattr(self, f"{signal.value}_endpoint")
+        explicit = {
+            Signal.TRACES: self.traces_endpoint,
+            Signal.METRICS: self.metrics_endpoint,
+            Signal.LOGS: self.logs_endpoint,
+        }[signal]
         if explicit:
             return explicit
         if not self.endpoint:
@@ -156,6 +160,7 @@ class HttpSender:
 
 def _ssl_reason(exc: BaseException) -> str:
     """OpenSSL's reason or the OS error, never a file's content."""
+    # getattr: ssl.SSLError has ``reason``, OSError ``strerror``; other exceptions neither.
     return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
 
 

@@ -255,7 +255,7 @@ def translate(
                 data = metric.WhichOneof("data")
                 if data is None:
                     continue
-                body = getattr(metric, data)
+                body = getattr(metric, data)  # getattr: the protobuf oneof's member
                 if data in ("sum", "histogram", "exponential_histogram") and body.aggregation_temporality == DELTA:
                     for point in body.data_points:
                         letters.append(

@@ -138,7 +138,7 @@ class ProbabilisticSampler(InPlaceProcessor):
 
 
 def _prune(outer: Any, scope_field: str, item_field: str) -> None:
-    """Remove scope and resource entries left without items."""
+    """Remove scope and resource entries left without items (protobuf fields by name: getattr)."""
     for r_index in range(len(outer) - 1, -1, -1):
         scopes = getattr(outer[r_index], scope_field)
         for s_index in range(len(scopes) - 1, -1, -1):

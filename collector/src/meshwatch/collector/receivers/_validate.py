@@ -177,6 +177,7 @@ def _remove(  # noqa: PLR0917
     removed = 0
     first = ""
     total = 0
+    # getattr: protobuf messages, by the signal's field names; a log record has no ``name``.
     for resource in resources:
         for scope in getattr(resource, scopes_field):
             items = getattr(scope, items_field)

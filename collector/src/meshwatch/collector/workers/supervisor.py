@@ -157,8 +157,8 @@ class Supervisor:
         for (kind, cid), cc in self.config.components.items():
             if kind is not Kind.RECEIVER or cid.type != "otlp":
                 continue
-            for proto in ("grpc", "http"):
-                settings = getattr(cc.config.protocols, proto)
+            protocols = cc.config.protocols  # an otlp receiver's config (OtlpReceiverConfig)
+            for proto, settings in (("grpc", protocols.grpc), ("http", protocols.http)):
                 if settings is None:
                     continue
                 host, port = _split(settings.endpoint)

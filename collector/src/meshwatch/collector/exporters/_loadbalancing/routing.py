@@ -56,6 +56,7 @@ def split(batch: Batch, key: RoutingKey, owner: Callable[[bytes], str]) -> dict[
     # First pass: where each item goes; most batches go to one backend and stop here.
     plan: list[tuple[Any, list[tuple[Any, list[str]]] | str]] = []
     destinations: set[str] = set()
+    # getattr here and below: protobuf messages, by the field names of the signal.
     for rs in getattr(request, resources_field):
         service = service_of(rs.resource)
         if not by_trace:
