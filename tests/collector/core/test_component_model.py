@@ -32,7 +32,7 @@ from meshwatch.collector.component import (
     make_factory,
 )
 from meshwatch.collector.config import ConfigError, load_config
-from meshwatch.collector.graph import Graph
+from meshwatch.collector.graph import Graph, GraphError
 from meshwatch.collector.otlp_sink import otlp_sink
 from meshwatch.collector.registry import Registry
 from meshwatch.collector.signals import Signal
@@ -154,6 +154,31 @@ def test_make_factory_requires_capabilities_and_says_what_is_missing() -> None:
         )  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="required keyword-only argument: 'capabilities'"):
         make_factory(Kind.EXPORTER, "x", **common)  # type: ignore[call-overload]
+
+
+class _NoId:
+    """What a create function returns when it forgets the ``id`` a Component has."""
+
+    def start(self, host: object) -> None: ...
+    def shutdown(self, timeout: float) -> None: ...
+    def consume(self, batch: Batch) -> None: ...
+
+
+def test_a_created_object_that_is_not_a_component_is_refused_with_what_it_lacks(tmp_path: Path) -> None:
+    forgetful = make_factory(
+        Kind.EXPORTER,
+        "forgetful",
+        signals={Signal.TRACES},
+        config_model=_Empty,
+        create=lambda settings, config: _NoId(),  # type: ignore[arg-type,return-value]
+        capabilities=Capabilities(mutates_data=False),
+    )
+    text = (
+        "exporters:\n  {name}: {{}}\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [{name}]}}\n"
+    )
+    with pytest.raises(GraphError, match="cannot create exporter forgetful: _NoId has no id, start or shutdown"):
+        _graph(tmp_path, text.format(name="forgetful"), Registry([forgetful]))
+    _graph(tmp_path, text.format(name="record"), _registry())  # the control: a component with an id builds
 
 
 def test_a_connector_feeds_each_output_signal_only_to_the_pipelines_of_that_signal(tmp_path: Path) -> None:
