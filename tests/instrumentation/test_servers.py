@@ -2,7 +2,8 @@
 
 Each request must be exactly one server span named by its route, from the worker
 that served it, with ``http.server.request.duration`` by route: no server or
-worker model may lose, double or mis-name them.
+worker model may lose, double or mis-name them (the servers' own spans for plain apps,
+``_server_hooks``, must step aside for the frameworks' spans: test_server_spans.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ SERVERS = {
         "/price/{item}",
     ),
     "hypercorn": (["hypercorn", "-b", "127.0.0.1:{port}", "pricing:app"], "/price/", "/price/{item}"),
+    "gunicorn -k asgi": (
+        ["gunicorn", "-w", "2", "-k", "asgi", "-b", "127.0.0.1:{port}", "pricing:app"],
+        "/price/",
+        "/price/{item}",
+    ),
     "gunicorn gthread (Flask)": (
         ["gunicorn", "-w", "2", "-k", "gthread", "--threads", "4", "-b", "127.0.0.1:{port}", "inventory:app"],
         "/stock/",

@@ -195,6 +195,13 @@ PARAMS: dict[str, ConfigParam] = {
         _bool,
         doc="Flask and Django server spans from meshwatch's own WSGI span (cheaper); false: the contrib instrumentors",
     ),
+    "server_spans": ConfigParam(
+        ("MESHWATCH_SERVER_SPANS",),
+        True,
+        _bool,
+        doc="server spans made by uvicorn, hypercorn and gunicorn for apps no framework instrumentation traces "
+        "(plain ASGI/WSGI apps)",
+    ),
     "asgi_internal_spans": ConfigParam(
         ("MESHWATCH_ASGI_INTERNAL_SPANS",), False, _bool, doc="one span per ASGI send/receive message (costly)"
     ),
@@ -292,6 +299,7 @@ class Settings:
     fastapi_middleware: bool
     fastapi_native: bool
     wsgi_middleware: bool
+    server_spans: bool
     asgi_internal_spans: bool
     broker_polling_spans: bool
     sdk_fast_path: bool

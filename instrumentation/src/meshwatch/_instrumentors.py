@@ -22,6 +22,7 @@ from typing import Any, Literal
 from opentelemetry.instrumentation.dependencies import DependencyConflictError
 
 from ._config import Settings
+from ._span_owners import claim
 
 __all__ = [
     "INSTRUMENTORS",
@@ -200,6 +201,7 @@ def _use_fastapi_native(settings: Settings) -> str:
     __init__._meshwatch = True  # type: ignore[attr-defined]
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
     cls.__init__ = __init__  # type: ignore[method-assign]
+    claim(cls, "fastapi (native)")  # FastAPI's own span: the servers add none (_span_owners)
     return "fastapi (native)"
 
 
@@ -244,6 +246,7 @@ def _use_meshwatch_middleware(settings: Settings) -> str:
     __call__.__wrapped__ = original_call  # type: ignore[attr-defined]
     cls.__init__ = __init__  # type: ignore[method-assign]
     cls.__call__ = __call__  # type: ignore[method-assign]
+    claim(cls, "fastapi (meshwatch)")  # the servers add no span of their own (_span_owners)
     return "fastapi (meshwatch)"
 
 
@@ -305,9 +308,12 @@ def _use_wsgi_for_django(settings: Settings) -> None:
 def _flask_own(entry: Instrumentor, settings: Settings) -> None:
     """meshwatch's WSGI span for Flask, at Flask's first import; the contrib instrumentor if that fails."""
     try:
+        import flask
+
         from ._wsgi import use_for_flask
 
         use_for_flask()
+        claim(flask.Flask, "flask (meshwatch)")  # the servers add no span of their own (_span_owners)
     except Exception as exc:
         _logger.warning("meshwatch used the contrib flask instrumentor: %s: %s", type(exc).__name__, exc)
         _log_deferred(entry, _apply(entry, settings))
@@ -511,7 +517,21 @@ def instrument_all(settings: Settings, report: InstrumentationReport | None = No
             at_import(entry.library, lambda entry=entry: _log_deferred(entry, _apply(entry, settings)))
             report.instrumented.append(entry.name)
     _instrument_discovered(report, wanted, disabled)
+    _hook_servers(settings, report)
     return report
+
+
+def _hook_servers(settings: Settings, report: InstrumentationReport) -> None:
+    """Server-level spans for the apps no framework instrumentation traces (``_server_hooks``)."""
+    try:
+        from ._server_hooks import hook_servers
+
+        hooked = hook_servers(settings.server_spans, settings.excluded_urls, at_import)
+    except Exception as exc:  # the frameworks' own spans are unaffected
+        report.failed["server spans"] = f"{type(exc).__name__}: {exc}"
+        _logger.warning("meshwatch: no server-level spans: %s", report.failed["server spans"])
+        return
+    report.instrumented.extend(f"{server} (server spans)" for server in hooked)
 
 
 def instrument_app(app: Any, settings: Settings) -> str:

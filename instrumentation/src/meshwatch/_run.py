@@ -99,6 +99,11 @@ def _check(env: dict[str, str]) -> int:
             conflict = f"requirements unreadable ({exc})"
         state = f"skipped: {conflict}" if conflict else "available"
         print(f"  {found.name:17} {state}  (entry point from {found.distribution})")
+    from ._server_hooks import SERVERS
+
+    servers = [server for server in SERVERS if _installed(server)]
+    shown = ", ".join(servers) or "none installed"
+    print(f"server spans, for apps no framework instrumentation traces: {shown if settings.server_spans else 'off'}")
     return 0
 
 

@@ -45,6 +45,7 @@ class SpanSeen:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     error: bool = False  # status code ERROR
+    events: tuple[str, ...] = ()  # event names ("exception")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class OtlpSink:
                             _attrs(s.attributes),
                             resource,
                             s.status.code == 2,  # STATUS_CODE_ERROR
+                            tuple(e.name for e in s.events),
                         )
                     )
         with self.lock:
