@@ -18,7 +18,10 @@ The owners are declared here and nowhere else, as :class:`SpanOwner` values:
   framework subclasses ``instrument()`` installs (Falcon's carries no marker) and the
   ``OpenTelemetryMiddleware`` (ASGI or WSGI) an author wrapped the app in;
 * Django's ``WSGIHandler``/``ASGIHandler`` while meshwatch's or contrib's Django middleware is
-  in ``settings.MIDDLEWARE``.
+  in ``settings.MIDDLEWARE``;
+* a Pyramid ``Router`` whose tweens include contrib's trace tween (contrib's Pyramid
+  instrumentor adds it to every ``Configurator``; its span was an INTERNAL child of the
+  server-level one before this rule).
 
 None of the rules imports a framework: a framework that is not imported owns nothing.
 
@@ -88,11 +91,29 @@ def _django_traced(app: object) -> bool:
     return any(m in (DJANGO_MIDDLEWARE, CONTRIB_DJANGO_MIDDLEWARE) for m in settings.MIDDLEWARE)
 
 
+#: The tween contrib's Pyramid instrumentor adds to every ``Configurator`` (or the app's author does).
+_PYRAMID_TWEEN = "opentelemetry.instrumentation.pyramid.trace_tween_factory"
+
+
+def _pyramid_traced(app: object) -> bool:
+    router = sys.modules.get("pyramid.router")
+    if router is None or not isinstance(app, router.Router):
+        return False
+    from pyramid.interfaces import ITweens
+
+    tweens = app.registry.queryUtility(ITweens)
+    if tweens is None:
+        return False
+    names = [name for name, _factory in (tweens.explicit or tweens.implicit())]
+    return _PYRAMID_TWEEN in names
+
+
 #: The owners that need no claim, in the order they are asked (after the claimed classes).
 _BUILT_IN = (
     SpanOwner("contrib instrumentor", _contrib_marked),
     SpanOwner("contrib instrumentation class", _contrib_class),
     SpanOwner("django middleware", _django_traced),
+    SpanOwner("contrib pyramid tween", _pyramid_traced),
 )
 
 
